@@ -1,0 +1,16 @@
+"""The one exception type for problems a user can fix; the CLI prints it as a single line."""
+
+
+class MedsegError(Exception):
+    """Bad input, output or settings, with a message that says what to do about it."""
+
+
+def find_medseg_error(exc: BaseException) -> MedsegError | None:
+    """The MedsegError behind exc, also when a library (e.g. a MONAI transform) wrapped it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, MedsegError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -1,0 +1,129 @@
+"""Reading scans and writing masks: validation on the way in, exact geometry on the way out."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from medseg.errors import MedsegError
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+SCAN_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
+NNUNET_CHANNEL = "_0000"
+
+
+def scan_suffix(path: Path) -> str:
+    """The recognised suffix of a scan file ('' for a DICOM folder)."""
+    name = path.name.lower()
+    return next((s for s in SCAN_SUFFIXES if name.endswith(s)), "")
+
+
+def case_name(path: Path) -> str:
+    """A scan's case name: file name without suffix (and nnU-Net's _0000), or the folder name."""
+    path = Path(path)
+    name = path.name if path.is_dir() else path.name[: len(path.name) - len(scan_suffix(path))]
+    return name[: -len(NNUNET_CHANNEL)] if name.endswith(NNUNET_CHANNEL) else name
+
+
+def list_scans(path: Path) -> list[Path]:
+    """The scans a user means by path: one file, a DICOM series folder, or a folder of either."""
+    path = Path(path)
+    if not path.exists():
+        raise MedsegError(f"{path}: no such file or folder")
+    if path.is_file():
+        return [path]
+    entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+    scans = [p for p in entries if (p.is_file() and scan_suffix(p)) or p.is_dir()]
+    if not scans and any(p.is_file() for p in entries):
+        return [path]  # the folder itself holds a DICOM series
+    if not scans:
+        raise MedsegError(f"{path}: the folder holds no scans (.nii.gz, .nii, .nrrd, .mha, DICOM)")
+    return scans
+
+
+def _reader_for(path: Path):
+    """MONAI reader for a path: nibabel for NIfTI, SimpleITK for the rest (and DICOM folders)."""
+    if scan_suffix(path) in NIFTI_SUFFIXES:
+        from monai.data import NibabelReader
+
+        return NibabelReader()
+    from medseg.sitk_reader import SimpleITKReader
+
+    return SimpleITKReader()
+
+
+def load_scan(path: Path, what: str = "image") -> torch.Tensor:
+    """Load a 3D volume as a channel-first MetaTensor (1, X, Y, Z), or raise a clear MedsegError."""
+    from monai.transforms import LoadImage
+
+    path = Path(path)
+    if not path.exists():
+        raise MedsegError(f"{path}: {what} file not found")
+    try:
+        volume = LoadImage(reader=_reader_for(path), image_only=True, ensure_channel_first=True)(
+            str(path)
+        )
+    except Exception as exc:  # noqa: BLE001 - readers raise anything from EOFError to RuntimeError
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MedsegError(f"{path}: cannot read {what} ({reason})") from None
+    _check_volume(volume, path, what)
+    return volume
+
+
+def _check_volume(volume: torch.Tensor, path: Path, what: str) -> None:
+    """Refuse volumes that would silently produce garbage: not 3D, empty, or not finite."""
+    spatial = tuple(volume.shape[1:])
+    if volume.shape[0] != 1 or len(spatial) != 3:
+        raise MedsegError(
+            f"{path}: expected a 3D {what}, got shape {tuple(volume.shape)} "
+            f"({volume.ndim - 1}D with {volume.shape[0]} channel(s)); split 4D series into 3D files"
+        )
+    if min(spatial) < 1:
+        raise MedsegError(f"{path}: {what} has an empty dimension {spatial}")
+    if volume.is_floating_point() and not torch.isfinite(volume).all():
+        raise MedsegError(f"{path}: {what} contains NaN or infinite voxels")
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
+    path = Path(path)
+    # The temp name ends like the target so writers that go by suffix (nibabel: .gz) still work.
+    suffix = ".part" + (scan_suffix(path) or path.suffix)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    except OSError as exc:
+        raise MedsegError(f"{path.parent}: cannot write output here ({exc.strerror})") from None
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, like: Path | None = None) -> None:
+    """Write array atomically as NIfTI; with a NIfTI `like`, keep its qform and sform exactly."""
+    if like is not None and scan_suffix(Path(like)) in NIFTI_SUFFIXES:
+        header = nib.load(str(like)).header
+        image = nib.Nifti1Image(array, None, header=header.copy())
+        image.set_qform(header.get_qform(), code=int(header["qform_code"]))
+        image.set_sform(header.get_sform(), code=int(header["sform_code"]))
+    else:
+        image = nib.Nifti1Image(array, affine)
+        image.set_qform(affine, code=1)
+        image.set_sform(affine, code=1)
+    image.set_data_dtype(array.dtype)
+    image.header.set_slope_inter(1.0, 0.0)
+    with atomic_output(path) as tmp:
+        nib.save(image, str(tmp))

@@ -1,0 +1,176 @@
+"""A MONAI ``ImageReader`` backed by SimpleITK: DICOM series folders, NRRD and MetaImage files.
+
+MONAI's own ``ITKReader`` needs the ``itk`` package; this reader gives the same results through
+SimpleITK, with ``NibabelReader``'s conventions (arrays in (x, y, z) order, components last,
+affines in RAS+), so that downstream transforms treat these files exactly like NIfTI.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from monai.config import PathLike
+from monai.data.image_reader import ImageReader, _copy_compatible_dict, _stack_images
+from monai.data.utils import orientation_ras_lps
+from monai.utils import ImageMetaKey, MetaKeys, SpaceKeys, ensure_tuple
+
+__all__ = ["SimpleITKReader", "SUFFIXES"]
+
+SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+
+# SimpleITK prefixes its messages with a C++ source location and ITK object addresses.
+_SITK_NOISE = re.compile(r"^(?:s?itk::ERROR:|ITK ERROR:)\s*|\w+\(0x[0-9a-fA-F]+\):\s*")
+
+
+def _sitk_reason(err: RuntimeError) -> str:
+    """Return the informative part of a SimpleITK error message, on one line."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith("Exception thrown in SimpleITK")]
+    if not lines:
+        return str(err).strip() or type(err).__name__
+    reason = _SITK_NOISE.sub("", lines[0])
+    # NRRD/GDCM errors open with "Error reading <file>:" and give the cause on the last line.
+    if reason.endswith(":") and len(lines) > 1:
+        reason = f"{reason} {lines[-1]}"
+    return reason
+
+
+def _dicom_series_files(folder: Path, series_name: str = "") -> tuple[str, ...]:
+    """Return the slice files of the one DICOM series in `folder`, sorted along the slice normal."""
+    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series_ids:
+        raise ValueError(f"no DICOM series found in folder {folder}")
+    if series_name:
+        if series_name not in series_ids:
+            raise ValueError(f"DICOM series {series_name!r} not found in folder {folder}")
+    elif len(series_ids) > 1:
+        raise ValueError(
+            f"folder {folder} holds {len(series_ids)} DICOM series ({', '.join(series_ids)}); "
+            "pass series_name=<SeriesInstanceUID> to pick one"
+        )
+    else:
+        # a de-identified series may have an empty SeriesInstanceUID, which GDCM reports as ""
+        series_name = series_ids[0]
+    return tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_name))
+
+
+def _read_one(path: Path, series_name: str, **kwargs: Any) -> sitk.Image:
+    """Read one file, or one DICOM series folder, into a SimpleITK image."""
+    if not path.exists():
+        raise FileNotFoundError(f"cannot read {path}: no such file or folder")
+    # a list of slice files makes sitk.ReadImage use ImageSeriesReader (rescale slope applied)
+    source = list(_dicom_series_files(path, series_name)) if path.is_dir() else str(path)
+    try:
+        return sitk.ReadImage(source, **kwargs)
+    except RuntimeError as err:
+        raise ValueError(f"cannot read {path}: {_sitk_reason(err)}") from err
+
+
+class SimpleITKReader(ImageReader):
+    """Load DICOM series folders, NRRD (.nrrd/.nhdr) and MetaImage (.mha/.mhd) files via SimpleITK.
+
+    Args:
+        channel_dim: channel dimension of the returned array, stored as ``original_channel_dim``;
+            if None it is "no_channel" for scalar images and -1 for multi-component ones.
+        series_name: SeriesInstanceUID to read when a folder holds several DICOM series.
+        affine_lps_to_ras: convert the affine from SimpleITK's LPS to RAS (as ``NibabelReader``).
+        kwargs: passed to ``SimpleITK.ReadImage`` (e.g. ``outputPixelType``, ``imageIO``).
+    """
+
+    def __init__(
+        self,
+        channel_dim: str | int | None = None,
+        series_name: str = "",
+        affine_lps_to_ras: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.channel_dim = float("nan") if channel_dim == "no_channel" else channel_dim
+        self.series_name = series_name
+        self.affine_lps_to_ras = affine_lps_to_ras
+        self.kwargs = kwargs
+        self.filenames: tuple[str, ...] = ()
+
+    def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
+        """Return True if every name is a folder (DICOM series) or has a supported suffix."""
+        names = ensure_tuple(filename)
+        return bool(names) and all(
+            Path(n).is_dir() or str(n).lower().endswith(SUFFIXES) for n in names
+        )
+
+    def read(self, data: Sequence[PathLike] | PathLike, **kwargs: Any) -> Any:
+        """Read one image (or a list of images, for channel stacking) as SimpleITK images."""
+        kwargs_ = {**self.kwargs, **kwargs}
+        self.filenames = tuple(f"{n}" for n in ensure_tuple(data))
+        # LoadImage(reader=...) calls read() without verify_suffix(); refusing other formats lets
+        # it fall back to MONAI's own readers, so that NIfTI still goes through NibabelReader.
+        if not self.verify_suffix(self.filenames):
+            raise ValueError(
+                f"SimpleITKReader reads DICOM folders and {'/'.join(SUFFIXES)} files, "
+                f"not {', '.join(self.filenames)}"
+            )
+        images = [_read_one(Path(n), self.series_name, **kwargs_) for n in self.filenames]
+        return images if len(images) > 1 else images[0]
+
+    def get_data(self, img: sitk.Image | Sequence[sitk.Image]) -> tuple[np.ndarray, dict]:
+        """Return the (x, y, z[, c]) array and its meta dict; several images stack as channels."""
+        # not ensure_tuple: a sitk.Image is iterable (over its pixels)
+        images = [img] if isinstance(img, sitk.Image) else list(img)
+        # filenames are only known for the images of the latest read() call
+        names = self.filenames if len(self.filenames) == len(images) else ("",) * len(images)
+        arrays: list[np.ndarray] = []
+        compatible_meta: dict = {}
+        for image, name in zip(images, names, strict=True):
+            data = self._get_array_data(image)
+            arrays.append(data)
+            _copy_compatible_dict(self._get_meta_dict(image, data, name), compatible_meta)
+        return _stack_images(arrays, compatible_meta), compatible_meta
+
+    def _get_meta_dict(self, img: sitk.Image, data: np.ndarray, filename: str) -> dict:
+        """Build the MONAI meta dict (affine, shape, space, channel dim) of one image."""
+        affine = self._get_affine(img)
+        spatial_shape = self._get_spatial_shape(img)
+        if self.channel_dim is None:  # same rule as NibabelReader / ITKReader
+            channel_dim: Any = float("nan") if data.ndim == len(spatial_shape) else -1
+        else:
+            channel_dim = self.channel_dim
+        return {
+            MetaKeys.AFFINE: affine,
+            MetaKeys.ORIGINAL_AFFINE: affine.copy(),
+            MetaKeys.SPATIAL_SHAPE: spatial_shape,
+            MetaKeys.SPACE: SpaceKeys.RAS if self.affine_lps_to_ras else SpaceKeys.LPS,
+            MetaKeys.ORIGINAL_CHANNEL_DIM: channel_dim,
+            "spacing": np.asarray(img.GetSpacing()[: len(spatial_shape)], dtype=np.float64),
+            ImageMetaKey.FILENAME_OR_OBJ: filename,
+        }
+
+    def _get_affine(self, img: sitk.Image) -> np.ndarray:
+        """Return the (rank+1)-square affine, direction * spacing and origin, LPS or RAS."""
+        ndim = img.GetDimension()
+        rank = min(ndim, 3)  # a 4D image (e.g. time) keeps a 3D spatial affine, as in ITKReader
+        direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(ndim, ndim)
+        affine = np.eye(rank + 1, dtype=np.float64)
+        affine[:rank, :rank] = direction[:rank, :rank] @ np.diag(img.GetSpacing()[:rank])
+        affine[:rank, rank] = img.GetOrigin()[:rank]
+        # ITK/DICOM world space is LPS; flipping x and y gives NIfTI's RAS
+        return orientation_ras_lps(affine) if self.affine_lps_to_ras else affine
+
+    def _get_spatial_shape(self, img: sitk.Image) -> np.ndarray:
+        """Return the spatial size in (x, y, z) order, without a user-declared channel dim."""
+        size = list(img.GetSize())
+        if isinstance(self.channel_dim, int) and img.GetNumberOfComponentsPerPixel() == 1:
+            size.pop(self.channel_dim)  # the declared channel is one of SimpleITK's dimensions
+        return np.asarray(size[: min(img.GetDimension(), 3)])
+
+    @staticmethod
+    def _get_array_data(img: sitk.Image) -> np.ndarray:
+        """Return the voxels indexed [x, y, z] (components last), keeping the pixel dtype."""
+        array = sitk.GetArrayFromImage(img)  # a copy, indexed [z, y, x(, c)]
+        if img.GetNumberOfComponentsPerPixel() == 1:
+            return array.T
+        return np.moveaxis(array.T, 0, -1)  # (c, x, y, z) -> (x, y, z, c)

@@ -1,0 +1,226 @@
+"""Training: manifest -> cached, resampled cases -> patches -> U-Net with Dice+CE -> checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from medseg.checkpoint import save_checkpoint
+from medseg.errors import MedsegError
+from medseg.manifest import check_case_files, load_manifest, write_json
+from medseg.models import build_model, downsampling_factor
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; saved in the run folder and in every checkpoint."""
+
+    manifest: str
+    output: str
+    model: str = "unet3d"
+    model_kwargs: dict = field(default_factory=dict)
+    spacing: tuple[float, float, float] = (3.0, 3.0, 3.0)
+    patch_size: tuple[int, int, int] = (96, 96, 64)
+    batch_size: int = 2
+    epochs: int = 40
+    iters_per_epoch: int = 25
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    val_every: int = 5
+    val_fraction: float = 0.15
+    overlap: float = 0.25
+    device: str = "auto"
+    seed: int = 0
+    num_workers: int = 0
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present; asking for CUDA without one is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MedsegError("--device cuda was asked for, but this torch build sees no CUDA GPU")
+    return torch.device(name)
+
+
+def split_cases(cases: list[dict], val_fraction: float, seed: int) -> tuple[list, list]:
+    """A deterministic train/validation split; at least one validation case when there are two."""
+    order = np.random.default_rng(seed).permutation(len(cases))
+    n_val = min(len(cases) - 1, max(1, round(val_fraction * len(cases)))) if len(cases) > 1 else 0
+    val = [cases[i] for i in sorted(order[:n_val])]
+    train = [cases[i] for i in sorted(order[n_val:])]
+    return train, val or train[:1]
+
+
+def cache_cases(cases: list[dict], spacing, num_classes: int) -> list[dict]:
+    """Load and resample every case once (CacheDataset), checking labels against the label map."""
+    from monai.data import CacheDataset
+
+    from medseg.transforms import training_cache_transforms
+
+    cached = CacheDataset(cases, training_cache_transforms(spacing, num_classes),
+                          num_workers=1, progress=False)
+    items = [cached[i] for i in range(len(cached))]
+    for case, item in zip(cases, items):
+        found = torch.unique(item["label"]).tolist()
+        if max(found) >= num_classes or min(found) < 0:
+            raise MedsegError(f"{case['label']}: label values {found} fall outside the label map "
+                              f"(0..{num_classes - 1})")
+    return items
+
+
+def make_loader(items: list[dict], cfg: TrainConfig, intensity: dict, num_classes: int):
+    """An endless-enough loader: iters_per_epoch batches of random class-balanced patches."""
+    from monai.data import DataLoader, Dataset, list_data_collate
+
+    from medseg.transforms import training_sample_transforms
+
+    dataset = Dataset(items, training_sample_transforms(intensity, cfg.patch_size, num_classes))
+    sampler = torch.utils.data.RandomSampler(
+        dataset, replacement=True, num_samples=cfg.iters_per_epoch * cfg.batch_size)
+    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
+                      num_workers=cfg.num_workers, collate_fn=list_data_collate)
+
+
+def validate(model, items: list[dict], cfg: TrainConfig, intensity: dict, num_classes: int,
+             device) -> np.ndarray:
+    """Per-organ Dice (background excluded) of sliding-window predictions on validation cases."""
+    from monai.inferers import sliding_window_inference
+    from monai.metrics import DiceMetric
+    from monai.networks.utils import one_hot
+
+    from medseg.transforms import normalize_transform
+
+    metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
+    normalize = normalize_transform(intensity)
+    model.eval()
+    with torch.no_grad(), autocast(device):
+        for item in items:
+            image = normalize({"image": item["image"]})["image"].as_tensor()[None].to(device)
+            logits = sliding_window_inference(image, cfg.patch_size, 2, model,
+                                              overlap=cfg.overlap, mode="gaussian")
+            pred = one_hot(logits.argmax(1, keepdim=True).cpu(), num_classes)
+            ref = one_hot(item["label"].as_tensor()[None].long(), num_classes)
+            metric(pred, ref)
+    model.train()
+    return np.nanmean(metric.aggregate().numpy(), axis=0)
+
+
+def autocast(device: torch.device):
+    """bf16 mixed precision on CUDA; a no-op on CPU, where it gave no speed-up."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def poly_lr(optimizer, base_lr: float, step: int, total: int) -> None:
+    """nnU-Net's polynomial decay (exponent 0.9)."""
+    for group in optimizer.param_groups:
+        group["lr"] = base_lr * (1 - step / total) ** 0.9
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Reject settings that would fail deep inside MONAI with a cryptic message."""
+    factor = downsampling_factor(cfg.model_kwargs)
+    bad = [s for s in cfg.patch_size if s % factor]
+    if bad:
+        raise MedsegError(f"patch size {tuple(cfg.patch_size)}: every side must be a multiple "
+                          f"of {factor} for {cfg.model}")
+    if cfg.epochs < 1 or cfg.iters_per_epoch < 1 or cfg.batch_size < 1:
+        raise MedsegError("epochs, iterations per epoch and batch size must be at least 1")
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run one training job; returns the best validation metrics. Writes best.pt and last.pt."""
+    from monai.losses import DiceCELoss
+    from monai.utils import set_determinism
+
+    check_config(cfg)
+    out = Path(cfg.output)
+    cases, labels = load_manifest(Path(cfg.manifest))
+    for case in cases:
+        check_case_files(case)
+    device = resolve_device(cfg.device)
+    set_determinism(cfg.seed)
+    num_classes = len(labels)
+    train_cases, val_cases = split_cases(cases, cfg.val_fraction, cfg.seed)
+    print(f"training on {len(train_cases)} cases, validating on {len(val_cases)}, device {device}")
+
+    train_items = cache_cases(train_cases, cfg.spacing, num_classes)
+    val_items = cache_cases(val_cases, cfg.spacing, num_classes)
+    from medseg.transforms import foreground_intensity_stats
+
+    intensity = foreground_intensity_stats(train_items)
+    loader = make_loader(train_items, cfg, intensity, num_classes)
+
+    model = build_model(cfg.model, 1, num_classes, **cfg.model_kwargs).to(device)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    meta = run_metadata(cfg, labels, intensity, train_cases, val_cases)
+    write_json(meta, out / "config.json")
+
+    total_steps, step, best = cfg.epochs * cfg.iters_per_epoch, 0, -math.inf
+    organ_names = [labels[i] for i in range(1, num_classes)]
+    log = MetricsLog(out / "log.csv", organ_names)
+    start = time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        losses = []
+        for batch in tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False):
+            poly_lr(optimizer, cfg.lr, step, total_steps)
+            image, label = batch["image"].to(device), batch["label"].to(device)
+            with autocast(device):
+                loss = loss_fn(model(image).float(), label)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
+            optimizer.step()
+            losses.append(loss.item())
+            step += 1
+        dice = None
+        if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
+            dice = validate(model, val_items, cfg, intensity, num_classes, device)
+            if np.nanmean(dice) > best:
+                best = float(np.nanmean(dice))
+                save_checkpoint(out / "best.pt", model, meta, epoch=epoch, val_dice=best)
+        save_checkpoint(out / "last.pt", model, meta, epoch=epoch)
+        log.write(epoch, float(np.mean(losses)), dice, time.perf_counter() - start)
+    return {"best_val_dice": best, "seconds": time.perf_counter() - start}
+
+
+def run_metadata(cfg: TrainConfig, labels: dict, intensity: dict, train_cases, val_cases) -> dict:
+    """What inference needs to reproduce preprocessing, in plain JSON types."""
+    config = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    return {
+        "train": config,
+        "model": {"name": cfg.model, "kwargs": cfg.model_kwargs, "in_channels": 1},
+        "labels": {str(k): v for k, v in labels.items()},
+        "spacing": list(cfg.spacing),
+        "patch_size": list(cfg.patch_size),
+        "intensity": intensity,
+        "split": {"train": [c["image"] for c in train_cases],
+                  "validation": [c["image"] for c in val_cases]},
+    }
+
+
+class MetricsLog:
+    """One CSV row per epoch: loss, per-organ validation Dice (when validated), elapsed time."""
+
+    def __init__(self, path: Path, organs: list[str]):
+        self.path, self.organs = path, organs
+        with open(path, "w", newline="") as f:
+            csv.writer(f).writerow(["epoch", "loss", "val_mean_dice", *organs, "seconds"])
+
+    def write(self, epoch: int, loss: float, dice, seconds: float) -> None:
+        cells = [""] * (len(self.organs) + 1) if dice is None else [
+            f"{np.nanmean(dice):.4f}", *(f"{d:.4f}" for d in dice)]
+        with open(self.path, "a", newline="") as f:
+            csv.writer(f).writerow([epoch, f"{loss:.4f}", *cells, f"{seconds:.1f}"])
+        shown = "" if dice is None else f"  val dice {np.nanmean(dice):.3f}"
+        print(f"epoch {epoch}: loss {loss:.4f}{shown}  ({seconds:.0f}s)", flush=True)

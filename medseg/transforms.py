@@ -1,0 +1,109 @@
+"""MONAI dictionary-transform pipelines shared by training and inference."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.transforms import (
+    ClassesToIndicesd,
+    Compose,
+    CropForegroundd,
+    EnsureTyped,
+    MapTransform,
+    Orientationd,
+    RandAffined,
+    RandCropByLabelClassesd,
+    RandGaussianNoised,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    ScaleIntensityRanged,
+    Spacingd,
+    SpatialPadd,
+)
+
+from medseg.io import load_scan
+
+BODY_HU = -500.0  # voxels above this are the patient, below is air around them
+
+
+class LoadScand(MapTransform):
+    """Load scans through medseg.io.load_scan, which validates them and names the file on error."""
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        out = dict(data)
+        for key in self.key_iterator(out):
+            out[key] = load_scan(out[key], what=str(key))
+        return out
+
+
+def geometry_transforms(spacing: Sequence[float], keys=("image", "label")) -> list:
+    """Load, reorient to RAS and resample to the working spacing (labels by nearest neighbour)."""
+    modes = ["bilinear" if k == "image" else "nearest" for k in keys]
+    return [
+        LoadScand(keys),
+        Orientationd(keys, axcodes="RAS"),
+        Spacingd(keys, pixdim=tuple(spacing), mode=modes, dtype=np.float32),
+    ]
+
+
+def normalize_transform(intensity: Mapping, keys=("image",)) -> ScaleIntensityRanged:
+    """nnU-Net's CT normalisation as one linear map: clip to [lo, hi], then z-score."""
+    lo, hi = intensity["clip"]
+    mean, std = intensity["mean"], intensity["std"]
+    return ScaleIntensityRanged(keys, a_min=lo, a_max=hi, b_min=(lo - mean) / std,
+                                b_max=(hi - mean) / std, clip=True)
+
+
+def training_cache_transforms(spacing: Sequence[float], num_classes: int) -> Compose:
+    """The deterministic, cacheable part of training: geometry, body crop, class indices."""
+    return Compose([
+        *geometry_transforms(spacing),
+        CropForegroundd(("image", "label"), source_key="image", select_fn=lambda x: x > BODY_HU,
+                        margin=2, allow_smaller=True),
+        EnsureTyped("label", dtype=torch.uint8),
+        ClassesToIndicesd("label", num_classes=num_classes),
+    ])
+
+
+def training_sample_transforms(intensity: Mapping, patch_size: Sequence[int],
+                               num_classes: int) -> Compose:
+    """Random part: class-balanced patches (so small organs are seen), light augmentation."""
+    # Background gets half an organ's share; every organ is a patch centre equally often.
+    ratios = [0.5] + [1.0] * (num_classes - 1)
+    keys = ("image", "label")
+    return Compose([
+        SpatialPadd(keys, spatial_size=patch_size, mode="edge"),
+        RandCropByLabelClassesd(keys, label_key="label", spatial_size=patch_size, ratios=ratios,
+                                num_classes=num_classes, indices_key="label_cls_indices",
+                                warn=False),
+        normalize_transform(intensity),
+        # No left-right flips: they would swap the kidneys' meaning.
+        RandAffined(keys, prob=0.25, rotate_range=(0.0, 0.0, 0.25), scale_range=0.1,
+                    mode=("bilinear", "nearest"), padding_mode="border"),
+        RandScaleIntensityd("image", factors=0.1, prob=0.3),
+        RandShiftIntensityd("image", offsets=0.1, prob=0.3),
+        RandGaussianNoised("image", std=0.05, prob=0.15),
+        EnsureTyped(keys, dtype=(torch.float32, torch.long), track_meta=False),
+    ])
+
+
+def foreground_intensity_stats(items: Sequence[Mapping], max_voxels: int = 2_000_000,
+                               seed: int = 0) -> dict:
+    """Percentiles 0.5/99.5, mean and std of labelled voxels: the CT normalisation settings."""
+    rng = np.random.default_rng(seed)
+    per_case = max(1, max_voxels // max(1, len(items)))
+    samples = []
+    for item in items:
+        values = np.asarray(item["image"])[np.asarray(item["label"]) > 0]
+        if values.size > per_case:
+            values = rng.choice(values, per_case, replace=False)
+        samples.append(values.astype(np.float64))
+    voxels = np.concatenate(samples) if samples else np.empty(0)
+    if voxels.size == 0:
+        raise ValueError("no labelled voxels in the training data")
+    lo, hi = np.percentile(voxels, [0.5, 99.5])
+    clipped = np.clip(voxels, lo, hi)
+    return {"clip": [float(lo), float(hi)], "mean": float(clipped.mean()),
+            "std": float(max(clipped.std(), 1e-3))}
