@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import distance_transform_edt, gaussian_filter
 
 # Organ names follow BTCV's; ids are contiguous so every id is a network output channel.
 SYNTHETIC_LABELS: dict[int, str] = {
@@ -31,13 +31,13 @@ ORGAN_ID = {name: idx for idx, name in SYNTHETIC_LABELS.items()}
 
 # Mean HU per contrast phase: (non-contrast, arterial, portal venous).
 _PHASE_HU = {
-    "liver": (55, 70, 110),
+    "liver": (60, 75, 110),
     "spleen": (45, 110, 120),
-    "right_kidney": (35, 180, 160),
-    "left_kidney": (35, 180, 160),
+    "right_kidney": (30, 180, 160),
+    "left_kidney": (30, 180, 160),
     "pancreas": (40, 110, 90),
     "aorta": (40, 280, 160),
-    "inferior_vena_cava": (40, 60, 140),
+    "inferior_vena_cava": (40, 90, 140),
     "stomach": (20, 35, 55),
     "gallbladder": (10, 10, 12),
 }
@@ -109,7 +109,7 @@ def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
 def _ellipsoid(canvas, rng, center, semi, max_rot=15.0, bumpiness=0.15):
     """Mask of a randomly rotated, smoothly deformed ellipsoid; returns (slices, mask, coords)."""
     center, semi = np.asarray(center, float), np.asarray(semi, float)
-    reach = semi.max() * (1.0 + bumpiness) + 2.0
+    reach = semi.max() * (1.0 + bumpiness) + 10.0  # room for a fat shell around the organ
     sl, (x, y, z) = canvas.box(center - reach, center + reach)
     rot = _rotation(rng, max_rot)
     d = (x - center[0], y - center[1], z - center[2])
@@ -121,8 +121,9 @@ def _ellipsoid(canvas, rng, center, semi, max_rot=15.0, bumpiness=0.15):
 
 def _tube_along_z(canvas, rng, xy, radius, z_range, sway=6.0):
     """Mask of a vertical vessel whose centre line sways; returns (slices, mask, coords)."""
-    lo = np.array([xy[0] - radius - sway - 2, xy[1] - radius - sway - 2, z_range[0]])
-    hi = np.array([xy[0] + radius + sway + 2, xy[1] + radius + sway + 2, z_range[1]])
+    margin = radius + sway + 6.0
+    lo = np.array([xy[0] - margin, xy[1] - margin, z_range[0]])
+    hi = np.array([xy[0] + margin, xy[1] + margin, z_range[1]])
     sl, (x, y, z) = canvas.box(lo, hi)
     px, py = rng.uniform(0, 2 * np.pi, size=2)
     cx = xy[0] + sway * np.sin(z / 90.0 + px)
@@ -192,13 +193,17 @@ def _paint_distractors(canvas: _Canvas, rng, visceral: np.ndarray) -> None:
 def _paint_organs(canvas: _Canvas, rng, visceral: np.ndarray, phase_idx: int) -> None:
     """The nine labelled organs, at plausible positions relative to the body's inner wall."""
     enhancement = rng.uniform(0.75, 1.2)
+    spacing = np.diag(canvas.affine)[:3]
     ax, ay = visceral
     back = -ay
     jitter = lambda s=8.0: rng.normal(0, s, size=3)  # noqa: E731
     scale = lambda: rng.uniform(0.85, 1.15, size=3)  # noqa: E731
 
-    def put(organ, sl, mask, coords):
+    def put(organ, sl, mask, coords, fat_mm=0.0):
         mask = mask & ((coords[0] / ax) ** 2 + (coords[1] / ay) ** 2 < 1.0)  # inside the wall
+        if fat_mm:  # perirenal, peripancreatic, periaortic fat: the planes that separate organs
+            distance = distance_transform_edt(~mask, sampling=spacing)
+            canvas.paint(sl, (distance > 0) & (distance <= fat_mm), FAT_HU + 15.0, 0)
         canvas.paint(sl, mask, _organ_hu(rng, coords, organ, phase_idx, enhancement),
                      ORGAN_ID[organ])
         return mask
@@ -209,22 +214,24 @@ def _paint_organs(canvas: _Canvas, rng, visceral: np.ndarray, phase_idx: int) ->
     put("spleen", *_ellipsoid(canvas, rng, spleen_c, np.array([28, 45, 50]) * scale(), 25))
     stomach_c = np.array([-0.35 * ax, 0.35 * ay, 55.0]) + jitter(6)
     st_sl, st_mask, st_coords = _ellipsoid(canvas, rng, stomach_c, np.array([42, 32, 50]) * scale())
-    st_mask = put("stomach", st_sl, st_mask, st_coords)
+    st_mask = put("stomach", st_sl, st_mask, st_coords, fat_mm=rng.uniform(2, 4))
     air_level = stomach_c[1] + rng.uniform(0.2, 0.7) * 32  # gas rises anteriorly when supine
     canvas.paint(st_sl, st_mask & (st_coords[1] > air_level), AIR_HU, None)
     for organ, side in (("right_kidney", 1), ("left_kidney", -1)):
         kc = np.array([side * 58.0, back + 45.0, -5.0 + 10 * (side < 0)]) + jitter(5)
-        put(organ, *_ellipsoid(canvas, rng, kc, np.array([27, 22, 52]) * scale(), 18))
+        put(organ, *_ellipsoid(canvas, rng, kc, np.array([27, 22, 52]) * scale(), 18),
+            fat_mm=rng.uniform(4, 8))
     gb_c = np.array([0.35 * ax, 0.45 * ay, 15.0]) + jitter(5)
     put("gallbladder", *_ellipsoid(canvas, rng, gb_c, np.array([16, 16, 32]) * scale(), 30))
     head = np.array([25.0, back + 70.0, 5.0]) + jitter(4)
     tail = np.array([-0.6 * ax, back + 50.0, 30.0]) + jitter(4)
-    put("pancreas", *_pancreas(canvas, rng, head, tail))
+    put("pancreas", *_pancreas(canvas, rng, head, tail), fat_mm=rng.uniform(2, 4))
     z_range = (canvas.axes[2][0], canvas.axes[2][-1])
     for organ, xy, radius in (("inferior_vena_cava", (22.0, back + 38.0), 11.0),
                               ("aorta", (-12.0, back + 40.0), 12.0)):
-        put(organ, *_tube_along_z(canvas, rng, np.add(xy, rng.normal(0, 3, 2)),
-                                  radius * rng.uniform(0.85, 1.15), z_range))
+        tube = _tube_along_z(canvas, rng, np.add(xy, rng.normal(0, 3, 2)),
+                             radius * rng.uniform(0.85, 1.15), z_range)
+        put(organ, *tube, fat_mm=rng.uniform(2, 4) if organ == "aorta" else 0.0)
 
 
 def _paint_bones(canvas: _Canvas, rng, body: np.ndarray, visceral: np.ndarray) -> None:

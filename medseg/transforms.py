@@ -43,7 +43,7 @@ def geometry_transforms(spacing: Sequence[float], keys=("image", "label")) -> li
     modes = ["bilinear" if k == "image" else "nearest" for k in keys]
     return [
         LoadScand(keys),
-        Orientationd(keys, axcodes="RAS"),
+        Orientationd(keys, axcodes="RAS", labels=None),  # axis labels from the meta space
         Spacingd(keys, pixdim=tuple(spacing), mode=modes, dtype=np.float32),
     ]
 

@@ -1,0 +1,74 @@
+"""`make demo`: synthesise data, train, segment held-out scans and report per-organ Dice.
+
+Everything runs on the built-in synthetic phantoms, so it needs no download and no GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from medseg.runtime import tune_allocator
+
+# Sized for a 2-core CPU: about 10 minutes end to end. A GPU run can afford far more.
+DEMO_TRAIN_CASES, DEMO_TEST_CASES = 24, 6
+DEMO_TRAIN_SEED, DEMO_TEST_SEED = 0, 1
+
+
+def ensure_dataset(folder: Path, cases: int, seed: int) -> Path:
+    """Generate the synthetic set once; a rerun reuses it (same seed, same files)."""
+    from medseg.synth import write_synthetic_dataset
+
+    manifest = folder / "dataset.json"
+    if not manifest.exists():
+        write_synthetic_dataset(folder, cases, seed=seed)
+    return manifest
+
+
+def run_demo(out: Path, epochs: int, iters_per_epoch: int) -> dict:
+    """The whole vertical slice: synth -> train -> infer -> evaluate."""
+    from medseg.evaluate import evaluate_folders, markdown_table
+    from medseg.infer import infer_cases
+    from medseg.manifest import load_labels
+    from medseg.train import TrainConfig, train
+
+    timings, start = {}, time.perf_counter()
+    train_manifest = ensure_dataset(out / "data" / "train", DEMO_TRAIN_CASES, DEMO_TRAIN_SEED)
+    test_manifest = ensure_dataset(out / "data" / "heldout", DEMO_TEST_CASES, DEMO_TEST_SEED)
+    timings["synth"] = time.perf_counter() - start
+
+    config = TrainConfig(manifest=str(train_manifest), output=str(out), epochs=epochs,
+                         iters_per_epoch=iters_per_epoch)
+    result = train(config)
+    timings["train"] = result["seconds"]
+
+    t = time.perf_counter()
+    heldout = test_manifest.parent
+    results = infer_cases(out, heldout / "imagesTr", out / "predictions", overwrite=True)
+    if any(r.status == "failed" for r in results):
+        raise SystemExit("demo: inference failed on a held-out case")
+    timings["infer"] = time.perf_counter() - t
+
+    summary = evaluate_folders(out / "predictions", heldout / "labelsTr", out / "evaluation",
+                               load_labels(test_manifest))
+    timings["total"] = time.perf_counter() - start
+    print(f"\nHeld-out synthetic cases ({DEMO_TEST_CASES}), per-organ Dice:\n")
+    print(markdown_table(summary))
+    print("\n" + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+    print(f"report: {out / 'evaluation' / 'summary.json'}")
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--output", type=Path, default=Path("runs/demo"))
+    parser.add_argument("--epochs", type=int, default=24)
+    parser.add_argument("--iters-per-epoch", type=int, default=25)
+    args = parser.parse_args()
+    tune_allocator()
+    run_demo(args.output, args.epochs, args.iters_per_epoch)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Checkpoints: self-describing round trip, and no code execution on load."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from medseg.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from medseg.errors import MedsegError
+from medseg.models import build_model
+
+
+def test_round_trip_restores_weights_and_settings(tmp_path):
+    model = build_model("unet3d", 1, 3, channels=(4, 8), strides=(2,))
+    config = {"labels": {"0": "background", "1": "liver", "2": "spleen"}, "spacing": [3, 3, 3]}
+    save_checkpoint(tmp_path / "best.pt", model, config, epoch=4)
+    payload = load_checkpoint(tmp_path)  # a run folder resolves to best.pt
+    assert payload["config"] == config and payload["epoch"] == 4
+    restored = build_model("unet3d", 1, 3, channels=(4, 8), strides=(2,))
+    restored.load_state_dict(payload["state_dict"])
+    x = torch.randn(1, 1, 8, 8, 8)
+    model.eval(), restored.eval()
+    torch.testing.assert_close(model(x), restored(x))
+
+
+def test_run_folder_falls_back_to_last_and_reports_missing(tmp_path):
+    with pytest.raises(MedsegError, match="no checkpoint"):
+        resolve_checkpoint(tmp_path)
+    (tmp_path / "last.pt").write_bytes(b"")
+    assert resolve_checkpoint(tmp_path) == tmp_path / "last.pt"
+
+
+class _Payload:
+    """Unpickling this would create a file: the attack a checkpoint loader must refuse."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+def test_pickled_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"format": 1, "config": _Payload(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(MedsegError, match="refused"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_truncated_or_foreign_files_are_clear_errors(tmp_path):
+    model = build_model("unet3d", 1, 2, channels=(4, 8), strides=(2,))
+    save_checkpoint(tmp_path / "good.pt", model, {})
+    data = (tmp_path / "good.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(MedsegError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "cut.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(MedsegError, match="not a medseg checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")

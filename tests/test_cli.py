@@ -1,0 +1,152 @@
+"""The command line end to end on tiny data, and its answers to bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import TINY_TRAIN_ARGS, write_nifti
+
+from cli import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """Run `medseg` in a fresh process, as a user would (tracebacks would show in stderr)."""
+    return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_train_writes_self_describing_checkpoints_and_logs(tiny_run):
+    assert {"best.pt", "last.pt", "config.json", "log.csv"} <= {p.name for p in tiny_run.iterdir()}
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert config["labels"]["5"] == "liver" and config["spacing"] == [8.0, 8.0, 8.0]
+    lo, hi = config["intensity"]["clip"]
+    assert -1100 <= lo < hi <= 3100  # percentiles of labelled CT voxels, in HU
+    assert len((tiny_run / "log.csv").read_text().splitlines()) == 2  # header + 1 epoch
+
+
+def test_infer_then_evaluate_end_to_end(tiny_run, tiny_dataset, tmp_path):
+    images = tiny_dataset.parent / "imagesTr"
+    result = CliRunner().invoke(main, ["infer", "--model", str(tiny_run), "--input", str(images),
+                                       "--output", str(tmp_path / "pred")])
+    assert result.exit_code == 0, result.output
+    for scan in sorted(images.iterdir()):
+        source, mask = nib.load(str(scan)), nib.load(str(tmp_path / "pred" / scan.name))
+        assert mask.shape == source.shape
+        np.testing.assert_allclose(mask.affine, source.affine, atol=1e-6)
+        assert mask.get_data_dtype() == np.uint8
+        assert set(np.unique(np.asarray(mask.dataobj))) <= set(range(10))
+
+    result = CliRunner().invoke(main, ["evaluate", "--pred", str(tmp_path / "pred"), "--ref",
+                                       str(tiny_dataset.parent / "labelsTr"), "--output",
+                                       str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert set(summary["organs"]) == {"spleen", "right_kidney", "left_kidney", "gallbladder",
+                                      "liver", "stomach", "aorta", "inferior_vena_cava",
+                                      "pancreas"}
+    assert summary["cases"] == 3 and "| liver |" in result.output
+    for stats in summary["organs"].values():
+        assert stats["n"] == 3 and 0.0 <= stats["dice_mean"] <= 1.0
+
+
+def test_infer_skips_finished_cases_unless_overwrite(tiny_run, tiny_dataset, tmp_path):
+    scan = sorted((tiny_dataset.parent / "imagesTr").iterdir())[0]
+    args = ["infer", "--model", str(tiny_run), "--input", str(scan), "--output", str(tmp_path)]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    first = (tmp_path / scan.name).stat().st_mtime_ns
+    assert "1 skipped" in CliRunner().invoke(main, args).output
+    assert (tmp_path / scan.name).stat().st_mtime_ns == first
+    assert "1 done" in CliRunner().invoke(main, [*args, "--overwrite"]).output
+
+
+def test_infer_reports_a_corrupt_scan_and_finishes_the_others(tiny_run, tiny_dataset, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    good = sorted((tiny_dataset.parent / "imagesTr").iterdir())[0]
+    (inputs / good.name).write_bytes(good.read_bytes())
+    (inputs / "broken.nii.gz").write_bytes(gzip.compress(b"\x00" * 100))
+    proc = run_cli("infer", "--model", tiny_run, "--input", inputs, "--output", tmp_path / "out")
+    assert proc.returncode == 1
+    assert "broken.nii.gz" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [good.name]
+
+
+def assert_clean_failure(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    """One error line naming the problem, exit code 2, no traceback."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_missing_input_file(tiny_run, tmp_path):
+    proc = run_cli("infer", "--model", tiny_run, "--input", tmp_path / "nope.nii.gz",
+                   "--output", tmp_path / "out")
+    assert_clean_failure(proc, "nope.nii.gz", "no such file")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_checkpoint(tiny_dataset, tmp_path):
+    proc = run_cli("infer", "--model", tmp_path / "run", "--input", tiny_dataset.parent,
+                   "--output", tmp_path / "out")
+    assert_clean_failure(proc, "checkpoint not found")
+
+
+def _manifest(tmp_path: Path, image: Path, label: Path) -> Path:
+    path = tmp_path / "dataset.json"
+    path.write_text(json.dumps({"labels": {"0": "background", "1": "liver"},
+                                "training": [{"image": str(image), "label": str(label)}] * 2}))
+    return path
+
+
+@pytest.mark.parametrize("problem", ["corrupt", "4d", "shape_mismatch", "missing_label"])
+def test_training_refuses_bad_cases_before_writing_anything(problem, tmp_path):
+    image = write_nifti(tmp_path / "img.nii.gz", np.zeros((16, 16, 8), np.int16))
+    label = write_nifti(tmp_path / "lab.nii.gz", np.zeros((16, 16, 8), np.uint8))
+    expected = {"corrupt": "img.nii.gz", "4d": "expected a 3D image",
+                "shape_mismatch": "label shape", "missing_label": "label file not found"}
+    if problem == "corrupt":
+        image.write_bytes(gzip.compress(b"garbage" * 50))
+    elif problem == "4d":
+        write_nifti(image, np.zeros((16, 16, 8, 2), np.int16))
+        write_nifti(label, np.zeros((16, 16, 8, 2), np.uint8))
+    elif problem == "shape_mismatch":
+        write_nifti(label, np.zeros((16, 16, 7), np.uint8))
+    else:
+        label.unlink()
+    out = tmp_path / "run"
+    proc = run_cli("train", "--manifest", _manifest(tmp_path, image, label), "--output", out,
+                   *TINY_TRAIN_ARGS)
+    assert_clean_failure(proc, expected[problem])
+    assert not list(out.glob("*.pt"))
+
+
+def test_labels_outside_the_label_map_are_refused(tmp_path):
+    image = write_nifti(tmp_path / "img.nii.gz", np.zeros((16, 16, 8), np.int16))
+    label = write_nifti(tmp_path / "lab.nii.gz", np.full((16, 16, 8), 4, np.uint8))
+    proc = run_cli("train", "--manifest", _manifest(tmp_path, image, label), "--output",
+                   tmp_path / "run", *TINY_TRAIN_ARGS)
+    assert_clean_failure(proc, "lab.nii.gz", "outside the label map")
+
+
+def test_bad_patch_size_is_explained(tiny_dataset, tmp_path):
+    proc = run_cli("train", "--manifest", tiny_dataset, "--output", tmp_path / "run",
+                   "--patch-size", "30,32,16", "--channels", "4,8,16")
+    assert_clean_failure(proc, "multiple of 4")
+
+
+def test_help_is_fast_and_lists_the_commands():
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    for command in ("synth", "train", "infer", "evaluate"):
+        assert command in proc.stdout
