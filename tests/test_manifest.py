@@ -62,3 +62,13 @@ def test_image_label_mismatches_name_the_case(tmp_path):
         check_case_files({"image": str(image), "label": str(shifted)})
     with pytest.raises(MedsegError, match="label file not found"):
         check_case_files({"image": str(image), "label": str(tmp_path / "none.nii.gz")})
+
+
+def test_shipped_synthetic_label_map_matches_the_phantoms():
+    from pathlib import Path
+
+    from medseg.phantoms import SYNTHETIC_LABELS
+
+    shipped = Path(__file__).resolve().parents[1] / "data_manifests" / "label_maps"
+    assert load_labels(shipped / "synthetic.json") == SYNTHETIC_LABELS
+    assert load_labels(shipped / "btcv.json")[6] == "liver"
