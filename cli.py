@@ -86,35 +86,30 @@ def synth(outdir: Path, cases: int, seed: int, spacing):
 @click.option("--manifest", required=True, type=click.Path(path_type=Path),
               help="Decathlon dataset.json with 'labels' and 'training'.")
 @click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--model", default="unet3d", show_default=True)
-@click.option("--epochs", default=40, show_default=True, type=click.IntRange(min=1))
-@click.option("--iters-per-epoch", default=25, show_default=True, type=click.IntRange(min=1))
-@click.option("--batch-size", default=2, show_default=True, type=click.IntRange(min=1))
-@click.option("--lr", default=2e-3, show_default=True, type=float)
-@click.option("--spacing", callback=_parse_triple(float), default="3,3,3", show_default=True,
-              help="Working voxel spacing in mm.")
-@click.option("--patch-size", callback=_parse_triple(int), default="96,96,64", show_default=True)
+# Unset options fall back to TrainConfig's defaults, so they are defined in one place.
+@click.option("--model", help="Registry name [default: unet3d].")
+@click.option("--epochs", type=click.IntRange(min=1), help="[default: 40]")
+@click.option("--iters-per-epoch", type=click.IntRange(min=1), help="[default: 25]")
+@click.option("--batch-size", type=click.IntRange(min=1), help="[default: 2]")
+@click.option("--lr", type=float, help="Peak learning rate [default: 0.003].")
+@click.option("--spacing", callback=_parse_triple(float), help="Working spacing in mm [4,4,4].")
+@click.option("--patch-size", callback=_parse_triple(int), help="[default: 80,64,48]")
 @click.option("--channels", default=None, help="U-Net channels per level, e.g. 16,32,64,128,256.")
-@click.option("--val-every", default=5, show_default=True, type=click.IntRange(min=1))
-@click.option("--device", default="auto", show_default=True,
-              type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--val-every", type=click.IntRange(min=1), help="Epochs between validations [5].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="[default: auto]")
+@click.option("--seed", type=int, help="[default: 0]")
 @user_errors
-def train(manifest, output, model, epochs, iters_per_epoch, batch_size, lr, spacing,
-          patch_size, channels, val_every, device, seed):
+def train(manifest, output, channels, **options):
     """Train a segmentation model; writes best.pt, last.pt, log.csv and config.json to OUTPUT."""
     _prepare_runtime()
     from medseg.train import TrainConfig
     from medseg.train import train as run_training
 
-    model_kwargs = {}
+    overrides = {k: v for k, v in options.items() if v is not None}
     if channels:
         levels = tuple(int(c) for c in channels.split(","))
-        model_kwargs = {"channels": levels, "strides": (2,) * (len(levels) - 1)}
-    config = TrainConfig(manifest=str(manifest), output=str(output), model=model,
-                         model_kwargs=model_kwargs, epochs=epochs, iters_per_epoch=iters_per_epoch,
-                         batch_size=batch_size, lr=lr, spacing=spacing, patch_size=patch_size,
-                         val_every=val_every, device=device, seed=seed)
+        overrides["model_kwargs"] = {"channels": levels, "strides": (2,) * (len(levels) - 1)}
+    config = TrainConfig(manifest=str(manifest), output=str(output), **overrides)
     result = run_training(config)
     click.echo(f"best validation Dice {result['best_val_dice']:.3f} "
                f"in {result['seconds']:.0f}s; checkpoints in {output}")

@@ -9,13 +9,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.inferers import sliding_window_inference
+from monai.transforms import Orientation, Spacing
 from tqdm import tqdm
 
 from medseg.checkpoint import load_checkpoint
 from medseg.errors import MedsegError, find_medseg_error
 from medseg.io import case_name, list_scans, load_scan, save_nifti
 from medseg.models import build_model
-from medseg.train import autocast, resolve_device
+from medseg.runtime import autocast, resolve_device
+from medseg.transforms import normalize_transform
 
 
 class Predictor:
@@ -43,18 +46,12 @@ class Predictor:
 
     def preprocess(self, scan: torch.Tensor) -> torch.Tensor:
         """Reorient to RAS, resample to the training spacing and normalise, as in training."""
-        from monai.transforms import Orientation, Spacing
-
-        from medseg.transforms import normalize_transform
-
         image = Orientation(axcodes="RAS", labels=None)(scan)
         image = Spacing(pixdim=self.spacing, mode="bilinear", dtype=np.float32)(image)
         return normalize_transform(self.intensity)({"image": image})["image"]
 
     def probabilities(self, image: torch.Tensor) -> torch.Tensor:
         """Softmax of the Gaussian-weighted sliding-window prediction, (C, X, Y, Z) on device."""
-        from monai.inferers import sliding_window_inference
-
         batch = image.as_tensor()[None].to(self.device)
         with torch.no_grad(), autocast(self.device):
             logits = sliding_window_inference(batch, self.patch_size, self.sw_batch_size,

@@ -264,14 +264,19 @@ def _reorient(data: np.ndarray, affine: np.ndarray, code: str) -> tuple[np.ndarr
     return apply_orientation(data, transform), affine @ inv_ornt_aff(transform, data.shape)
 
 
+def random_geometry(rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """A scanner-like voxel spacing (square pixels, thicker slices) and stored orientation."""
+    inplane = rng.uniform(0.6, 1.0)
+    spacing = np.array([inplane, inplane, rng.uniform(1.5, 5.0)])
+    return spacing, str(rng.choice(_ORIENTATIONS))
+
+
 def make_phantom(seed: int, spacing=None, orientation: str | None = None) -> Phantom:
     """Draw one abdominal CT phantom; the same seed (and overrides) gives the same case."""
     rng = np.random.default_rng(seed)
-    if spacing is None:
-        inplane = rng.uniform(0.6, 1.0)
-        spacing = (inplane, inplane, rng.uniform(1.5, 5.0))
-    spacing = np.asarray(spacing, dtype=float)
-    orientation = orientation or str(rng.choice(_ORIENTATIONS))
+    drawn_spacing, drawn_orientation = random_geometry(rng)  # drawn always: same stream after
+    spacing = np.asarray(drawn_spacing if spacing is None else spacing, dtype=float)
+    orientation = orientation or drawn_orientation
     phase_idx = int(rng.choice(3, p=[0.2, 0.3, 0.5]))
     body = np.array([rng.uniform(140.0, 170.0), rng.uniform(100.0, 125.0)])
     z_lo, z_hi = rng.uniform(-110.0, -80.0), rng.uniform(100.0, 130.0)

@@ -12,12 +12,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.data import CacheDataset, DataLoader, Dataset, list_data_collate
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceCELoss
+from monai.metrics import DiceMetric
+from monai.networks.utils import one_hot
+from monai.utils import set_determinism
 from tqdm import tqdm
 
 from medseg.checkpoint import save_checkpoint
 from medseg.errors import MedsegError
 from medseg.manifest import check_case_files, load_manifest, write_json
 from medseg.models import build_model, downsampling_factor
+from medseg.runtime import autocast, resolve_device
+from medseg.transforms import (
+    foreground_intensity_stats,
+    normalize_transform,
+    training_cache_transforms,
+    training_sample_transforms,
+)
 
 
 @dataclass
@@ -28,28 +41,22 @@ class TrainConfig:
     output: str
     model: str = "unet3d"
     model_kwargs: dict = field(default_factory=dict)
-    spacing: tuple[float, float, float] = (3.0, 3.0, 3.0)
-    patch_size: tuple[int, int, int] = (96, 96, 64)
+    # 4 mm and a patch that spans the whole abdomen's cross-section: measured on a 2-core CPU,
+    # 2.4x cheaper steps than 3 mm at the same context, and better held-out Dice per minute.
+    spacing: tuple[float, float, float] = (4.0, 4.0, 4.0)
+    patch_size: tuple[int, int, int] = (80, 64, 48)
     batch_size: int = 2
     epochs: int = 40
     iters_per_epoch: int = 25
-    lr: float = 2e-3
+    lr: float = 3e-3
     weight_decay: float = 1e-5
     val_every: int = 5
     val_fraction: float = 0.15
     overlap: float = 0.25
+    affine_prob: float = 0.25
     device: str = "auto"
     seed: int = 0
     num_workers: int = 0
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when present; asking for CUDA without one is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MedsegError("--device cuda was asked for, but this torch build sees no CUDA GPU")
-    return torch.device(name)
 
 
 def split_cases(cases: list[dict], val_fraction: float, seed: int) -> tuple[list, list]:
@@ -63,10 +70,6 @@ def split_cases(cases: list[dict], val_fraction: float, seed: int) -> tuple[list
 
 def cache_cases(cases: list[dict], spacing, num_classes: int) -> list[dict]:
     """Load and resample every case once (CacheDataset), checking labels against the label map."""
-    from monai.data import CacheDataset
-
-    from medseg.transforms import training_cache_transforms
-
     cached = CacheDataset(cases, training_cache_transforms(spacing, num_classes),
                           num_workers=1, progress=False)
     items = [cached[i] for i in range(len(cached))]
@@ -79,12 +82,9 @@ def cache_cases(cases: list[dict], spacing, num_classes: int) -> list[dict]:
 
 
 def make_loader(items: list[dict], cfg: TrainConfig, intensity: dict, num_classes: int):
-    """An endless-enough loader: iters_per_epoch batches of random class-balanced patches."""
-    from monai.data import DataLoader, Dataset, list_data_collate
-
-    from medseg.transforms import training_sample_transforms
-
-    dataset = Dataset(items, training_sample_transforms(intensity, cfg.patch_size, num_classes))
+    """An epoch's worth of batches (iters_per_epoch) of random class-balanced patches."""
+    dataset = Dataset(items, training_sample_transforms(intensity, cfg.patch_size, num_classes,
+                                                        cfg.affine_prob))
     sampler = torch.utils.data.RandomSampler(
         dataset, replacement=True, num_samples=cfg.iters_per_epoch * cfg.batch_size)
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
@@ -94,12 +94,6 @@ def make_loader(items: list[dict], cfg: TrainConfig, intensity: dict, num_classe
 def validate(model, items: list[dict], cfg: TrainConfig, intensity: dict, num_classes: int,
              device) -> np.ndarray:
     """Per-organ Dice (background excluded) of sliding-window predictions on validation cases."""
-    from monai.inferers import sliding_window_inference
-    from monai.metrics import DiceMetric
-    from monai.networks.utils import one_hot
-
-    from medseg.transforms import normalize_transform
-
     metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
     normalize = normalize_transform(intensity)
     model.eval()
@@ -113,11 +107,6 @@ def validate(model, items: list[dict], cfg: TrainConfig, intensity: dict, num_cl
             metric(pred, ref)
     model.train()
     return np.nanmean(metric.aggregate().numpy(), axis=0)
-
-
-def autocast(device: torch.device):
-    """bf16 mixed precision on CUDA; a no-op on CPU, where it gave no speed-up."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def poly_lr(optimizer, base_lr: float, step: int, total: int) -> None:
@@ -139,9 +128,7 @@ def check_config(cfg: TrainConfig) -> None:
 
 def train(cfg: TrainConfig) -> dict:
     """Run one training job; returns the best validation metrics. Writes best.pt and last.pt."""
-    from monai.losses import DiceCELoss
-    from monai.utils import set_determinism
-
+    start = time.perf_counter()
     check_config(cfg)
     out = Path(cfg.output)
     cases, labels = load_manifest(Path(cfg.manifest))
@@ -155,8 +142,6 @@ def train(cfg: TrainConfig) -> dict:
 
     train_items = cache_cases(train_cases, cfg.spacing, num_classes)
     val_items = cache_cases(val_cases, cfg.spacing, num_classes)
-    from medseg.transforms import foreground_intensity_stats
-
     intensity = foreground_intensity_stats(train_items)
     loader = make_loader(train_items, cfg, intensity, num_classes)
 
@@ -166,23 +151,12 @@ def train(cfg: TrainConfig) -> dict:
     meta = run_metadata(cfg, labels, intensity, train_cases, val_cases)
     write_json(meta, out / "config.json")
 
-    total_steps, step, best = cfg.epochs * cfg.iters_per_epoch, 0, -math.inf
-    organ_names = [labels[i] for i in range(1, num_classes)]
-    log = MetricsLog(out / "log.csv", organ_names)
-    start = time.perf_counter()
+    best = -math.inf
+    log = MetricsLog(out / "log.csv", [labels[i] for i in range(1, num_classes)])
     for epoch in range(1, cfg.epochs + 1):
-        losses = []
-        for batch in tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False):
-            poly_lr(optimizer, cfg.lr, step, total_steps)
-            image, label = batch["image"].to(device), batch["label"].to(device)
-            with autocast(device):
-                loss = loss_fn(model(image).float(), label)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
-            optimizer.step()
-            losses.append(loss.item())
-            step += 1
+        first_step = (epoch - 1) * cfg.iters_per_epoch
+        loss = train_epoch(model, loader, loss_fn, optimizer, cfg, first_step, device,
+                           desc=f"epoch {epoch}/{cfg.epochs}")
         dice = None
         if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
             dice = validate(model, val_items, cfg, intensity, num_classes, device)
@@ -190,8 +164,25 @@ def train(cfg: TrainConfig) -> dict:
                 best = float(np.nanmean(dice))
                 save_checkpoint(out / "best.pt", model, meta, epoch=epoch, val_dice=best)
         save_checkpoint(out / "last.pt", model, meta, epoch=epoch)
-        log.write(epoch, float(np.mean(losses)), dice, time.perf_counter() - start)
+        log.write(epoch, loss, dice, time.perf_counter() - start)
     return {"best_val_dice": best, "seconds": time.perf_counter() - start}
+
+
+def train_epoch(model, loader, loss_fn, optimizer, cfg: TrainConfig, first_step: int, device,
+                desc: str) -> float:
+    """One pass over the loader with poly LR decay and gradient clipping; returns mean loss."""
+    total_steps, losses = cfg.epochs * cfg.iters_per_epoch, []
+    for step, batch in enumerate(tqdm(loader, desc=desc, leave=False), start=first_step):
+        poly_lr(optimizer, cfg.lr, step, total_steps)
+        image, label = batch["image"].to(device), batch["label"].to(device)
+        with autocast(device):
+            loss = loss_fn(model(image).float(), label)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
+        optimizer.step()
+        losses.append(loss.item())
+    return float(np.mean(losses))
 
 
 def run_metadata(cfg: TrainConfig, labels: dict, intensity: dict, train_cases, val_cases) -> dict:

@@ -68,7 +68,7 @@ def training_cache_transforms(spacing: Sequence[float], num_classes: int) -> Com
 
 
 def training_sample_transforms(intensity: Mapping, patch_size: Sequence[int],
-                               num_classes: int) -> Compose:
+                               num_classes: int, affine_prob: float = 0.25) -> Compose:
     """Random part: class-balanced patches (so small organs are seen), light augmentation."""
     # Background gets half an organ's share; every organ is a patch centre equally often.
     ratios = [0.5] + [1.0] * (num_classes - 1)
@@ -80,7 +80,7 @@ def training_sample_transforms(intensity: Mapping, patch_size: Sequence[int],
                                 warn=False),
         normalize_transform(intensity),
         # No left-right flips: they would swap the kidneys' meaning.
-        RandAffined(keys, prob=0.25, rotate_range=(0.0, 0.0, 0.25), scale_range=0.1,
+        RandAffined(keys, prob=affine_prob, rotate_range=(0.0, 0.0, 0.25), scale_range=0.1,
                     mode=("bilinear", "nearest"), padding_mode="border"),
         RandScaleIntensityd("image", factors=0.1, prob=0.3),
         RandShiftIntensityd("image", offsets=0.1, prob=0.3),

@@ -3,9 +3,9 @@
 # `make demo` runs the same steps from Python (medseg/demo.py); this is the recipe to copy.
 set -euo pipefail
 OUT=${1:-runs/demo_cli}
-medseg synth "$OUT/data/train" --cases 24 --seed 0
+medseg synth "$OUT/data/train" --cases 48 --seed 0
 medseg synth "$OUT/data/heldout" --cases 6 --seed 1
-medseg train --manifest "$OUT/data/train/dataset.json" --output "$OUT" --epochs 24
+medseg train --manifest "$OUT/data/train/dataset.json" --output "$OUT" --epochs 40
 medseg infer --model "$OUT" --input "$OUT/data/heldout/imagesTr" --output "$OUT/predictions"
 medseg evaluate --pred "$OUT/predictions" --ref "$OUT/data/heldout/labelsTr" \
                 --output "$OUT/evaluation" --labels data_manifests/label_maps/synthetic.json

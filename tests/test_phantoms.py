@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medseg.phantoms import ORGAN_ID, SYNTHETIC_LABELS, make_phantom
+from medseg.phantoms import ORGAN_ID, SYNTHETIC_LABELS, make_phantom, random_geometry
 from medseg.synth import write_synthetic_dataset
 
 
@@ -19,7 +19,7 @@ def world_centroid(phantom, organ: str) -> np.ndarray:
 
 
 def test_same_seed_same_case_different_seed_different_case():
-    a, b, c = make_phantom(3), make_phantom(3), make_phantom(4)
+    a, b, c = (make_phantom(seed, spacing=(2.5, 2.5, 4.0)) for seed in (3, 3, 4))
     assert np.array_equal(a.image, b.image) and np.array_equal(a.label, b.label)
     assert np.array_equal(a.affine, b.affine)
     assert a.image.shape != c.image.shape or not np.array_equal(a.image, c.image)
@@ -27,7 +27,7 @@ def test_same_seed_same_case_different_seed_different_case():
 
 def test_dataset_files_are_byte_identical_for_the_same_seed(tmp_path):
     def digest(folder):
-        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
                 for p in sorted(folder.rglob("*.nii.gz"))}
 
     write_synthetic_dataset(tmp_path / "a", 2, seed=5, spacing=(5, 5, 8), workers=1,
@@ -68,12 +68,16 @@ def test_every_organ_present_with_plausible_volume_and_hu():
 
 
 def test_random_geometry_stays_in_the_promised_ranges():
-    spacings, codes = [], set()
-    for seed in range(6):
-        p = make_phantom(seed, spacing=None)
-        spacings.append(np.linalg.norm(p.affine[:3, :3], axis=0))
-        codes.add("".join(nib.aff2axcodes(p.affine)))
-    spacings = np.array(spacings)
-    assert np.all((spacings[:, :2] >= 0.6) & (spacings[:, :2] <= 1.0))
+    draws = [random_geometry(np.random.default_rng(seed)) for seed in range(200)]
+    spacings = np.array([spacing for spacing, _ in draws])
+    assert np.all(spacings[:, 0] == spacings[:, 1])  # square in-plane pixels
+    assert np.all((spacings[:, 0] >= 0.6) & (spacings[:, 0] <= 1.0))
     assert np.all((spacings[:, 2] >= 1.5) & (spacings[:, 2] <= 5.0))
-    assert len(codes) > 1
+    assert {code for _, code in draws} == {"RAS", "LPS", "LAS", "RPS", "LPI", "RAI"}
+
+
+def test_a_phantom_is_stored_with_its_drawn_geometry():
+    p = make_phantom(21)
+    spacing, code = random_geometry(np.random.default_rng(21))
+    np.testing.assert_allclose(np.linalg.norm(p.affine[:3, :3], axis=0), spacing)
+    assert "".join(nib.aff2axcodes(p.affine)) == code
