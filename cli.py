@@ -56,8 +56,15 @@ def user_errors(command):
 
 
 def _prepare_runtime() -> None:
+    import logging
+
     from medseg.runtime import tune_allocator
 
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    logger = logging.getLogger("medseg")
+    logger.addHandler(handler)
+    logger.propagate = False
     tune_allocator()
 
 
@@ -116,31 +123,66 @@ def train(manifest, output, channels, **options):
 
 
 @main.command()
-@click.option("--model", "checkpoint", required=True, type=click.Path(path_type=Path),
-              help="A run folder (uses best.pt) or a checkpoint file.")
+@click.option("--model", "checkpoints", required=True, multiple=True,
+              type=click.Path(path_type=Path),
+              help="A run folder (uses best.pt) or a checkpoint file; repeat to ensemble folds.")
 @click.option("--input", "inputs", required=True, type=click.Path(path_type=Path),
               help="A scan (NIfTI, NRRD, MHA), a DICOM series folder, or a folder of them.")
 @click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--overwrite", is_flag=True, help="Redo cases whose mask already exists.")
 @click.option("--overlap", default=0.5, show_default=True, type=click.FloatRange(0, 0.95))
+@click.option("--sw-batch-size", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--tta", is_flag=True,
+              help="Average over anterior-posterior and superior-inferior mirror images.")
+@click.option("--precision", default="auto", show_default=True,
+              type=click.Choice(["auto", "bf16", "fp16", "fp32"]),
+              help="auto: bf16 on CUDA, fp32 on CPU.")
+@click.option("--keep-largest", is_flag=True, help="Keep each organ's largest component only.")
+@click.option("--min-volume", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Remove components smaller than this many mm3.")
+@click.option("--save-probabilities", is_flag=True,
+              help="Also write CASE_probabilities.nii.gz (uint8, probability x 255).")
 @click.option("--device", default="auto", show_default=True,
               type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--nproc", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Processes (one per GPU) that split the cases, launched with torchrun.")
 @user_errors
-def infer(checkpoint, inputs, output, overwrite, overlap, device):
+def infer(checkpoints, inputs, output, nproc, min_volume, **options):
     """Segment scans; writes one uint8 NIfTI mask per scan, on the scan's own grid."""
+    if nproc > 1:
+        _relaunch_with_torchrun(nproc)
     _prepare_runtime()
-    from medseg.infer import infer_cases
+    from medseg.infer import gather_results, infer_cases, rank_and_world
+    from medseg.predictor import InferOptions
 
-    results = infer_cases(checkpoint, inputs, output, device=device, overwrite=overwrite,
-                          overlap=overlap)
+    settings = InferOptions(min_volume_mm3=min_volume, **options)
+    results = gather_results(infer_cases(checkpoints, inputs, output, settings))
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
-    click.echo(f"{counts['done']} done, {counts['skipped']} skipped (exist; --overwrite redoes "
-               f"them), {counts['failed']} failed; masks in {output}")
-    for r in results:
-        if r.status == "failed":
-            click.echo(f"failed: {r.error}", err=True)
+    if rank_and_world()[0] == 0:
+        click.echo(f"{counts['done']} done, {counts['skipped']} skipped (exist; --overwrite "
+                   f"redoes them), {counts['failed']} failed; masks in {output}")
+        for r in results:
+            if r.status == "failed":
+                click.echo(f"failed: {r.error}", err=True)
     if counts["failed"]:
         sys.exit(EXIT_CASES_FAILED)
+
+
+def _relaunch_with_torchrun(nproc: int) -> None:
+    """Re-run this very command under torchrun with nproc ranks, minus the --nproc option."""
+    import subprocess
+
+    args = sys.argv[1:]
+    for i, arg in enumerate(args):
+        if arg == "--nproc":
+            del args[i:i + 2]
+            break
+        if arg.startswith("--nproc="):
+            del args[i]
+            break
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", "-m", "cli", *args]
+    sys.exit(subprocess.call(command))
 
 
 @main.command()

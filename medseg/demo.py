@@ -31,6 +31,7 @@ def run_demo(out: Path, epochs: int, iters_per_epoch: int) -> dict:
     from medseg.evaluate import evaluate_folders, markdown_table
     from medseg.infer import infer_cases
     from medseg.manifest import load_labels
+    from medseg.predictor import InferOptions
     from medseg.train import TrainConfig, train
 
     timings, start = {}, time.perf_counter()
@@ -44,7 +45,8 @@ def run_demo(out: Path, epochs: int, iters_per_epoch: int) -> dict:
 
     t = time.perf_counter()
     heldout = test_manifest.parent
-    results = infer_cases(out, heldout / "imagesTr", out / "predictions", overwrite=True)
+    results = infer_cases(out, heldout / "imagesTr", out / "predictions",
+                          InferOptions(overwrite=True))
     if any(r.status == "failed" for r in results):
         raise SystemExit("demo: inference failed on a held-out case")
     timings["infer"] = time.perf_counter() - t

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -13,6 +14,8 @@ import numpy as np
 import torch
 
 from medseg.errors import MedsegError
+
+log = logging.getLogger("medseg")
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -75,6 +78,7 @@ def load_scan(path: Path, what: str = "image") -> torch.Tensor:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MedsegError(f"{path}: cannot read {what} ({reason})") from None
     _check_volume(volume, path, what)
+    _repair_direction_cosines(volume, path)
     return volume
 
 
@@ -90,6 +94,35 @@ def _check_volume(volume: torch.Tensor, path: Path, what: str) -> None:
         raise MedsegError(f"{path}: {what} has an empty dimension {spatial}")
     if volume.is_floating_point() and not torch.isfinite(volume).all():
         raise MedsegError(f"{path}: {what} contains NaN or infinite voxels")
+
+
+# Direction cosines this close to orthonormal are a rounding defect of the header, not a shear.
+ORTHONORMAL_TOLERANCE = 1e-2
+
+
+def _repair_direction_cosines(volume: torch.Tensor, path: Path) -> None:
+    """Make slightly non-orthonormal direction cosines orthonormal (with a warning), in place.
+
+    Many scanners write headers whose axes are a hair off perpendicular, which ITK refuses
+    outright. The nearest orthonormal directions (polar decomposition) change voxel positions by
+    far less than a voxel. The file's own affine stays in meta["original_affine"], which is what
+    the output mask is written with. Real shears are refused.
+    """
+    affine = np.asarray(volume.affine, dtype=np.float64)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    directions = affine[:3, :3] / spacing
+    deviation = float(np.abs(directions.T @ directions - np.eye(3)).max())
+    if deviation < 1e-6:
+        return
+    if deviation > ORTHONORMAL_TOLERANCE:
+        raise MedsegError(f"{path}: the axes are sheared (direction cosines off orthonormal by "
+                          f"{deviation:.3g}); resample the scan onto a regular grid first")
+    u, _, vt = np.linalg.svd(directions)
+    repaired = affine.copy()
+    repaired[:3, :3] = (u @ vt) * spacing
+    volume.meta.setdefault("original_affine", affine)
+    volume.affine = torch.as_tensor(repaired)
+    log.warning("%s: direction cosines were off orthonormal by %.2g; repaired", path, deviation)
 
 
 @contextlib.contextmanager

@@ -41,6 +41,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device):
-    """bf16 mixed precision on CUDA; a no-op on CPU, where it gave no speed-up."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """Mixed precision: 'auto' is bf16 on CUDA and fp32 on CPU (bf16 gave no CPU speed-up here)."""
+    if precision not in PRECISIONS:
+        raise MedsegError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)

@@ -9,7 +9,7 @@ import torch
 from scipy.ndimage import map_coordinates
 
 from medseg.checkpoint import save_checkpoint
-from medseg.infer import Predictor, resample_labels
+from medseg.predictor import InferOptions, Predictor, resample_labels
 from medseg.io import load_scan, save_nifti
 from medseg.models import build_model
 
@@ -83,7 +83,7 @@ def threshold_predictor(tmp_path_factory) -> Predictor:
               "patch_size": [16, 16, 16],
               "intensity": {"clip": [-1000.0, 1000.0], "mean": 0.0, "std": 100.0}}
     save_checkpoint(path, build_model("unet3d", 1, 2, **kwargs), config)
-    predictor = Predictor(path, device="cpu")
+    predictor = Predictor(path, InferOptions(device="cpu"))
     predictor.model = BrightIsForeground()
     return predictor
 
@@ -111,7 +111,7 @@ def test_predicted_mask_lands_on_the_input_grid(name, threshold_predictor, tmp_p
     nib.save(nib.Nifti1Image(image, affine), str(src))
 
     scan = load_scan(src)
-    mask = threshold_predictor.predict(scan)
+    mask, _ = threshold_predictor.predict(scan)
     save_nifti(mask, np.asarray(scan.affine), tmp_path / "mask.nii.gz", like=src)
     out = nib.load(str(tmp_path / "mask.nii.gz"))
 

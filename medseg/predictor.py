@@ -1,0 +1,191 @@
+"""The predictor: scan -> RAS + working spacing -> sliding window -> back onto the scan's grid."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.inferers import sliding_window_inference
+from monai.transforms import Orientation, Spacing
+
+from medseg.checkpoint import load_checkpoint
+from medseg.errors import MedsegError
+from medseg.models import build_model
+from medseg.postprocess import clean_components, voxels_for_volume
+from medseg.runtime import autocast, resolve_device
+from medseg.transforms import normalize_transform
+
+log = logging.getLogger("medseg")
+
+# Mirroring TTA flips anterior-posterior and superior-inferior only: a left-right flip turns the
+# right kidney into a left one, so averaging it in would blur the two labels together.
+TTA_AXES = (1, 2)
+
+
+@dataclass
+class InferOptions:
+    """How to run inference; the model-specific settings come from the checkpoints."""
+
+    device: str = "auto"
+    overlap: float = 0.5
+    sw_batch_size: int = 2
+    precision: str = "auto"
+    tta: bool = False
+    keep_largest: bool = False
+    min_volume_mm3: float = 0.0
+    save_probabilities: bool = False
+    overwrite: bool = False
+
+
+@dataclass
+class _Member:
+    """One checkpoint of an ensemble: its network and intensity normalisation."""
+
+    model: torch.nn.Module
+    patch_size: tuple[int, ...]
+    intensity: dict
+
+
+class Predictor:
+    """One or more trained models (an ensemble averages their probabilities)."""
+
+    def __init__(self, checkpoints, options: InferOptions | None = None):
+        self.options = options or InferOptions()
+        self.device = resolve_device(self.options.device)
+        paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
+        configs = [load_checkpoint(p) | {"path": p} for p in paths]
+        first = configs[0]["config"]
+        self.labels = {int(k): v for k, v in first["labels"].items()}
+        self.spacing = tuple(first["spacing"])
+        self.members = [self._load_member(c) for c in configs]
+
+    def _load_member(self, payload: dict) -> _Member:
+        config, path = payload["config"], payload["path"]
+        if {int(k): v for k, v in config["labels"].items()} != self.labels:
+            raise MedsegError(f"{path}: its label map differs from the first checkpoint's")
+        if tuple(config["spacing"]) != self.spacing:
+            raise MedsegError(f"{path}: spacing {config['spacing']} differs from the first "
+                              f"checkpoint's {list(self.spacing)}; ensembles share one grid")
+        model = build_model(config["model"]["name"], config["model"]["in_channels"],
+                            len(self.labels), **config["model"]["kwargs"])
+        try:
+            model.load_state_dict(payload["state_dict"])
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise MedsegError(f"{path}: weights do not fit the model they claim ({first})") \
+                from None
+        return _Member(model.to(self.device).eval(), tuple(config["patch_size"]),
+                       config["intensity"])
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The first member's network (the only one for a single checkpoint)."""
+        return self.members[0].model
+
+    @model.setter
+    def model(self, network: torch.nn.Module) -> None:
+        self.members[0].model = network
+
+    def resample_to_working_grid(self, scan: torch.Tensor) -> torch.Tensor:
+        """Reorient to RAS and resample to the training spacing, as in training."""
+        image = Orientation(axcodes="RAS", labels=None)(scan)
+        return Spacing(pixdim=self.spacing, mode="bilinear", dtype=np.float32)(image)
+
+    def probabilities(self, image: torch.Tensor) -> torch.Tensor:
+        """Mean softmax over ensemble members and TTA flips, (C, X, Y, Z) on the stitch device."""
+        total, count = None, 0
+        for member in self.members:
+            normalized = normalize_transform(member.intensity)({"image": image})["image"]
+            batch = normalized.as_tensor()[None].to(self.device)
+            for flips in self._flip_sets():
+                flipped = batch.flip(flips) if flips else batch
+                logits = self._sliding_window(flipped, member)
+                probs = torch.softmax(logits.float(), dim=1)
+                probs = probs.flip(flips) if flips else probs
+                total = probs if total is None else total + probs.to(total.device)
+                count += 1
+        return total[0] / count
+
+    def _flip_sets(self) -> list[tuple[int, ...]]:
+        """Tensor dims to flip for each TTA pass (none without --tta)."""
+        if not self.options.tta:
+            return [()]
+        axes = [2 + a for a in TTA_AXES]  # skip batch and channel dims
+        return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+
+    def _sliding_window(self, batch: torch.Tensor, member: _Member) -> torch.Tensor:
+        """Gaussian-weighted sliding window; stitches on the device, on the CPU if that is full."""
+        def run(stitch_device):
+            with torch.inference_mode(), autocast(self.device, self.options.precision):
+                return sliding_window_inference(
+                    batch, member.patch_size, self.options.sw_batch_size, member.model,
+                    overlap=self.options.overlap, mode="gaussian", sw_device=self.device,
+                    device=stitch_device)
+
+        try:
+            return run(self.device)
+        except torch.OutOfMemoryError:
+            if self.device.type == "cpu":
+                raise
+            log.warning("the volume does not fit on %s; stitching on the CPU", self.device)
+            torch.cuda.empty_cache()
+            return run(torch.device("cpu"))
+
+    def predict(self, scan: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """A uint8 organ mask on exactly the scan's grid, and uint8 probabilities if asked."""
+        image = self.resample_to_working_grid(scan)
+        probs = self.probabilities(image)
+        mask, probabilities = resample_to_grid(
+            probs, np.asarray(image.affine), np.asarray(scan.affine), tuple(scan.shape[1:]),
+            keep_probabilities=self.options.save_probabilities)
+        min_voxels = voxels_for_volume(self.options.min_volume_mm3, np.asarray(scan.affine))
+        mask = clean_components(mask, self.options.keep_largest, min_voxels)
+        return mask, probabilities
+
+
+def resample_to_grid(probs: torch.Tensor, src_affine: np.ndarray, dst_affine: np.ndarray,
+                     dst_shape: tuple[int, int, int], keep_probabilities: bool = False,
+                     max_chunk_bytes: int = 256 << 20) -> tuple[np.ndarray, np.ndarray | None]:
+    """Trilinearly resample class probabilities onto another grid and take the argmax, in slabs.
+
+    Works for any pair of affines (flips, permutations, oblique), because each output voxel's
+    position in the source grid comes from the affines themselves. Slab by slab along the first
+    axis, so memory stays bounded whatever the output size; only uint8 results are kept
+    (labels, and probabilities scaled to 0..255 when asked for).
+    """
+    num_classes, src_shape = probs.shape[0], probs.shape[1:]
+    dst_to_src = torch.as_tensor(np.linalg.inv(src_affine) @ dst_affine, dtype=torch.float32,
+                                 device=probs.device)
+    # grid_sample with align_corners=True maps -1 and 1 to the first and last voxel centres.
+    extent = torch.tensor([max(s - 1, 1) for s in src_shape], dtype=torch.float32,
+                          device=probs.device)
+    j = torch.arange(dst_shape[1], dtype=torch.float32, device=probs.device)
+    k = torch.arange(dst_shape[2], dtype=torch.float32, device=probs.device)
+    jk = dst_to_src[:3, 1] * j[:, None, None] + dst_to_src[:3, 2] * k[None, :, None]
+    slab = max(1, max_chunk_bytes // ((num_classes + 3) * 4 * dst_shape[1] * dst_shape[2]))
+    labels = np.empty(dst_shape, dtype=np.uint8)
+    kept = np.empty((num_classes, *dst_shape), np.uint8) if keep_probabilities else None
+    for i0 in range(0, dst_shape[0], slab):
+        i = torch.arange(i0, min(i0 + slab, dst_shape[0]), dtype=torch.float32,
+                         device=probs.device)
+        src = dst_to_src[:3, 0] * i[:, None, None, None] + jk[None] + dst_to_src[:3, 3]
+        grid = (2.0 * src / extent - 1.0).flip(-1)  # grid_sample wants (z, y, x) order last
+        sampled = F.grid_sample(probs[None], grid[None], mode="bilinear",
+                                padding_mode="border", align_corners=True)[0]
+        labels[i0:i0 + len(i)] = sampled.argmax(0).to(torch.uint8).cpu().numpy()
+        if kept is not None:
+            kept[:, i0:i0 + len(i)] = (sampled * 255).round_().to(torch.uint8).cpu().numpy()
+    return labels, kept
+
+
+def resample_labels(probs: torch.Tensor, src_affine: np.ndarray, dst_affine: np.ndarray,
+                    dst_shape: tuple[int, int, int], max_chunk_bytes: int = 256 << 20
+                    ) -> np.ndarray:
+    """Labels only: resample_to_grid without probabilities."""
+    return resample_to_grid(probs, src_affine, dst_affine, dst_shape,
+                            max_chunk_bytes=max_chunk_bytes)[0]
