@@ -12,8 +12,12 @@ from medseg.errors import MedsegError
 from medseg.io import NIFTI_SUFFIXES, atomic_output, scan_suffix
 
 
-def parse_labels(raw: dict, source: str) -> dict[int, str]:
-    """Label map {id: name} from Decathlon ({"1": "liver"}) or name->id ({"liver": 1}) form."""
+def parse_labels(raw: dict, source: str, contiguous: bool = True) -> dict[int, str]:
+    """Label map {id: name} from Decathlon ({"1": "liver"}) or name->id ({"liver": 1}) form.
+
+    Training needs ids 0..N without gaps (every id is a network output), so that is the default;
+    evaluation label maps may have gaps (contiguous=False), e.g. a subset of a public map.
+    """
     labels: dict[int, str] = {}
     for key, value in raw.items():
         key_s, value_s = str(key), str(value)
@@ -26,15 +30,17 @@ def parse_labels(raw: dict, source: str) -> dict[int, str]:
     if 0 not in labels:
         labels[0] = "background"
     ids = sorted(labels)
-    if ids != list(range(len(ids))):
+    if min(ids) < 0:
+        raise MedsegError(f"{source}: label ids must not be negative, got {ids}")
+    if contiguous and ids != list(range(len(ids))):
         raise MedsegError(f"{source}: label ids must be 0..N without gaps, got {ids}")
     return dict(sorted(labels.items()))
 
 
-def load_labels(path: Path) -> dict[int, str]:
+def load_labels(path: Path, contiguous: bool = True) -> dict[int, str]:
     """Label map from a JSON file: a dataset.json (its "labels") or a plain mapping."""
     raw = _read_json(Path(path))
-    return parse_labels(raw.get("labels", raw), str(path))
+    return parse_labels(raw.get("labels", raw), str(path), contiguous=contiguous)
 
 
 def load_manifest(path: Path) -> tuple[list[dict], dict[int, str]]:

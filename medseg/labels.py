@@ -1,0 +1,111 @@
+"""Organ names: one canonical vocabulary, the aliases public label maps use, and name matching.
+
+Label ids differ between data sets (liver is 6 in BTCV, 1 in FLARE22, 5 in TotalSegmentator), so
+evaluation pairs reference and prediction labels by canonical organ name, never by number.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from medseg.errors import MedsegError
+from medseg.manifest import load_labels
+
+LABEL_MAP_DIR = Path(__file__).resolve().parents[1] / "data_manifests" / "label_maps"
+SHIPPED_MAPS = ("synthetic", "btcv", "amos", "flare22", "totalseg_v2")
+
+# The canonical names: BTCV's 13 organs (as in label_maps/btcv.json) and AMOS's extra three.
+# Any other structure (TotalSegmentator's vertebrae, ribs, ...) keeps its own snake_case name.
+CANONICAL_ORGANS = (
+    "spleen", "right_kidney", "left_kidney", "gallbladder", "esophagus", "liver", "stomach",
+    "aorta", "inferior_vena_cava", "portal_and_splenic_veins", "pancreas",
+    "right_adrenal_gland", "left_adrenal_gland", "duodenum", "urinary_bladder",
+    "prostate_or_uterus",
+)
+
+# Spellings seen in public label maps (after snake-casing) -> canonical name. The short forms
+# are BTCV's original ones (rkid, gall, rad), "arota" and "postcava" are AMOS's dataset.json.
+ALIASES = {
+    "kidney_right": "right_kidney", "rkid": "right_kidney", "kidney_r": "right_kidney",
+    "kidney_left": "left_kidney", "lkid": "left_kidney", "kidney_l": "left_kidney",
+    "gall_bladder": "gallbladder", "gall": "gallbladder",
+    "oesophagus": "esophagus", "eso": "esophagus",
+    "sto": "stomach",
+    "arota": "aorta",
+    "ivc": "inferior_vena_cava", "postcava": "inferior_vena_cava",
+    "portal_vein_and_splenic_vein": "portal_and_splenic_veins", "veins": "portal_and_splenic_veins",
+    "portal_and_splenic_vein": "portal_and_splenic_veins",
+    "portal_vein_splenic_vein": "portal_and_splenic_veins",
+    "adrenal_gland_right": "right_adrenal_gland", "right_adrenal": "right_adrenal_gland",
+    "rad": "right_adrenal_gland",
+    "adrenal_gland_left": "left_adrenal_gland", "left_adrenal": "left_adrenal_gland",
+    "lad": "left_adrenal_gland",
+    "bladder": "urinary_bladder",
+    "prostate_uterus": "prostate_or_uterus",
+    "bg": "background",
+}
+
+
+def canonical_name(name: str) -> str:
+    """The canonical snake_case name of any spelling ('Kidney Right', 'rkid' -> right_kidney)."""
+    key = re.sub(r"[^0-9a-z]+", "_", str(name).strip().lower()).strip("_")
+    return ALIASES.get(key, key)
+
+
+def canonical_labels(labels: dict[int, str], source: str) -> dict[int, str]:
+    """A label map with canonical names; two ids that name the same organ are an error."""
+    named = {i: canonical_name(n) for i, n in sorted(labels.items())}
+    seen: dict[str, int] = {}
+    for label_id, name in named.items():
+        if name in seen:
+            raise MedsegError(f"{source}: ids {seen[name]} and {label_id} both name {name!r} "
+                              f"({labels[seen[name]]!r}, {labels[label_id]!r}); keep one of them")
+        seen[name] = label_id
+    return named
+
+
+def load_label_map(spec: str | Path) -> dict[int, str]:
+    """A label map {id: canonical name} from a JSON file or a shipped map name ('btcv', ...)."""
+    path = Path(spec)
+    if not path.exists() and str(spec) in SHIPPED_MAPS:
+        path = LABEL_MAP_DIR / f"{spec}.json"
+    elif not path.exists():
+        raise MedsegError(f"{spec}: no such label map file; shipped maps are "
+                          f"{', '.join(SHIPPED_MAPS)}")
+    return canonical_labels(load_labels(path, contiguous=False), str(path))
+
+
+@dataclass
+class LabelMatch:
+    """Both label maps (canonical names), the organs they share and those only one side has."""
+
+    reference: dict[int, str]
+    prediction: dict[int, str]
+    organs: list[tuple[str, int, int]]  # (name, reference id, prediction id), reference order
+    reference_only: list[str]
+    prediction_only: list[str]
+
+
+def match_label_maps(ref: dict[int, str], pred: dict[int, str]) -> LabelMatch:
+    """Pair reference and prediction ids by canonical organ name."""
+    ref = canonical_labels(ref, "reference labels")
+    pred = canonical_labels(pred, "prediction labels")
+    ref_ids = {n: i for i, n in ref.items() if i > 0}
+    pred_ids = {n: i for i, n in pred.items() if i > 0}
+    organs = [(name, ref_ids[name], pred_ids[name]) for name in ref_ids if name in pred_ids]
+    if not organs:
+        raise MedsegError("the reference and prediction label maps share no organ name; "
+                          "check --ref-labels and --pred-labels")
+    return LabelMatch(ref, pred, organs, [n for n in ref_ids if n not in pred_ids],
+                      [n for n in pred_ids if n not in ref_ids])
+
+
+def totalsegmentator_map(classmap: Path) -> dict:
+    """Our label-map JSON from TotalSegmentator's class map ({"1": "spleen", ...})."""
+    raw = json.loads(Path(classmap).read_text())
+    labels = {0: "background", **{int(k): v for k, v in raw.items()}}
+    named = canonical_labels(labels, str(classmap))
+    return {"labels": {str(k): named[k] for k in sorted(named)}}
