@@ -1,4 +1,4 @@
-"""The `medseg` command line: synth, train, infer, evaluate.
+"""The `medseg` command line: synth, train, infer, evaluate, report.
 
 Imports of torch and MONAI happen inside the commands, so `medseg --help` answers at once.
 A user mistake (MedsegError) is printed as one line with exit code 2; Ctrl-C exits with 130.
@@ -186,22 +186,54 @@ def _relaunch_with_torchrun(nproc: int) -> None:
 
 
 @main.command()
-@click.option("--pred", required=True, type=click.Path(path_type=Path))
-@click.option("--ref", required=True, type=click.Path(path_type=Path))
+@click.option("--pred", required=True, type=click.Path(path_type=Path),
+              help="Predicted masks: a file or a folder (cases matched to --ref by name).")
+@click.option("--ref", required=True, type=click.Path(path_type=Path), help="Reference masks.")
 @click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--labels", "labels_file", type=click.Path(path_type=Path), default=None,
-              help="Label map JSON (a dataset.json or {name: id}); default: dataset.json beside "
-                   "the reference folder.")
+@click.option("--labels", "labels_spec", default=None,
+              help="Label map for both sides: a JSON file (dataset.json or {name: id}) or a "
+                   "shipped map (synthetic, btcv, amos, flare22, totalseg_v2); default: "
+                   "dataset.json beside the reference folder.")
+@click.option("--ref-labels", "ref_spec", default=None,
+              help="Label map of the references (file or shipped name); overrides --labels.")
+@click.option("--pred-labels", "pred_spec", default=None,
+              help="Label map of the predictions; organs are paired with the references by name.")
+@click.option("--nsd-tolerance", default=2.0, show_default=True, type=click.FloatRange(min=0),
+              help="Normalised surface Dice tolerance in mm.")
+@click.option("--resample-pred", is_flag=True,
+              help="Resample predictions on another grid onto the reference grid (nearest "
+                   "neighbour) instead of refusing them.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Cases evaluated in parallel [default: min(CPU count, cases)].")
+@click.option("--no-figures", is_flag=True, help="Skip the PNG figures of report.html.")
 @user_errors
-def evaluate(pred, ref, output, labels_file):
-    """Per-organ Dice of predicted masks against references: CSV, summary.json, report.md."""
+def evaluate(pred, ref, output, labels_spec, ref_spec, pred_spec, nsd_tolerance, resample_pred,
+             workers, no_figures):
+    """Dice, IoU, HD95, NSD and volumes per organ: per_case.csv, summary.json, report.md/.html."""
     from medseg.evaluate import evaluate_folders, markdown_table
-    from medseg.manifest import load_labels
+    from medseg.labels import load_label_map
 
-    labels = load_labels(labels_file or _default_labels(ref))
-    summary = evaluate_folders(pred, ref, output, labels)
+    default = labels_spec or (None if ref_spec and pred_spec else _default_labels(ref))
+    ref_labels = load_label_map(ref_spec or default)
+    pred_labels = load_label_map(pred_spec or default)
+    summary = evaluate_folders(pred, ref, output, ref_labels, pred_labels,
+                               tolerance_mm=nsd_tolerance, resample=resample_pred,
+                               workers=workers, figures=not no_figures, progress=True)
     click.echo(markdown_table(summary))
-    click.echo(f"wrote {output}/summary.json, per_case.csv and report.md")
+    click.echo(f"wrote per_case.csv, summary.json, report.md and report.html to {output}")
+
+
+@main.command()
+@click.argument("rundir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="PNG to write [default: RUNDIR/training_curves.png].")
+@user_errors
+def report(rundir, output):
+    """Draw training curves (loss, per-organ validation Dice) from RUNDIR/log.csv as a PNG."""
+    from medseg.figures import training_curves
+
+    path = training_curves(rundir / "log.csv", output or rundir / "training_curves.png")
+    click.echo(f"wrote {path}")
 
 
 def _default_labels(ref: Path) -> Path:
@@ -210,7 +242,8 @@ def _default_labels(ref: Path) -> Path:
     for candidate in (Path(ref).parent / "dataset.json", Path(ref) / "dataset.json"):
         if candidate.exists():
             return candidate
-    raise MedsegError(f"no label map given and no dataset.json beside {ref}; pass --labels")
+    raise MedsegError(f"no label map given and no dataset.json beside {ref}; pass --labels "
+                      "(or --ref-labels and --pred-labels)")
 
 
 if __name__ == "__main__":

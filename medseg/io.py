@@ -63,23 +63,57 @@ def _reader_for(path: Path):
     return SimpleITKReader()
 
 
-def load_scan(path: Path, what: str = "image") -> torch.Tensor:
-    """Load a 3D volume as a channel-first MetaTensor (1, X, Y, Z), or raise a clear MedsegError."""
+def load_scan(path: Path, what: str = "image", dtype=np.float32) -> torch.Tensor:
+    """Load a 3D volume as a channel-first MetaTensor (1, X, Y, Z), or raise a clear MedsegError.
+
+    dtype=None keeps the file's own type (a uint8 mask stays 1 byte per voxel).
+    """
     from monai.transforms import LoadImage
 
     path = Path(path)
     if not path.exists():
         raise MedsegError(f"{path}: {what} file not found")
     try:
-        volume = LoadImage(reader=_reader_for(path), image_only=True, ensure_channel_first=True)(
-            str(path)
-        )
+        volume = LoadImage(reader=_reader_for(path), image_only=True, ensure_channel_first=True,
+                           dtype=dtype)(str(path))
     except Exception as exc:  # noqa: BLE001 - readers raise anything from EOFError to RuntimeError
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MedsegError(f"{path}: cannot read {what} ({reason})") from None
+        raise MedsegError(f"{path}: cannot read {what} ({_reason(exc)})") from None
     _check_volume(volume, path, what)
     _repair_direction_cosines(volume, path)
     return volume
+
+
+def _reason(exc: Exception) -> str:
+    """The first line of an exception's message, or its type when it has none."""
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def load_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A 3D label volume in the file's own dtype and memory order, and its RAS affine.
+
+    NIfTI is read with nibabel directly: MONAI's LoadImage copies the volume into C order, which
+    took 1.5-2.5 s on top of nibabel's 0.2 s for a 512 x 512 x 400 uint8 mask. Other formats
+    (NRRD, MHA, DICOM) go through load_scan.
+    """
+    path = Path(path)
+    if scan_suffix(path) not in NIFTI_SUFFIXES:
+        volume = load_scan(path, what="mask", dtype=None)
+        return volume[0].numpy(), np.asarray(volume.affine, dtype=np.float64)
+    if not path.exists():
+        raise MedsegError(f"{path}: mask file not found")
+    try:
+        image = nib.load(str(path))
+        array = np.asanyarray(image.dataobj)
+    except Exception as exc:  # noqa: BLE001 - nibabel raises several types for broken files
+        raise MedsegError(f"{path}: cannot read mask ({_reason(exc)})") from None
+    if array.ndim == 4 and array.shape[3] == 1:
+        array = array[..., 0]
+    if array.ndim != 3 or min(array.shape) < 1:
+        raise MedsegError(f"{path}: expected a 3D mask, got shape {array.shape}; split 4D series "
+                          "into 3D files")
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    return array, np.asarray(image.affine, dtype=np.float64)
 
 
 def _check_volume(volume: torch.Tensor, path: Path, what: str) -> None:

@@ -100,3 +100,24 @@ def test_save_nifti_keeps_qform_and_sform_of_the_reference(tmp_path):
     assert int(out.header["qform_code"]) == 1 and int(out.header["sform_code"]) == 2
     assert out.get_data_dtype() == np.uint8
     np.testing.assert_array_equal(np.asarray(out.dataobj), mask)
+
+
+def test_load_mask_keeps_the_file_dtype_and_agrees_with_load_scan(tmp_path):
+    from medseg.io import load_mask
+
+    affine = np.diag([0.8, 0.9, 2.5, 1.0])
+    affine[:3, 3] = [-100, 50, 20]
+    data = (np.arange(60) % 7).astype(np.uint8).reshape(3, 4, 5)
+    path = write_nifti(tmp_path / "m.nii.gz", data, affine)
+    array, mask_affine = load_mask(path)
+    assert array.dtype == np.uint8
+    np.testing.assert_array_equal(array, load_scan(path)[0].numpy())
+    np.testing.assert_allclose(mask_affine, load_scan(path).affine.numpy())
+    swapped = write_nifti(tmp_path / "big_endian.nii.gz", data.astype(">i2"), affine)
+    array, _ = load_mask(swapped)
+    assert array.dtype.isnative and np.array_equal(array, data)
+    with pytest.raises(MedsegError, match="expected a 3D mask"):
+        load_mask(write_nifti(tmp_path / "4d.nii.gz", np.zeros((3, 4, 5, 2), np.uint8)))
+    (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti")
+    with pytest.raises(MedsegError, match="broken.nii.gz: cannot read mask"):
+        load_mask(tmp_path / "broken.nii.gz")

@@ -1,0 +1,167 @@
+"""PNG figures with matplotlib's object API (Agg, no display needed): metric box plots and
+best/worst-case overlays for evaluation reports, and training curves from a run's log.csv."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from medseg.errors import MedsegError
+from medseg.io import atomic_output
+from medseg.metrics import label_boxes, union_box, voxel_spacing
+
+METRIC_TITLES = {"dice": "Dice", "iou": "IoU", "hd95_mm": "HD95 (mm)", "nsd": "NSD",
+                 "volume_diff_ml": "volume difference, prediction - reference (ml)"}
+# Colour-blind-safe agreement colours (RGB) for overlays.
+OVERLAY_COLOURS = {"agree": (0.30, 0.75, 0.45), "missed": (0.25, 0.45, 1.00),
+                   "spurious": (1.00, 0.55, 0.10), "other organs": (0.35, 0.35, 0.35)}
+CONTEXT_MM = 15.0  # shown around each organ's box
+VIEWS = ("axial", "coronal", "sagittal")
+
+
+def save_figure(fig: Figure, path: Path, dpi: int = 90) -> Path:
+    """Write a figure as PNG atomically."""
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    return Path(path)
+
+
+def metric_boxplot(rows: list[dict], metric: str, organs: list[str], path: Path) -> Path:
+    """One horizontal box per organ (cases as dots) for one metric; both-empty rows left out."""
+    values = [np.array([r[metric] for r in rows if r["organ"] == organ
+                        and r["status"] != "both_empty"], float) for organ in organs]
+    values = [v[~np.isnan(v)] for v in values]
+    fig = Figure(figsize=(7.5, 1.2 + 0.35 * len(organs)), layout="constrained")
+    ax = fig.add_subplot()
+    shown = [i for i, v in enumerate(values) if v.size]
+    if shown:
+        ax.boxplot([values[i] for i in shown], positions=shown, orientation="horizontal",
+                   widths=0.6, showfliers=False)
+        rng = np.random.default_rng(0)  # jitter only; same picture every run
+        for i in shown:
+            ax.plot(values[i], i + rng.uniform(-0.15, 0.15, values[i].size), ".", color="0.3",
+                    alpha=0.6)
+    ax.set_yticks(range(len(organs)), [o if values[i].size else f"{o} (n/a)"
+                                       for i, o in enumerate(organs)])
+    ax.set_ylim(len(organs) - 0.5, -0.5)
+    if metric in ("dice", "iou", "nsd"):
+        ax.set_xlim(-0.02, 1.02)
+    ax.set_xlabel(METRIC_TITLES.get(metric, metric))
+    ax.grid(axis="x", alpha=0.3)
+    return save_figure(fig, path)
+
+
+def to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, ...]]:
+    """A view of the array in RAS+ axis order (flips and transposes only) and its spacing."""
+    ornt = nib.orientations.io_orientation(affine)
+    spacing = voxel_spacing(affine)
+    ras_spacing = [0.0] * 3
+    for axis, (target, _) in enumerate(ornt):
+        ras_spacing[int(target)] = spacing[axis]
+    return nib.orientations.apply_orientation(array, ornt), tuple(ras_spacing)
+
+
+def agreement_image(ref: np.ndarray, pred: np.ndarray, context: np.ndarray) -> np.ndarray:
+    """RGB image of one 2D slice: agreement, missed and spurious voxels, other organs in grey."""
+    image = np.zeros((*ref.shape, 3))
+    for key, where in (("other organs", context & ~ref & ~pred), ("agree", ref & pred),
+                       ("missed", ref & ~pred), ("spurious", pred & ~ref)):
+        image[where] = OVERLAY_COLOURS[key]
+    return image
+
+
+def organ_slices(ref: np.ndarray, pred: np.ndarray, spacing, box, ref_id: int,
+                 pred_id: int) -> list[tuple]:
+    """(image, extent in mm) for the three views through the centre of one organ's masks."""
+    ref_mask, pred_mask = ref[box] == ref_id, pred[box] == pred_id
+    centre_of = ref_mask if ref_mask.any() else pred_mask
+    centre = [int(round(c.mean())) for c in np.nonzero(centre_of)]
+    context = ref[box] > 0
+    out = []
+    for axis in (2, 1, 0):  # axial, coronal, sagittal
+        index = [slice(None)] * 3
+        index[axis] = centre[axis]
+        # Transposed and flipped: superior/anterior up, patient's right on the viewer's left.
+        planes = [m[tuple(index)].T[:, ::-1] for m in (ref_mask, pred_mask, context)]
+        rows, cols = [d for d in range(3) if d != axis][::-1]
+        extent = (0, planes[0].shape[1] * spacing[cols], 0, planes[0].shape[0] * spacing[rows])
+        out.append((agreement_image(*planes), extent))
+    return out
+
+
+def overlay_figure(ref: np.ndarray, pred: np.ndarray, affine: np.ndarray,
+                   organs: list[tuple[str, int, int]], path: Path, title: str) -> Path:
+    """Axial, coronal and sagittal views through each organ present in one case, two organs
+    per row, coloured by agreement between reference and prediction."""
+    ref, spacing = to_ras(ref, affine)
+    pred, _ = to_ras(pred, affine)
+    ref_boxes, pred_boxes = label_boxes(ref), label_boxes(pred)
+    margin = [int(math.ceil(CONTEXT_MM / s)) for s in spacing]
+    shown = []
+    for name, ref_id, pred_id in organs:
+        found = [b for b in (ref_boxes.get(ref_id), pred_boxes.get(pred_id)) if b is not None]
+        if found:
+            box = tuple(slice(max(0, s.start - m), s.stop + m)
+                        for s, m in zip(union_box(found, ref.shape, 0), margin))
+            shown.append((name, box, ref_id, pred_id))
+    per_row = 2 if len(shown) > 1 else 1
+    n_rows = max(1, math.ceil(len(shown) / per_row))
+    fig = Figure(figsize=(2.3 * 3 * per_row, 2.3 * n_rows + 0.8), layout="constrained")
+    fig.suptitle(title)
+    axes = fig.subplots(n_rows, 3 * per_row, squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for i, (name, *organ) in enumerate(shown):
+        for j, (image, extent) in enumerate(organ_slices(ref, pred, spacing, *organ)):
+            ax = axes[i // per_row, (i % per_row) * 3 + j]
+            ax.imshow(image, origin="lower", extent=extent, interpolation="nearest")
+            ax.set_title(f"{name} - {VIEWS[j]}", fontsize=8)
+    fig.legend(handles=[Patch(color=c, label=k) for k, c in OVERLAY_COLOURS.items()],
+               loc="outside lower center", ncols=4, fontsize=8)
+    return save_figure(fig, path)
+
+
+def read_training_log(path: Path) -> dict[str, np.ndarray]:
+    """The columns of a run's log.csv as float arrays; empty cells (no validation) are NaN."""
+    path = Path(path)
+    if not path.exists():
+        raise MedsegError(f"{path}: not found; is this a run folder written by `medseg train`?")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"epoch", "loss"} <= rows[0].keys():
+        raise MedsegError(f"{path}: no epochs logged (expected columns epoch, loss, ...)")
+    try:
+        return {key: np.array([float(r[key]) if r[key] not in ("", None) else math.nan
+                               for r in rows]) for key in rows[0]}
+    except ValueError as exc:
+        raise MedsegError(f"{path}: not a medseg training log ({exc})") from None
+
+
+def training_curves(log_csv: Path, path: Path) -> Path:
+    """Loss and per-organ validation Dice against epoch, as one PNG."""
+    log = read_training_log(log_csv)
+    organs = [k for k in log if k not in ("epoch", "loss", "val_mean_dice", "seconds")]
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    loss_ax, dice_ax = fig.subplots(1, 2)
+    loss_ax.plot(log["epoch"], log["loss"], "-o", markersize=3)
+    loss_ax.set(xlabel="epoch", ylabel="training loss (Dice + CE)", title="Loss")
+    validated = ~np.isnan(log.get("val_mean_dice", np.full(len(log["epoch"]), np.nan)))
+    for organ in organs:
+        dice_ax.plot(log["epoch"][validated], log[organ][validated], "-", marker=".",
+                     linewidth=1, label=organ)
+    if validated.any():
+        dice_ax.plot(log["epoch"][validated], log["val_mean_dice"][validated], "-o", color="k",
+                     linewidth=2.5, label="mean")
+        dice_ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    else:
+        dice_ax.text(0.5, 0.5, "no validation yet", ha="center", transform=dice_ax.transAxes)
+    dice_ax.set(xlabel="epoch", ylabel="Dice", title="Validation Dice per organ", ylim=(0, 1))
+    for ax in (loss_ax, dice_ax):
+        ax.grid(alpha=0.3)
+    return save_figure(fig, path)
