@@ -45,8 +45,7 @@ CSV_FIELDS = ("case", "organ", "status", *METRICS, "ref_voxels", "pred_voxels")
 
 
 def load_label_volume(path: Path, labels: dict[int, str]) -> tuple[np.ndarray, np.ndarray]:
-    """A label volume as an integer array and its affine, checked against the label map: whole
-    numbers, none above the map's highest id, none negative."""
+    """A label volume as an integer array and its affine; whole, non-negative ids of `labels`."""
     array, affine = load_mask(path)
     if array.dtype.kind == "f":
         if not (np.isfinite(array).all() and np.array_equal(array, np.round(array))):
@@ -147,13 +146,13 @@ def evaluate_case(pred_path: Path, ref_path: Path, match: LabelMatch, tolerance_
                   resample: bool = False) -> dict:
     """Per-organ metric rows of one case, and the unpaired organs found in its volumes."""
     ref, pred, affine = load_pair(pred_path, ref_path, match, resample)
-    boxes = checked_boxes(ref, match.reference, ref_path), checked_boxes(pred, match.prediction,
-                                                                          pred_path)
+    ref_boxes = checked_boxes(ref, match.reference, ref_path)
+    pred_boxes = checked_boxes(pred, match.prediction, pred_path)
     case = case_name(ref_path)
     rows = case_metrics(ref, pred, match.organs, voxel_spacing(affine), voxel_volume_ml(affine),
-                        tolerance_mm, boxes=boxes)
-    found = {"reference": unpaired_found(boxes[0], match.reference, match.reference_only),
-             "prediction": unpaired_found(boxes[1], match.prediction, match.prediction_only)}
+                        tolerance_mm, boxes=(ref_boxes, pred_boxes))
+    found = {"reference": unpaired_found(ref_boxes, match.reference, match.reference_only),
+             "prediction": unpaired_found(pred_boxes, match.prediction, match.prediction_only)}
     return {"case": case, "rows": [{"case": case, **row} for row in rows], "found": found}
 
 
@@ -292,9 +291,10 @@ def evaluate_folders(pred_dir: Path, ref_dir: Path, out_dir: Path, labels: dict[
                      pred_labels: dict[int, str] | None = None, tolerance_mm: float = 2.0,
                      resample: bool = False, workers: int | None = None,
                      figures: bool = True, progress: bool = False) -> dict:
-    """Evaluate all cases present in both folders; write per_case.csv, summary.json, report.md
-    and report.html (with figures/). `labels` is the reference map, also the prediction's unless
-    `pred_labels` is given."""
+    """Evaluate the cases both folders hold; write per_case.csv, summary.json and the reports.
+
+    `labels` is the reference label map, and the prediction's too unless `pred_labels` is given.
+    """
     match = match_label_maps(labels, labels if pred_labels is None else pred_labels)
     pairs, missing, extra = match_cases(Path(pred_dir), Path(ref_dir))
     results = evaluate_pairs(pairs, match, tolerance_mm, resample, workers, progress)

@@ -97,8 +97,7 @@ def organ_slices(ref: np.ndarray, pred: np.ndarray, spacing, box, ref_id: int,
 
 def overlay_figure(ref: np.ndarray, pred: np.ndarray, affine: np.ndarray,
                    organs: list[tuple[str, int, int]], path: Path, title: str) -> Path:
-    """Axial, coronal and sagittal views through each organ present in one case, two organs
-    per row, coloured by agreement between reference and prediction."""
+    """Axial, coronal and sagittal views through each organ of one case, coloured by agreement."""
     ref, spacing = to_ras(ref, affine)
     pred, _ = to_ras(pred, affine)
     ref_boxes, pred_boxes = label_boxes(ref), label_boxes(pred)

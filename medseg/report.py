@@ -58,7 +58,7 @@ def markdown_table(summary: dict) -> str:
         lines.append(f"| {organ} | " + " | ".join(cells) +
                      f" | {stats['n']} | {stats['missed']} | {stats['spurious']} |")
     if summary["mean_dice"] is not None:
-        means = [f"**{_overall(summary, m, f)}**" if summary.get(f"mean_{m}") is not None else ""
+        means = [f"**{value}**" if (value := _overall(summary, m, f)) else ""
                  for m, _, f in COLUMNS]
         lines.append("| **mean over organs** | " + " | ".join(means) +
                      f" | {summary['cases']} cases | | |")
