@@ -105,9 +105,17 @@ def synth(outdir: Path, cases: int, seed: int, spacing):
 @click.option("--val-every", type=click.IntRange(min=1), help="Epochs between validations [5].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="[default: auto]")
 @click.option("--seed", type=int, help="[default: 0]")
+@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), help="[default: adamw]")
+@click.option("--fold", type=click.IntRange(min=0), help="Validate on this fold of --folds.")
+@click.option("--folds", type=click.IntRange(min=2), help="Folds for --fold [default: 5].")
+@click.option("--resume", is_flag=True, help="Continue OUTPUT's run from its last.pt.")
+@click.option("--nproc", default=1, type=click.IntRange(min=1),
+              help="Processes (one per GPU) training with DDP, launched with torchrun.")
 @user_errors
-def train(manifest, output, channels, **options):
+def train(manifest, output, channels, resume, nproc, **options):
     """Train a segmentation model; writes best.pt, last.pt, log.csv and config.json to OUTPUT."""
+    if nproc > 1:
+        _relaunch_with_torchrun(nproc)
     _prepare_runtime()
     from medseg.train import TrainConfig
     from medseg.train import train as run_training
@@ -117,9 +125,12 @@ def train(manifest, output, channels, **options):
         levels = tuple(int(c) for c in channels.split(","))
         overrides["model_kwargs"] = {"channels": levels, "strides": (2,) * (len(levels) - 1)}
     config = TrainConfig(manifest=str(manifest), output=str(output), **overrides)
-    result = run_training(config)
-    click.echo(f"best validation Dice {result['best_val_dice']:.3f} "
-               f"in {result['seconds']:.0f}s; checkpoints in {output}")
+    result = run_training(config, resume=resume)
+    from medseg.distributed import is_main_process
+
+    if is_main_process():
+        click.echo(f"best validation Dice {result['best_val_dice']:.3f} "
+                   f"in {result['seconds']:.0f}s; checkpoints in {output}")
 
 
 @main.command()

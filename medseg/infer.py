@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +9,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from medseg.distributed import (
+    all_gather,
+    init_process_group,
+    local_device,
+    rank_and_world,
+    shutdown,
+)
 from medseg.errors import find_medseg_error
 from medseg.io import case_name, list_scans, load_scan, save_nifti
 from medseg.predictor import InferOptions, Predictor
@@ -31,11 +37,6 @@ def output_path(scan: Path, out_dir: Path) -> Path:
     return Path(out_dir) / f"{case_name(scan)}.nii.gz"
 
 
-def rank_and_world() -> tuple[int, int]:
-    """This process's rank and the number of ranks, as torchrun sets them (0, 1 otherwise)."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 def shard_for_rank(scans: list[Path], rank: int, world: int) -> list[Path]:
     """Every world-th scan starting at rank: each scan goes to exactly one rank."""
     return scans[rank::world]
@@ -46,9 +47,7 @@ def infer_cases(checkpoints, inputs: Path, out_dir: Path,
     """Segment this rank's share of the scans under `inputs`; a failure doesn't stop the rest."""
     options = options or InferOptions()
     rank, world = rank_and_world()
-    if world > 1 and options.device in ("auto", "cuda"):
-        local = int(os.environ.get("LOCAL_RANK", rank))
-        options.device = f"cuda:{local}" if _has_cuda() else "cpu"
+    options.device = local_device(options.device)
     scans = shard_for_rank(list_scans(Path(inputs)), rank, world)
     predictor = Predictor(checkpoints, options)
     progress = tqdm(scans, desc="infer" if world == 1 else f"infer rank {rank}", unit="case")
@@ -84,20 +83,11 @@ def segment_case(predictor: Predictor, scan_path: Path, out_dir: Path, options: 
 
 def gather_results(results: list[CaseResult]) -> list[CaseResult]:
     """All ranks' results on every rank (a no-op without torchrun), so exit codes agree."""
-    import torch.distributed as dist
-
-    _, world = rank_and_world()
-    if world == 1:
-        return results
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    gathered: list = [None] * world
-    dist.all_gather_object(gathered, results)
-    dist.destroy_process_group()
-    return [r for part in gathered for r in part]
-
-
-def _has_cuda() -> bool:
     import torch
 
-    return torch.cuda.is_available()
+    # Results are plain objects, so gloo serves even when the ranks run on GPUs.
+    if not init_process_group(torch.device("cpu")):
+        return results
+    gathered = all_gather(results)
+    shutdown()
+    return [r for part in gathered for r in part]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -15,12 +16,21 @@ import torch
 from monai.data import CacheDataset, DataLoader, Dataset, list_data_collate
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
-from monai.metrics import DiceMetric
+from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
 from monai.utils import set_determinism
 from tqdm import tqdm
 
-from medseg.checkpoint import save_checkpoint
+from medseg.checkpoint import load_checkpoint, save_checkpoint
+from medseg.distributed import (
+    all_gather,
+    barrier,
+    init_process_group,
+    is_main_process,
+    local_device,
+    rank_and_world,
+    shutdown,
+)
 from medseg.errors import MedsegError
 from medseg.manifest import check_case_files, load_manifest, write_json
 from medseg.models import build_model, downsampling_factor
@@ -52,6 +62,9 @@ class TrainConfig:
     weight_decay: float = 1e-5
     val_every: int = 5
     val_fraction: float = 0.15
+    fold: int | None = None  # with `folds`: k-fold cross-validation, this fold validates
+    folds: int = 5
+    optimizer: str = "adamw"  # or "sgd": nnU-Net's SGD with Nesterov momentum 0.99
     overlap: float = 0.25
     affine_prob: float = 0.25
     device: str = "auto"
@@ -59,12 +72,20 @@ class TrainConfig:
     num_workers: int = 0
 
 
-def split_cases(cases: list[dict], val_fraction: float, seed: int) -> tuple[list, list]:
-    """A deterministic train/validation split; at least one validation case when there are two."""
+def split_cases(cases: list[dict], val_fraction: float, seed: int,
+                fold: int | None = None, folds: int = 5) -> tuple[list, list]:
+    """A deterministic train/validation split: a held-out fraction, or fold k of k-fold CV."""
     order = np.random.default_rng(seed).permutation(len(cases))
-    n_val = min(len(cases) - 1, max(1, round(val_fraction * len(cases)))) if len(cases) > 1 else 0
-    val = [cases[i] for i in sorted(order[:n_val])]
-    train = [cases[i] for i in sorted(order[n_val:])]
+    if fold is not None:
+        if not 0 <= fold < folds or folds > len(cases):
+            raise MedsegError(f"fold {fold} of {folds}: need 0 <= fold < folds <= "
+                              f"{len(cases)} cases")
+        val_idx = set(np.array_split(order, folds)[fold].tolist())
+    else:
+        n_val = min(len(cases) - 1, max(1, round(val_fraction * len(cases))))
+        val_idx = set(order[:n_val].tolist()) if len(cases) > 1 else set()
+    val = [c for i, c in enumerate(cases) if i in val_idx]
+    train = [c for i, c in enumerate(cases) if i not in val_idx]
     return train, val or train[:1]
 
 
@@ -86,15 +107,28 @@ def make_loader(items: list[dict], cfg: TrainConfig, intensity: dict, num_classe
     dataset = Dataset(items, training_sample_transforms(intensity, cfg.patch_size, num_classes,
                                                         cfg.affine_prob))
     sampler = torch.utils.data.RandomSampler(
-        dataset, replacement=True, num_samples=cfg.iters_per_epoch * cfg.batch_size)
+        dataset, replacement=True, num_samples=cfg.iters_per_epoch * cfg.batch_size,
+        generator=torch.Generator())
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
                       num_workers=cfg.num_workers, collate_fn=list_data_collate)
+
+
+def reseed_epoch(loader, seed: int, epoch: int, rank: int) -> None:
+    """Make an epoch's patches a function of (seed, epoch, rank) alone.
+
+    So a run resumed at an epoch boundary draws exactly the patches the uninterrupted run drew,
+    and each torchrun rank draws different ones.
+    """
+    epoch_seed = (seed * 1_000_003 + epoch * 1_009 + rank) % 2**31
+    loader.sampler.generator.manual_seed(epoch_seed)
+    loader.dataset.transform.set_random_state(seed=epoch_seed)
 
 
 def validate(model, items: list[dict], cfg: TrainConfig, intensity: dict, num_classes: int,
              device) -> np.ndarray:
     """Per-organ Dice (background excluded) of sliding-window predictions on validation cases."""
-    metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
+    # compute_dice, not DiceMetric: the latter all-gathers across ranks, and only rank 0 validates.
+    scores = []
     normalize = normalize_transform(intensity)
     model.eval()
     with torch.no_grad(), autocast(device):
@@ -104,9 +138,19 @@ def validate(model, items: list[dict], cfg: TrainConfig, intensity: dict, num_cl
                                               overlap=cfg.overlap, mode="gaussian")
             pred = one_hot(logits.argmax(1, keepdim=True).cpu(), num_classes)
             ref = one_hot(item["label"].as_tensor()[None].long(), num_classes)
-            metric(pred, ref)
+            scores.append(compute_dice(pred, ref, include_background=False, ignore_empty=True))
     model.train()
-    return np.nanmean(metric.aggregate().numpy(), axis=0)
+    return np.nanmean(torch.cat(scores).numpy(), axis=0)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW, or nnU-Net's SGD with Nesterov momentum 0.99; both decay with poly_lr."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.99, nesterov=True,
+                               weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise MedsegError(f"optimizer {cfg.optimizer!r}: choose adamw or sgd")
 
 
 def poly_lr(optimizer, base_lr: float, step: int, total: int) -> None:
@@ -126,46 +170,104 @@ def check_config(cfg: TrainConfig) -> None:
         raise MedsegError("epochs, iterations per epoch and batch size must be at least 1")
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Run one training job; returns the best validation metrics. Writes best.pt and last.pt."""
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Run one training job (one rank of it under torchrun); writes best.pt, last.pt, log.csv."""
     start = time.perf_counter()
     check_config(cfg)
     out = Path(cfg.output)
     cases, labels = load_manifest(Path(cfg.manifest))
     for case in cases:
         check_case_files(case)
-    device = resolve_device(cfg.device)
+    device = resolve_device(local_device(cfg.device))
+    init_process_group(device)
+    rank, world = rank_and_world()
     set_determinism(cfg.seed)
     num_classes = len(labels)
-    train_cases, val_cases = split_cases(cases, cfg.val_fraction, cfg.seed)
-    print(f"training on {len(train_cases)} cases, validating on {len(val_cases)}, device {device}")
+    train_cases, val_cases = split_cases(cases, cfg.val_fraction, cfg.seed, cfg.fold, cfg.folds)
+    if is_main_process():
+        print(f"training on {len(train_cases)} cases, validating on {len(val_cases)}, "
+              f"device {device}, {world} rank(s)")
 
     train_items = cache_cases(train_cases, cfg.spacing, num_classes)
-    val_items = cache_cases(val_cases, cfg.spacing, num_classes)
+    val_items = cache_cases(val_cases, cfg.spacing, num_classes) if is_main_process() else []
     intensity = foreground_intensity_stats(train_items)
     loader = make_loader(train_items, cfg, intensity, num_classes)
 
     model = build_model(cfg.model, 1, num_classes, **cfg.model_kwargs).to(device)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg)
     meta = run_metadata(cfg, labels, intensity, train_cases, val_cases)
-    write_json(meta, out / "config.json")
+    done, best = resume_from(out / "last.pt", model, optimizer, meta) if resume else (0, -math.inf)
+    network = ddp_wrap(model, device)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+    log = None
+    if is_main_process():
+        write_json(meta, out / "config.json")
+        log = MetricsLog(out / "log.csv", [labels[i] for i in range(1, num_classes)], keep=done)
 
-    best = -math.inf
-    log = MetricsLog(out / "log.csv", [labels[i] for i in range(1, num_classes)])
-    for epoch in range(1, cfg.epochs + 1):
-        first_step = (epoch - 1) * cfg.iters_per_epoch
-        loss = train_epoch(model, loader, loss_fn, optimizer, cfg, first_step, device,
+    for epoch in range(done + 1, cfg.epochs + 1):
+        reseed_epoch(loader, cfg.seed, epoch, rank)
+        loss = train_epoch(network, loader, loss_fn, optimizer, cfg,
+                           (epoch - 1) * cfg.iters_per_epoch, device,
                            desc=f"epoch {epoch}/{cfg.epochs}")
-        dice = None
-        if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
-            dice = validate(model, val_items, cfg, intensity, num_classes, device)
-            if np.nanmean(dice) > best:
-                best = float(np.nanmean(dice))
-                save_checkpoint(out / "best.pt", model, meta, epoch=epoch, val_dice=best)
-        save_checkpoint(out / "last.pt", model, meta, epoch=epoch)
-        log.write(epoch, loss, dice, time.perf_counter() - start)
+        if is_main_process():
+            dice = None
+            if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
+                dice = validate(model, val_items, cfg, intensity, num_classes, device)
+                if np.nanmean(dice) > best:
+                    best = float(np.nanmean(dice))
+                    save_checkpoint(out / "best.pt", model, meta, epoch=epoch, val_dice=best)
+            save_checkpoint(out / "last.pt", model, meta, epoch=epoch, best=best,
+                            optimizer=optimizer.state_dict())
+            log.write(epoch, loss, dice, time.perf_counter() - start)
+        barrier()
+    report_ranks(model, loader, cfg.seed)
+    shutdown()
     return {"best_val_dice": best, "seconds": time.perf_counter() - start}
+
+
+def resume_from(path: Path, model, optimizer, meta: dict) -> tuple[int, float]:
+    """Restore weights and optimiser state from last.pt; returns (epochs done, best Dice)."""
+    if not path.exists():
+        raise MedsegError(f"{path}: nothing to resume (no last.pt in the run folder)")
+    payload = load_checkpoint(path)
+    saved, now = payload["config"]["train"], meta["train"]
+    changed = sorted(k for k in now if k not in ("epochs", "output") and saved.get(k) != now[k])
+    if changed:
+        raise MedsegError(f"{path}: the run was started with other settings ({', '.join(changed)})"
+                          "; resume with the same ones, or start a new output folder")
+    model.load_state_dict(payload["state_dict"])
+    optimizer.load_state_dict(payload["optimizer"])
+    print(f"resuming after epoch {payload['epoch']}", flush=True)
+    return int(payload["epoch"]), float(payload.get("best", -math.inf))
+
+
+def ddp_wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """DistributedDataParallel under torchrun (gradients averaged across ranks), else the model."""
+    if not torch.distributed.is_initialized():
+        return model
+    if device.type == "cuda":  # SyncBatchNorm runs on GPUs only; instance norm needs none
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index])
+    return torch.nn.parallel.DistributedDataParallel(model)
+
+
+def report_ranks(model: torch.nn.Module, loader, seed: int) -> None:
+    """Under torchrun, print per-rank digests of the first batch trained on and final weights."""
+    rank, world = rank_and_world()
+    if world == 1:
+        return
+    reseed_epoch(loader, seed, 1, rank)
+    first = next(iter(loader))["image"]
+    weights = torch.cat([p.detach().flatten().cpu() for p in model.parameters()])
+    digests = all_gather((digest(first), digest(weights)))
+    if is_main_process():
+        for rank, (data, final) in enumerate(digests):
+            print(f"rank {rank}: data {data} weights {final}", flush=True)
+
+
+def digest(tensor: torch.Tensor) -> str:
+    """A short fingerprint of a tensor's exact values."""
+    return hashlib.sha256(tensor.float().numpy().tobytes()).hexdigest()[:16]
 
 
 def train_epoch(model, loader, loss_fn, optimizer, cfg: TrainConfig, first_step: int, device,
@@ -203,10 +305,17 @@ def run_metadata(cfg: TrainConfig, labels: dict, intensity: dict, train_cases, v
 class MetricsLog:
     """One CSV row per epoch: loss, per-organ validation Dice (when validated), elapsed time."""
 
-    def __init__(self, path: Path, organs: list[str]):
+    def __init__(self, path: Path, organs: list[str], keep: int = 0):
+        """Start the log, keeping the rows of the first `keep` epochs (a resumed run)."""
         self.path, self.organs = path, organs
+        kept = []
+        if keep and path.exists():
+            with open(path, newline="") as f:
+                kept = [row for row in list(csv.reader(f))[1:] if int(row[0]) <= keep]
         with open(path, "w", newline="") as f:
-            csv.writer(f).writerow(["epoch", "loss", "val_mean_dice", *organs, "seconds"])
+            writer = csv.writer(f)
+            writer.writerow(["epoch", "loss", "val_mean_dice", *organs, "seconds"])
+            writer.writerows(kept)
 
     def write(self, epoch: int, loss: float, dice, seconds: float) -> None:
         cells = [""] * (len(self.organs) + 1) if dice is None else [

@@ -1,0 +1,83 @@
+"""Training runs that users rely on: folds, exact resume after SIGKILL, DDP with two ranks."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import TINY_TRAIN_ARGS
+
+from medseg.errors import MedsegError
+from medseg.train import split_cases
+
+# Enough epochs that a kill can land in the middle of the run.
+RESUME_ARGS = [a if a != "1" else "6" for a in TINY_TRAIN_ARGS[:2]] + TINY_TRAIN_ARGS[2:]
+
+
+def train_cli(*args, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cli", "train", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def weights(run) -> dict:
+    return torch.load(run / "last.pt", weights_only=True)["state_dict"]
+
+
+def test_folds_partition_the_cases_deterministically():
+    cases = [{"image": f"c{i}"} for i in range(11)]
+    vals = [split_cases(cases, 0.2, seed=3, fold=k, folds=5)[1] for k in range(5)]
+    seen = [c["image"] for v in vals for c in v]
+    assert sorted(seen) == sorted(c["image"] for c in cases)  # each case validates exactly once
+    assert split_cases(cases, 0.2, 3, 2, 5) == split_cases(cases, 0.2, 3, 2, 5)
+    train, val = split_cases(cases, 0.2, 3, 2, 5)
+    assert not {c["image"] for c in train} & {c["image"] for c in val}
+    with pytest.raises(MedsegError, match="fold 5 of 5"):
+        split_cases(cases, 0.2, 3, 5, 5)
+
+
+def test_a_killed_run_resumes_to_the_same_weights(tiny_dataset, tmp_path):
+    straight = train_cli("--manifest", tiny_dataset, "--output", tmp_path / "a", *RESUME_ARGS)
+    assert straight.wait(timeout=600) == 0, straight.stderr.read()
+
+    victim = train_cli("--manifest", tiny_dataset, "--output", tmp_path / "b", *RESUME_ARGS)
+    log = tmp_path / "b" / "log.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) > 2):
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    epochs_done = len(log.read_text().splitlines()) - 1
+    assert 2 <= epochs_done < 6, "the kill should land mid-run"
+
+    resumed = train_cli("--manifest", tiny_dataset, "--output", tmp_path / "b", *RESUME_ARGS,
+                        "--resume")
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert "resuming after epoch" in out
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len(log.read_text().splitlines()) == 7  # header + epochs 1..6, none twice
+
+
+def test_resume_refuses_changed_settings(tiny_run, tiny_dataset):
+    proc = train_cli("--manifest", tiny_dataset, "--output", tiny_run, *TINY_TRAIN_ARGS,
+                     "--lr", "0.5", "--resume")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "other settings (lr)" in err and "Traceback" not in err
+
+
+def test_two_ddp_ranks_see_different_data_and_end_identical(tiny_dataset, tmp_path):
+    proc = train_cli("--manifest", tiny_dataset, "--output", tmp_path / "ddp", *TINY_TRAIN_ARGS,
+                     "--nproc", "2")
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    ranks = dict(line.split(": ", 1) for line in out.splitlines() if line.startswith("rank "))
+    assert set(ranks) == {"rank 0", "rank 1"}, out
+    (data0, weights0), (data1, weights1) = (ranks[r].split(" weights ") for r in sorted(ranks))
+    assert data0 != data1  # each rank trained on its own patches
+    assert weights0 == weights1  # DDP kept the replicas identical
+    assert (tmp_path / "ddp" / "last.pt").exists()
