@@ -90,9 +90,11 @@ def synth(outdir: Path, cases: int, seed: int, spacing):
 
 
 @main.command()
-@click.option("--manifest", required=True, type=click.Path(path_type=Path),
+@click.option("--pipeline", "recipe", type=click.Path(path_type=Path),
+              help="A recipe (pipelines/*.yaml) of settings; options given here override it.")
+@click.option("--manifest", type=click.Path(path_type=Path),
               help="Decathlon dataset.json with 'labels' and 'training'.")
-@click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path))
 # Unset options fall back to TrainConfig's defaults, so they are defined in one place.
 @click.option("--model", help="Registry name [default: unet3d].")
 @click.option("--epochs", type=click.IntRange(min=1), help="[default: 40]")
@@ -112,25 +114,25 @@ def synth(outdir: Path, cases: int, seed: int, spacing):
 @click.option("--nproc", default=1, type=click.IntRange(min=1),
               help="Processes (one per GPU) training with DDP, launched with torchrun.")
 @user_errors
-def train(manifest, output, channels, resume, nproc, **options):
+def train(recipe, channels, resume, nproc, **options):
     """Train a segmentation model; writes best.pt, last.pt, log.csv and config.json to OUTPUT."""
     if nproc > 1:
         _relaunch_with_torchrun(nproc)
     _prepare_runtime()
-    from medseg.train import TrainConfig
+    from medseg.recipes import build_config
     from medseg.train import train as run_training
 
-    overrides = {k: v for k, v in options.items() if v is not None}
+    overrides = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
     if channels:
         levels = tuple(int(c) for c in channels.split(","))
         overrides["model_kwargs"] = {"channels": levels, "strides": (2,) * (len(levels) - 1)}
-    config = TrainConfig(manifest=str(manifest), output=str(output), **overrides)
+    config = build_config(recipe, overrides)
     result = run_training(config, resume=resume)
     from medseg.distributed import is_main_process
 
     if is_main_process():
         click.echo(f"best validation Dice {result['best_val_dice']:.3f} "
-                   f"in {result['seconds']:.0f}s; checkpoints in {output}")
+                   f"in {result['seconds']:.0f}s; checkpoints in {config.output}")
 
 
 @main.command()

@@ -9,9 +9,9 @@ import torch
 from scipy.ndimage import map_coordinates
 
 from medseg.checkpoint import save_checkpoint
-from medseg.predictor import InferOptions, Predictor, resample_labels
 from medseg.io import load_scan, save_nifti
 from medseg.models import build_model
+from medseg.predictor import InferOptions, Predictor, resample_labels
 
 
 def rotation(deg_z: float, deg_x: float) -> np.ndarray:
