@@ -108,6 +108,8 @@ def synth(outdir: Path, cases: int, seed: int, spacing):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="[default: auto]")
 @click.option("--seed", type=int, help="[default: 0]")
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), help="[default: adamw]")
+@click.option("--plan", type=click.Path(path_type=Path),
+              help="A plan from `medseg plan` [default: plan.json beside the manifest, if any].")
 @click.option("--fold", type=click.IntRange(min=0), help="Validate on this fold of --folds.")
 @click.option("--folds", type=click.IntRange(min=2), help="Folds for --fold [default: 5].")
 @click.option("--resume", is_flag=True, help="Continue OUTPUT's run from its last.pt.")
@@ -133,6 +135,27 @@ def train(recipe, channels, resume, nproc, **options):
     if is_main_process():
         click.echo(f"best validation Dice {result['best_val_dice']:.3f} "
                    f"in {result['seconds']:.0f}s; checkpoints in {config.output}")
+
+
+@main.command()
+@click.option("--manifest", required=True, type=click.Path(path_type=Path))
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the plan [default: plan.json beside the manifest, which "
+                   "`medseg train` then uses].")
+@click.option("--memory-gb", default=8.0, show_default=True, type=click.FloatRange(min=0.5),
+              help="GPU memory budget for one training step.")
+@user_errors
+def plan(manifest, output, memory_gb):
+    """Fingerprint a data set and plan training: spacing, normalisation, patch and batch size."""
+    from medseg.manifest import write_json
+    from medseg.planning import PLAN_NAME, make_plan
+
+    result = make_plan(manifest, memory_gb=memory_gb)
+    target = output or Path(manifest).parent / PLAN_NAME
+    write_json(result, target)
+    lo, hi = result["intensity"]["clip"]
+    click.echo(f"spacing {result['spacing']} mm, patch {result['patch_size']}, batch "
+               f"{result['batch_size']}, clip HU [{lo:.0f}, {hi:.0f}]; wrote {target}")
 
 
 @main.command()

@@ -65,6 +65,8 @@ class TrainConfig:
     fold: int | None = None  # with `folds`: k-fold cross-validation, this fold validates
     folds: int = 5
     optimizer: str = "adamw"  # or "sgd": nnU-Net's SGD with Nesterov momentum 0.99
+    plan: str | None = None  # the plan.json the spacing, patch and intensity came from
+    intensity: dict | None = None  # CT normalisation; None: computed from the training cases
     overlap: float = 0.25
     affine_prob: float = 0.25
     device: str = "auto"
@@ -190,7 +192,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
     train_items = cache_cases(train_cases, cfg.spacing, num_classes)
     val_items = cache_cases(val_cases, cfg.spacing, num_classes) if is_main_process() else []
-    intensity = foreground_intensity_stats(train_items)
+    intensity = cfg.intensity or foreground_intensity_stats(train_items)
     loader = make_loader(train_items, cfg, intensity, num_classes)
 
     model = build_model(cfg.model, 1, num_classes, **cfg.model_kwargs).to(device)
