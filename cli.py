@@ -108,6 +108,11 @@ def synth(outdir: Path, cases: int, seed: int, spacing):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="[default: auto]")
 @click.option("--seed", type=int, help="[default: 0]")
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), help="[default: adamw]")
+@click.option("--schedule", type=click.Choice(["poly", "cosine"]), help="[default: poly]")
+@click.option("--warmup-iters", type=click.IntRange(min=0), help="[default: 0]")
+@click.option("--augment", type=click.Choice(["light", "nnunet"]), help="[default: light]")
+@click.option("--workers", "num_workers", type=click.IntRange(min=0),
+              help="Data-loading processes [default: 0].")
 @click.option("--plan", type=click.Path(path_type=Path),
               help="A plan from `medseg plan` [default: plan.json beside the manifest, if any].")
 @click.option("--fold", type=click.IntRange(min=0), help="Validate on this fold of --folds.")

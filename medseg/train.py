@@ -32,10 +32,12 @@ from medseg.distributed import (
     shutdown,
 )
 from medseg.errors import MedsegError
+from medseg.figures import training_curves
 from medseg.manifest import check_case_files, load_manifest, write_json
 from medseg.models import build_model, downsampling_factor
 from medseg.runtime import autocast, resolve_device
 from medseg.transforms import (
+    AUGMENTATIONS,
     foreground_intensity_stats,
     normalize_transform,
     training_cache_transforms,
@@ -69,6 +71,9 @@ class TrainConfig:
     intensity: dict | None = None  # CT normalisation; None: computed from the training cases
     overlap: float = 0.25
     affine_prob: float = 0.25
+    augment: str = "light"  # or "nnunet": rotation, scaling, noise, blur, gamma, low-res, flips
+    schedule: str = "poly"  # or "cosine": linear warm-up, then cosine decay
+    warmup_iters: int = 0
     device: str = "auto"
     seed: int = 0
     num_workers: int = 0
@@ -107,7 +112,7 @@ def cache_cases(cases: list[dict], spacing, num_classes: int) -> list[dict]:
 def make_loader(items: list[dict], cfg: TrainConfig, intensity: dict, num_classes: int):
     """An epoch's worth of batches (iters_per_epoch) of random class-balanced patches."""
     dataset = Dataset(items, training_sample_transforms(intensity, cfg.patch_size, num_classes,
-                                                        cfg.affine_prob))
+                                                        cfg.affine_prob, cfg.augment))
     sampler = torch.utils.data.RandomSampler(
         dataset, replacement=True, num_samples=cfg.iters_per_epoch * cfg.batch_size,
         generator=torch.Generator())
@@ -146,7 +151,7 @@ def validate(model, items: list[dict], cfg: TrainConfig, intensity: dict, num_cl
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW, or nnU-Net's SGD with Nesterov momentum 0.99; both decay with poly_lr."""
+    """AdamW, or nnU-Net's SGD with Nesterov momentum 0.99; learning_rate sets their rate."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.99, nesterov=True,
                                weight_decay=cfg.weight_decay)
@@ -155,10 +160,14 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     raise MedsegError(f"optimizer {cfg.optimizer!r}: choose adamw or sgd")
 
 
-def poly_lr(optimizer, base_lr: float, step: int, total: int) -> None:
-    """nnU-Net's polynomial decay (exponent 0.9)."""
-    for group in optimizer.param_groups:
-        group["lr"] = base_lr * (1 - step / total) ** 0.9
+def learning_rate(cfg: TrainConfig, step: int, total: int) -> float:
+    """nnU-Net's poly decay (exponent 0.9), or linear warm-up then cosine decay (Auto3DSeg's)."""
+    if step < cfg.warmup_iters:
+        return cfg.lr * (step + 1) / cfg.warmup_iters
+    if cfg.schedule == "cosine":
+        progress = (step - cfg.warmup_iters) / max(1, total - cfg.warmup_iters)
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.lr * (1 - step / total) ** 0.9
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -170,6 +179,11 @@ def check_config(cfg: TrainConfig) -> None:
                           f"of {factor} for {cfg.model}")
     if cfg.epochs < 1 or cfg.iters_per_epoch < 1 or cfg.batch_size < 1:
         raise MedsegError("epochs, iterations per epoch and batch size must be at least 1")
+    choices = {"augment": AUGMENTATIONS, "schedule": ("poly", "cosine"),
+               "optimizer": ("adamw", "sgd")}
+    for key, valid in choices.items():
+        if getattr(cfg, key) not in valid:
+            raise MedsegError(f"{key} {getattr(cfg, key)!r}: choose one of {', '.join(valid)}")
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
@@ -203,8 +217,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
     log = None
     if is_main_process():
-        write_json(meta, out / "config.json")
-        log = MetricsLog(out / "log.csv", [labels[i] for i in range(1, num_classes)], keep=done)
+        write_run_folder(out, meta, cfg)
+        log = MetricsLog(out, [labels[i] for i in range(1, num_classes)], keep=done)
 
     for epoch in range(done + 1, cfg.epochs + 1):
         reseed_epoch(loader, cfg.seed, epoch, rank)
@@ -222,9 +236,20 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                             optimizer=optimizer.state_dict())
             log.write(epoch, loss, dice, time.perf_counter() - start)
         barrier()
+    if is_main_process():
+        log.close()
+        training_curves(out / "log.csv", out / "training_curves.png")
     report_ranks(model, loader, cfg.seed)
     shutdown()
     return {"best_val_dice": best, "seconds": time.perf_counter() - start}
+
+
+def write_run_folder(out: Path, meta: dict, cfg: TrainConfig) -> None:
+    """The run's settings, its train/validation split and the plan it used, beside its weights."""
+    write_json(meta, out / "config.json")
+    write_json(meta["split"], out / "split.json")
+    if cfg.plan:
+        write_json(json.loads(Path(cfg.plan).read_text()), out / "plan.json")
 
 
 def resume_from(path: Path, model, optimizer, meta: dict) -> tuple[int, float]:
@@ -277,7 +302,8 @@ def train_epoch(model, loader, loss_fn, optimizer, cfg: TrainConfig, first_step:
     """One pass over the loader with poly LR decay and gradient clipping; returns mean loss."""
     total_steps, losses = cfg.epochs * cfg.iters_per_epoch, []
     for step, batch in enumerate(tqdm(loader, desc=desc, leave=False), start=first_step):
-        poly_lr(optimizer, cfg.lr, step, total_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, step, total_steps)
         image, label = batch["image"].to(device), batch["label"].to(device)
         with autocast(device):
             loss = loss_fn(model(image).float(), label)
@@ -305,11 +331,15 @@ def run_metadata(cfg: TrainConfig, labels: dict, intensity: dict, train_cases, v
 
 
 class MetricsLog:
-    """One CSV row per epoch: loss, per-organ validation Dice (when validated), elapsed time."""
+    """Per epoch: a log.csv row (loss, per-organ validation Dice, time) and TensorBoard scalars."""
 
-    def __init__(self, path: Path, organs: list[str], keep: int = 0):
+    def __init__(self, out: Path, organs: list[str], keep: int = 0):
         """Start the log, keeping the rows of the first `keep` epochs (a resumed run)."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        path = out / "log.csv"
         self.path, self.organs = path, organs
+        self.board = SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=keep + 1)
         kept = []
         if keep and path.exists():
             with open(path, newline="") as f:
@@ -324,5 +354,14 @@ class MetricsLog:
             f"{np.nanmean(dice):.4f}", *(f"{d:.4f}" for d in dice)]
         with open(self.path, "a", newline="") as f:
             csv.writer(f).writerow([epoch, f"{loss:.4f}", *cells, f"{seconds:.1f}"])
+        self.board.add_scalar("train/loss", loss, epoch)
+        if dice is not None:
+            self.board.add_scalar("val/mean_dice", float(np.nanmean(dice)), epoch)
+            for organ, value in zip(self.organs, dice):
+                self.board.add_scalar(f"val_dice/{organ}", float(value), epoch)
         shown = "" if dice is None else f"  val dice {np.nanmean(dice):.3f}"
         print(f"epoch {epoch}: loss {loss:.4f}{shown}  ({seconds:.0f}s)", flush=True)
+
+    def close(self) -> None:
+        """Flush TensorBoard's event file."""
+        self.board.close()

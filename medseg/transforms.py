@@ -13,11 +13,15 @@ from monai.transforms import (
     EnsureTyped,
     MapTransform,
     Orientationd,
+    RandAdjustContrastd,
     RandAffined,
     RandCropByLabelClassesd,
+    RandFlipd,
     RandGaussianNoised,
+    RandGaussianSmoothd,
     RandScaleIntensityd,
     RandShiftIntensityd,
+    RandSimulateLowResolutiond,
     ScaleIntensityRanged,
     Spacingd,
     SpatialPadd,
@@ -67,9 +71,44 @@ def training_cache_transforms(spacing: Sequence[float], num_classes: int) -> Com
     ])
 
 
+AUGMENTATIONS = ("light", "nnunet")
+
+
+def augmentation_transforms(level: str, affine_prob: float) -> list:
+    """'light' (the demo's, tuned for short CPU runs) or nnU-Net's fuller set.
+
+    Flips and rotations never mirror left and right: that would swap the kidneys' meaning.
+    """
+    keys, modes = ("image", "label"), ("bilinear", "nearest")
+    if level == "light":
+        return [
+            RandAffined(keys, prob=affine_prob, rotate_range=(0.0, 0.0, 0.25), scale_range=0.1,
+                        mode=modes, padding_mode="border"),
+            RandScaleIntensityd("image", factors=0.1, prob=0.3),
+            RandShiftIntensityd("image", offsets=0.1, prob=0.3),
+            RandGaussianNoised("image", std=0.05, prob=0.15),
+        ]
+    if level == "nnunet":
+        return [
+            RandAffined(keys, prob=0.2, rotate_range=(0.2, 0.2, 0.5), scale_range=(-0.3, 0.4),
+                        mode=modes, padding_mode="border"),
+            RandGaussianNoised("image", std=0.1, prob=0.1),
+            RandGaussianSmoothd("image", sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0),
+                                sigma_z=(0.5, 1.0), prob=0.2),
+            RandScaleIntensityd("image", factors=0.25, prob=0.15),  # brightness
+            RandAdjustContrastd("image", gamma=(0.7, 1.5), prob=0.3),  # gamma
+            RandShiftIntensityd("image", offsets=0.1, prob=0.15),  # contrast offset
+            RandSimulateLowResolutiond("image", zoom_range=(0.5, 1.0), prob=0.25),
+            RandFlipd(keys, spatial_axis=1, prob=0.5),  # anterior-posterior
+            RandFlipd(keys, spatial_axis=2, prob=0.5),  # superior-inferior
+        ]
+    raise ValueError(f"augmentation {level!r}: choose one of {', '.join(AUGMENTATIONS)}")
+
+
 def training_sample_transforms(intensity: Mapping, patch_size: Sequence[int],
-                               num_classes: int, affine_prob: float = 0.25) -> Compose:
-    """Random part: class-balanced patches (so small organs are seen), light augmentation."""
+                               num_classes: int, affine_prob: float = 0.25,
+                               augment: str = "light") -> Compose:
+    """Random part: class-balanced patches (so small organs are seen), then augmentation."""
     # Background gets half an organ's share; every organ is a patch centre equally often.
     ratios = [0.5] + [1.0] * (num_classes - 1)
     keys = ("image", "label")
@@ -79,12 +118,7 @@ def training_sample_transforms(intensity: Mapping, patch_size: Sequence[int],
                                 num_classes=num_classes, indices_key="label_cls_indices",
                                 warn=False),
         normalize_transform(intensity),
-        # No left-right flips: they would swap the kidneys' meaning.
-        RandAffined(keys, prob=affine_prob, rotate_range=(0.0, 0.0, 0.25), scale_range=0.1,
-                    mode=("bilinear", "nearest"), padding_mode="border"),
-        RandScaleIntensityd("image", factors=0.1, prob=0.3),
-        RandShiftIntensityd("image", offsets=0.1, prob=0.3),
-        RandGaussianNoised("image", std=0.05, prob=0.15),
+        *augmentation_transforms(augment, affine_prob),
         EnsureTyped(keys, dtype=(torch.float32, torch.long), track_meta=False),
     ])
 

@@ -150,3 +150,10 @@ def test_help_is_fast_and_lists_the_commands():
     assert proc.returncode == 0
     for command in ("synth", "train", "infer", "evaluate"):
         assert command in proc.stdout
+
+
+def test_run_folder_holds_split_curves_and_tensorboard_events(tiny_run):
+    split = json.loads((tiny_run / "split.json").read_text())
+    assert len(split["train"]) == 2 and len(split["validation"]) == 1
+    assert (tiny_run / "training_curves.png").stat().st_size > 1000
+    assert list((tiny_run / "tensorboard").glob("events.out.tfevents.*"))

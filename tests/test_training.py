@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_TRAIN_ARGS
@@ -81,3 +82,50 @@ def test_two_ddp_ranks_see_different_data_and_end_identical(tiny_dataset, tmp_pa
     assert data0 != data1  # each rank trained on its own patches
     assert weights0 == weights1  # DDP kept the replicas identical
     assert (tmp_path / "ddp" / "last.pt").exists()
+
+
+def _config(**kw):
+    from medseg.train import TrainConfig
+
+    return TrainConfig(manifest="m", output="o", lr=0.01, **kw)
+
+
+def test_poly_and_warmup_cosine_schedules():
+    from medseg.train import learning_rate
+
+    poly = _config()
+    assert learning_rate(poly, 0, 100) == pytest.approx(0.01)
+    assert learning_rate(poly, 50, 100) == pytest.approx(0.01 * 0.5**0.9)
+    cosine = _config(schedule="cosine", warmup_iters=10)
+    assert learning_rate(cosine, 0, 110) == pytest.approx(0.001)  # warm-up starts small
+    assert learning_rate(cosine, 9, 110) == pytest.approx(0.01)
+    assert learning_rate(cosine, 60, 110) == pytest.approx(0.005)  # half-way down the cosine
+    assert learning_rate(cosine, 110, 110) == pytest.approx(0.0, abs=1e-12)
+
+
+def _phantom_item():
+    from monai.data import MetaTensor
+    from monai.transforms import ClassesToIndicesd
+
+    from medseg.phantoms import make_phantom
+
+    p = make_phantom(5, spacing=(4.0, 4.0, 4.0), orientation="RAS")
+    item = {"image": MetaTensor(p.image[None].astype(np.float32)),
+            "label": MetaTensor(p.label[None])}
+    return ClassesToIndicesd("label", num_classes=10)(item)
+
+
+@pytest.mark.parametrize("augment", ["light", "nnunet"])
+def test_patches_are_mostly_foreground_and_cover_every_organ(augment):
+    from medseg.transforms import training_sample_transforms
+
+    item = _phantom_item()
+    intensity = {"clip": [-1000.0, 300.0], "mean": 50.0, "std": 200.0}
+    sample = training_sample_transforms(intensity, (32, 32, 24), 10, augment=augment)
+    sample.set_random_state(seed=1)
+    patches = [sample(item)[0] for _ in range(60)]
+    assert all(tuple(p["image"].shape) == (1, 32, 32, 24) for p in patches)
+    assert all(p["label"].dtype == torch.long and p["label"].max() < 10 for p in patches)
+    with_organs = [set(torch.unique(p["label"]).tolist()) - {0} for p in patches]
+    assert sum(bool(s) for s in with_organs) >= len(patches) / 3
+    assert set().union(*with_organs) == set(range(1, 10))  # small organs are sampled too
