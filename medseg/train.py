@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.data import CacheDataset, DataLoader, Dataset, list_data_collate
+from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, list_data_collate
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 from monai.metrics import compute_dice
@@ -77,6 +77,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     num_workers: int = 0
+    cache_dir: str | None = None  # on-disk cache of resampled cases, reused across runs
 
 
 def split_cases(cases: list[dict], val_fraction: float, seed: int,
@@ -96,10 +97,19 @@ def split_cases(cases: list[dict], val_fraction: float, seed: int,
     return train, val or train[:1]
 
 
-def cache_cases(cases: list[dict], spacing, num_classes: int) -> list[dict]:
-    """Load and resample every case once (CacheDataset), checking labels against the label map."""
-    cached = CacheDataset(cases, training_cache_transforms(spacing, num_classes),
-                          num_workers=1, progress=False)
+def cache_cases(cases: list[dict], spacing, num_classes: int,
+                cache_dir: str | None = None) -> list[dict]:
+    """Load and resample every case once, checking labels against the label map.
+
+    In memory (CacheDataset), plus on disk with cache_dir (PersistentDataset), so later runs
+    with the same spacing skip loading and resampling. The disk cache is read with
+    weights_only=True, like checkpoints.
+    """
+    transforms = training_cache_transforms(spacing, num_classes)
+    if cache_dir:
+        cached = PersistentDataset(cases, transforms, cache_dir=cache_dir)
+    else:
+        cached = CacheDataset(cases, transforms, num_workers=1, progress=False)
     items = [cached[i] for i in range(len(cached))]
     for case, item in zip(cases, items):
         found = torch.unique(item["label"]).tolist()
@@ -140,11 +150,12 @@ def validate(model, items: list[dict], cfg: TrainConfig, intensity: dict, num_cl
     model.eval()
     with torch.no_grad(), autocast(device):
         for item in items:
-            image = normalize({"image": item["image"]})["image"].as_tensor()[None].to(device)
+            image = normalize({"image": item["image"]})["image"].as_subclass(torch.Tensor)
+            image = image[None].to(device)
             logits = sliding_window_inference(image, cfg.patch_size, 2, model,
                                               overlap=cfg.overlap, mode="gaussian")
             pred = one_hot(logits.argmax(1, keepdim=True).cpu(), num_classes)
-            ref = one_hot(item["label"].as_tensor()[None].long(), num_classes)
+            ref = one_hot(item["label"].as_subclass(torch.Tensor)[None].long(), num_classes)
             scores.append(compute_dice(pred, ref, include_background=False, ignore_empty=True))
     model.train()
     return np.nanmean(torch.cat(scores).numpy(), axis=0)
@@ -204,8 +215,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         print(f"training on {len(train_cases)} cases, validating on {len(val_cases)}, "
               f"device {device}, {world} rank(s)")
 
-    train_items = cache_cases(train_cases, cfg.spacing, num_classes)
-    val_items = cache_cases(val_cases, cfg.spacing, num_classes) if is_main_process() else []
+    train_items = cache_cases(train_cases, cfg.spacing, num_classes, cfg.cache_dir)
+    val_items = (cache_cases(val_cases, cfg.spacing, num_classes, cfg.cache_dir)
+                 if is_main_process() else [])
     intensity = cfg.intensity or foreground_intensity_stats(train_items)
     loader = make_loader(train_items, cfg, intensity, num_classes)
 

@@ -129,3 +129,18 @@ def test_patches_are_mostly_foreground_and_cover_every_organ(augment):
     with_organs = [set(torch.unique(p["label"]).tolist()) - {0} for p in patches]
     assert sum(bool(s) for s in with_organs) >= len(patches) / 3
     assert set().union(*with_organs) == set(range(1, 10))  # small organs are sampled too
+
+
+def test_disk_cache_gives_the_same_cases_and_is_reused(tiny_dataset, tmp_path):
+    from medseg.manifest import load_manifest
+    from medseg.train import cache_cases
+
+    cases, _ = load_manifest(tiny_dataset)
+    in_memory = cache_cases(cases[:1], (8.0, 8.0, 8.0), 10)
+    on_disk = cache_cases(cases[:1], (8.0, 8.0, 8.0), 10, cache_dir=str(tmp_path))
+    files = sorted(tmp_path.iterdir())
+    again = cache_cases(cases[:1], (8.0, 8.0, 8.0), 10, cache_dir=str(tmp_path))
+    assert len(files) == 1 and sorted(tmp_path.iterdir()) == files
+    for item in (on_disk[0], again[0]):
+        assert torch.equal(torch.as_tensor(item["image"]), torch.as_tensor(in_memory[0]["image"]))
+        assert torch.equal(torch.as_tensor(item["label"]), torch.as_tensor(in_memory[0]["label"]))
