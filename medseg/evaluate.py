@@ -8,8 +8,10 @@ use different label maps; organs only one side can label are listed, not silentl
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import NoReturn
@@ -165,8 +167,25 @@ def _evaluate_job(job: tuple) -> dict:
     return evaluate_case(*job)
 
 
-def _one_thread() -> None:
-    # Cases already run in parallel; torch's own threads would only fight over the same cores.
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run a block with one torch thread, then restore the previous count.
+
+    MONAI's surface metrics make many small torch calls on organ-sized crops: more threads only
+    add overhead (measured: 13.3 s CPU with 2 threads, 6.8 s with 1, for a 512 x 512 x 400 pair
+    on a busy 2-core machine). Parallelism comes from evaluating cases in worker processes.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _start_worker() -> None:
     import torch
 
     torch.set_num_threads(1)
@@ -180,8 +199,9 @@ def evaluate_pairs(pairs: list[tuple[Path, Path]], match: LabelMatch, tolerance_
     workers = min(workers or os.cpu_count() or 1, len(jobs))
     bar = {"total": len(jobs), "desc": "evaluate", "disable": not progress}
     if workers <= 1:
-        return [_evaluate_job(job) for job in tqdm(jobs, **bar)]
-    with ProcessPoolExecutor(workers, initializer=_one_thread) as pool:
+        with one_torch_thread():
+            return [_evaluate_job(job) for job in tqdm(jobs, **bar)]
+    with ProcessPoolExecutor(workers, initializer=_start_worker) as pool:
         return list(tqdm(pool.map(_evaluate_job, jobs), **bar))
 
 

@@ -38,6 +38,10 @@ def voxel_volume_ml(affine: np.ndarray) -> float:
 
 def label_boxes(volume: np.ndarray) -> dict[int, Box]:
     """Bounding box of every label > 0 present in a label volume, in one pass."""
+    if volume.flags.f_contiguous and not volume.flags.c_contiguous:
+        # find_objects walks memory in C order: walking a Fortran-ordered NIfTI array as its
+        # (C-ordered) transpose took 0.2 s instead of 2.5 s for 512 x 512 x 400.
+        return {label: box[::-1] for label, box in label_boxes(volume.T).items()}
     return {i + 1: box for i, box in enumerate(find_objects(volume)) if box is not None}
 
 

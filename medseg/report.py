@@ -102,7 +102,7 @@ def markdown_report(summary: dict, ranked: list[tuple[str, float]], figures: dic
     if notes:
         parts += ["## Not evaluated", "", *[f"- {note}" for note in notes], ""]
     if ranked:
-        parts += ["## Cases by mean Dice", "",
+        parts += ["## Cases by mean Dice, worst first", "",
                   ", ".join(f"{case} {_fmt(value, '.3f')}" for case, value in ranked), ""]
     if figures["boxplots"] or figures["overlays"]:
         parts += ["## Figures", ""]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from medseg.metrics import case_metrics, organ_metrics, voxel_spacing, voxel_volume_ml
+from medseg.metrics import case_metrics, label_boxes, organ_metrics, voxel_spacing, voxel_volume_ml
 
 
 def metrics(ref, pred, spacing=(1.0, 1.0, 1.0), tolerance=2.0, voxel_ml=0.001) -> dict:
@@ -156,3 +156,13 @@ def test_bounding_box_metrics_equal_monai_on_the_full_volume(seed):
         assert 0 < ours.min()  # a real comparison, not 0 == 0
     assert rows[3]["dice"] == monai["dice"][3] == 0 and rows[3]["nsd"] == monai["nsd"][3] == 0
     assert math.isnan(rows[3]["hd95_mm"]) and math.isnan(monai["hd95_mm"][3])
+
+
+def test_label_boxes_are_the_same_for_fortran_ordered_volumes():
+    volume = random_labels(np.random.default_rng(5), (20, 16, 12), 3)
+    fortran = np.asfortranarray(volume)
+    boxes = label_boxes(volume)
+    assert label_boxes(fortran) == boxes and len(boxes) == 3
+    for label, box in boxes.items():
+        inside = np.argwhere(volume == label)
+        assert [(s.start, s.stop) for s in box] == list(zip(inside.min(0), inside.max(0) + 1))
