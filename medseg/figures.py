@@ -57,14 +57,14 @@ def metric_boxplot(rows: list[dict], metric: str, organs: list[str], path: Path)
     return save_figure(fig, path)
 
 
-def to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, ...]]:
-    """A view of the array in RAS+ axis order (flips and transposes only) and its spacing."""
+def ras_orientation(affine: np.ndarray) -> tuple[np.ndarray, tuple[float, ...]]:
+    """nibabel's orientation that turns the array axes into RAS+, and the spacing after it."""
     ornt = nib.orientations.io_orientation(affine)
     spacing = voxel_spacing(affine)
     ras_spacing = [0.0] * 3
     for axis, (target, _) in enumerate(ornt):
         ras_spacing[int(target)] = spacing[axis]
-    return nib.orientations.apply_orientation(array, ornt), tuple(ras_spacing)
+    return ornt, tuple(ras_spacing)
 
 
 def agreement_image(ref: np.ndarray, pred: np.ndarray, context: np.ndarray) -> np.ndarray:
@@ -76,19 +76,18 @@ def agreement_image(ref: np.ndarray, pred: np.ndarray, context: np.ndarray) -> n
     return image
 
 
-def organ_slices(ref: np.ndarray, pred: np.ndarray, spacing, box, ref_id: int,
+def organ_slices(ref: np.ndarray, pred: np.ndarray, spacing, ref_id: int,
                  pred_id: int) -> list[tuple]:
-    """(image, extent in mm) for the three views through the centre of one organ's masks."""
-    ref_mask, pred_mask = ref[box] == ref_id, pred[box] == pred_id
+    """(image, extent in mm) of three views through one organ's centre, from RAS+ crops."""
+    ref_mask, pred_mask = ref == ref_id, pred == pred_id
     centre_of = ref_mask if ref_mask.any() else pred_mask
     centre = [int(round(c.mean())) for c in np.nonzero(centre_of)]
-    context = ref[box] > 0
     out = []
     for axis in (2, 1, 0):  # axial, coronal, sagittal
         index = [slice(None)] * 3
         index[axis] = centre[axis]
         # Transposed and flipped: superior/anterior up, patient's right on the viewer's left.
-        planes = [m[tuple(index)].T[:, ::-1] for m in (ref_mask, pred_mask, context)]
+        planes = [m[tuple(index)].T[:, ::-1] for m in (ref_mask, pred_mask, ref > 0)]
         rows, cols = [d for d in range(3) if d != axis][::-1]
         extent = (0, planes[0].shape[1] * spacing[cols], 0, planes[0].shape[0] * spacing[rows])
         out.append((agreement_image(*planes), extent))
@@ -98,17 +97,17 @@ def organ_slices(ref: np.ndarray, pred: np.ndarray, spacing, box, ref_id: int,
 def overlay_figure(ref: np.ndarray, pred: np.ndarray, affine: np.ndarray,
                    organs: list[tuple[str, int, int]], path: Path, title: str) -> Path:
     """Axial, coronal and sagittal views through each organ of one case, coloured by agreement."""
-    ref, spacing = to_ras(ref, affine)
-    pred, _ = to_ras(pred, affine)
     ref_boxes, pred_boxes = label_boxes(ref), label_boxes(pred)
-    margin = [int(math.ceil(CONTEXT_MM / s)) for s in spacing]
+    margin = [int(math.ceil(CONTEXT_MM / s)) for s in voxel_spacing(affine)]
+    ornt, spacing = ras_orientation(affine)
     shown = []
     for name, ref_id, pred_id in organs:
         found = [b for b in (ref_boxes.get(ref_id), pred_boxes.get(pred_id)) if b is not None]
         if found:
-            box = tuple(slice(max(0, s.start - m), s.stop + m)
-                        for s, m in zip(union_box(found, ref.shape, 0), margin))
-            shown.append((name, box, ref_id, pred_id))
+            # Only the crop around the organ is turned into RAS+, never the whole volume.
+            box = union_box(found, ref.shape, margin)
+            crops = [nib.orientations.apply_orientation(v[box], ornt) for v in (ref, pred)]
+            shown.append((name, *crops, ref_id, pred_id))
     per_row = 2 if len(shown) > 1 else 1
     n_rows = max(1, math.ceil(len(shown) / per_row))
     fig = Figure(figsize=(2.3 * 3 * per_row, 2.3 * n_rows + 0.8), layout="constrained")
@@ -116,8 +115,9 @@ def overlay_figure(ref: np.ndarray, pred: np.ndarray, affine: np.ndarray,
     axes = fig.subplots(n_rows, 3 * per_row, squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
-    for i, (name, *organ) in enumerate(shown):
-        for j, (image, extent) in enumerate(organ_slices(ref, pred, spacing, *organ)):
+    for i, (name, ref_crop, pred_crop, ref_id, pred_id) in enumerate(shown):
+        views = organ_slices(ref_crop, pred_crop, spacing, ref_id, pred_id)
+        for j, (image, extent) in enumerate(views):
             ax = axes[i // per_row, (i % per_row) * 3 + j]
             ax.imshow(image, origin="lower", extent=extent, interpolation="nearest")
             ax.set_title(f"{name} - {VIEWS[j]}", fontsize=8)

@@ -45,10 +45,11 @@ def label_boxes(volume: np.ndarray) -> dict[int, Box]:
     return {i + 1: box for i, box in enumerate(find_objects(volume)) if box is not None}
 
 
-def union_box(boxes: list[Box], shape: tuple[int, ...], margin: int = BOX_MARGIN) -> Box:
-    """The smallest box holding all `boxes`, grown by `margin` voxels and clipped to `shape`."""
-    return tuple(slice(max(0, min(b[d].start for b in boxes) - margin),
-                       min(shape[d], max(b[d].stop for b in boxes) + margin))
+def union_box(boxes: list[Box], shape: tuple[int, ...], margin=BOX_MARGIN) -> Box:
+    """The box holding all `boxes`, grown by `margin` voxels (per axis or all) within `shape`."""
+    margins = np.broadcast_to(margin, len(shape))
+    return tuple(slice(max(0, min(b[d].start for b in boxes) - int(margins[d])),
+                       min(shape[d], max(b[d].stop for b in boxes) + int(margins[d])))
                  for d in range(len(shape)))
 
 
