@@ -20,7 +20,7 @@ from cli import main
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     """Run `medseg` in a fresh process, as a user would (tracebacks would show in stderr)."""
     return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=300)
+                          text=True, errors="replace", timeout=300)
 
 
 def test_train_writes_self_describing_checkpoints_and_logs(tiny_run):

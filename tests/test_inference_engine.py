@@ -143,7 +143,8 @@ def test_slightly_skewed_header_is_repaired_with_a_warning_and_output_keeps_it(t
     nib.save(nib.Nifti1Image(image, affine), str(tmp_path / "skew.nii.gz"))
     proc = subprocess.run([sys.executable, "-m", "cli", "infer", "--model", str(tiny_run),
                            "--input", str(tmp_path / "skew.nii.gz"), "--output",
-                           str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+                           str(tmp_path / "out")], capture_output=True, text=True,
+                          errors="replace", timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "warning: " in proc.stderr and "repaired" in proc.stderr
     out = nib.load(str(tmp_path / "out" / "skew.nii.gz"))
@@ -178,7 +179,7 @@ def test_two_torchrun_ranks_split_the_cases_each_once(tiny_run, tiny_dataset, tm
     images = tiny_dataset.parent / "imagesTr"
     proc = subprocess.run([sys.executable, "-m", "cli", "infer", "--nproc", "2", "--model",
                            str(tiny_run), "--input", str(images), "--output", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, errors="replace", timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "3 done, 0 skipped" in proc.stdout  # all ranks together: every case exactly once
     assert "infer rank 0" in proc.stderr and "infer rank 1" in proc.stderr

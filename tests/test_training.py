@@ -21,7 +21,8 @@ RESUME_ARGS = [a if a != "1" else "6" for a in TINY_TRAIN_ARGS[:2]] + TINY_TRAIN
 
 def train_cli(*args, **popen) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "cli", "train", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            errors="replace", **popen)
 
 
 def weights(run) -> dict:
