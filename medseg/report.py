@@ -118,10 +118,10 @@ def _fmt(value, fmt: str) -> str:
 
 
 def _score_colour(value) -> str:
-    """A background from red (0) through yellow to green (1) for a score cell."""
+    """A background for a score cell: red up to 0.5, yellow at 0.75, green at 1."""
     if value is None or math.isnan(value):
         return "#eeeeee"
-    return f"hsl({120 * min(max(value, 0.0), 1.0):.0f}, 70%, 82%)"
+    return f"hsl({120 * min(max(2 * value - 1, 0.0), 1.0):.0f}, 70%, 82%)"
 
 
 def _organ_rows(summary: dict) -> list[str]:
@@ -176,7 +176,8 @@ def html_report(summary: dict, results: list[dict], ranked: list[tuple[str, floa
         "<h1>Evaluation</h1>",
         f"<p>Predictions: <code>{esc(sources['predictions'])}</code><br>References: "
         f"<code>{esc(sources['references'])}</code><br>{summary['cases']} cases, NSD tolerance "
-        f"{summary['nsd_tolerance_mm']:g} mm. Values are mean ± std over cases.</p>",
+        f"{summary['nsd_tolerance_mm']:g} mm. Values are mean ± std over cases; Dice and NSD "
+        "cells go from red (0.5 or less) through yellow (0.75) to green (1).</p>",
         f"<table><tr><th>organ</th>{titles}<th>n</th><th>missed</th><th>spurious</th></tr>",
         *_organ_rows(summary),
         f"<tr><th>mean over organs</th>{means}<td colspan=3></td></tr></table>",
