@@ -16,7 +16,7 @@ from tqdm import tqdm
 from medseg.checkpoint import load_checkpoint
 from medseg.errors import MedsegError, find_medseg_error
 from medseg.io import case_name, list_scans, load_scan, save_nifti
-from medseg.models import build_model
+from medseg.models import build_model, volume_model, window_size
 from medseg.runtime import autocast, resolve_device
 from medseg.transforms import normalize_transform
 
@@ -34,14 +34,18 @@ class Predictor:
         self.intensity = config["intensity"]
         self.device = resolve_device(device)
         self.overlap, self.sw_batch_size = overlap, sw_batch_size
-        self.model = build_model(config["model"]["name"], config["model"]["in_channels"],
-                                 len(self.labels), **config["model"]["kwargs"])
+        settings = config["model"]
+        dims = settings.get("spatial_dims", 3)  # medseg 0.1 checkpoints: 3D, no such keys
+        self.window = window_size(self.patch_size, dims)
+        net = build_model(settings["name"], settings["in_channels"], len(self.labels),
+                          spatial_dims=dims, **settings["kwargs"])
         try:
-            self.model.load_state_dict(payload["state_dict"])
+            net.load_state_dict(payload["state_dict"])
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
             raise MedsegError(
                 f"{checkpoint}: weights do not fit the model they claim ({first})") from None
+        self.model = volume_model(net, dims, settings.get("context_slices", 0))
         self.model.to(self.device).eval()
 
     def preprocess(self, scan: torch.Tensor) -> torch.Tensor:
@@ -51,10 +55,13 @@ class Predictor:
         return normalize_transform(self.intensity)({"image": image})["image"]
 
     def probabilities(self, image: torch.Tensor) -> torch.Tensor:
-        """Softmax of the Gaussian-weighted sliding-window prediction, (C, X, Y, Z) on device."""
+        """Softmax of the Gaussian-weighted sliding-window prediction, (C, X, Y, Z) on device.
+
+        2D models see windows that span all slices, so each slice gets its true neighbours.
+        """
         batch = image.as_tensor()[None].to(self.device)
         with torch.no_grad(), autocast(self.device):
-            logits = sliding_window_inference(batch, self.patch_size, self.sw_batch_size,
+            logits = sliding_window_inference(batch, self.window, self.sw_batch_size,
                                               self.model, overlap=self.overlap, mode="gaussian")
         return torch.softmax(logits[0].float(), dim=0)
 
