@@ -36,14 +36,13 @@ class PSPNet(nn.Module):
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int,
                  channels: Sequence[int] = (16, 32, 64, 128, 256, 256), output_stride: int = 8,
-                 bins: Sequence[int] = (1, 2, 3, 6)):
+                 bins: Sequence[int] = (1, 2, 3, 6), fuse_channels: int = 64):
         super().__init__()
         self.encoder = Encoder(spatial_dims, in_channels, channels, output_stride, residual=True)
         self.stride = self.encoder.stride
         self.pyramid = PyramidPooling(spatial_dims, channels[-1], bins)
-        width = max(1, channels[-1] // 4)
-        self.fuse = conv_norm_act(spatial_dims, self.pyramid.out_channels, width)
-        self.head = classifier(spatial_dims, width, out_channels)
+        self.fuse = conv_norm_act(spatial_dims, self.pyramid.out_channels, fuse_channels)
+        self.head = classifier(spatial_dims, fuse_channels, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores at the input's size."""
