@@ -17,7 +17,7 @@ class DeepLabV3(nn.Module):
     classifier and (bi/tri)linear interpolation to the input size."""
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int,
-                 channels: Sequence[int] = (16, 32, 64, 128, 256, 256), output_stride: int = 8,
+                 channels: Sequence[int] = (8, 16, 32, 64, 128, 128), output_stride: int = 8,
                  aspp_channels: int = 64, atrous_rates: Sequence[int] = (2, 4, 6)):
         super().__init__()
         self.encoder = Encoder(spatial_dims, in_channels, channels, output_stride, residual=True)

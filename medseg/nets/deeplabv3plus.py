@@ -20,7 +20,7 @@ class DeepLabV3Plus(nn.Module):
     projected stride-4 encoder features, two 3x3 convs, 1x1 classifier, interpolated 4x."""
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int,
-                 channels: Sequence[int] = (16, 32, 64, 128, 256, 256), output_stride: int = 8,
+                 channels: Sequence[int] = (8, 16, 32, 64, 128, 128), output_stride: int = 8,
                  aspp_channels: int = 64, atrous_rates: Sequence[int] = (2, 4, 6),
                  low_level_channels: int = 32, upsample: str = "linear"):
         super().__init__()

@@ -29,7 +29,7 @@ class DilatedNet(nn.Module):
     """
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int,
-                 channels: Sequence[int] = (16, 32, 64, 128, 256, 256), output_stride: int = 8,
+                 channels: Sequence[int] = (8, 16, 32, 64, 128, 128), output_stride: int = 8,
                  dilations: Sequence[int] = PAPER_DILATIONS, dilation_scale: float = 0.25,
                  context_channels: int = 64):
         super().__init__()

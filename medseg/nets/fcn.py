@@ -18,7 +18,7 @@ class FCN(nn.Module):
     next, and the stride-8 sum is interpolated to the input size."""
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int,
-                 channels: Sequence[int] = (16, 32, 64, 128, 256), fc_channels: int = 256,
+                 channels: Sequence[int] = (8, 16, 32, 64, 128), fc_channels: int = 128,
                  upsample: str = "transpose"):
         super().__init__()
         self.encoder = Encoder(spatial_dims, in_channels, channels)

@@ -35,7 +35,7 @@ class PSPNet(nn.Module):
     conv-norm-activation, a 1x1 classifier and interpolation to the input size."""
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int,
-                 channels: Sequence[int] = (16, 32, 64, 128, 256, 256), output_stride: int = 8,
+                 channels: Sequence[int] = (8, 16, 32, 64, 128, 128), output_stride: int = 8,
                  bins: Sequence[int] = (1, 2, 3, 6), fuse_channels: int = 64):
         super().__init__()
         self.encoder = Encoder(spatial_dims, in_channels, channels, output_stride, residual=True)

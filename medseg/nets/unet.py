@@ -21,7 +21,7 @@ class UNet(nn.Module):
     """
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int,
-                 channels: Sequence[int] = (16, 32, 64, 128, 256), upsample: str = "transpose",
+                 channels: Sequence[int] = (8, 16, 32, 64, 128), upsample: str = "transpose",
                  deep_supervision: bool = False):
         super().__init__()
         self.encoder = Encoder(spatial_dims, in_channels, channels)
