@@ -127,8 +127,6 @@ def check_config(cfg: TrainConfig, num_classes: int) -> None:
     """Reject settings that would fail deep inside MONAI with a cryptic message."""
     if cfg.epochs < 1 or cfg.iters_per_epoch < 1 or cfg.batch_size < 1:
         raise MedsegError("epochs, iterations per epoch and batch size must be at least 1")
-    if cfg.spatial_dims not in (2, 3):
-        raise MedsegError(f"dims must be 2 or 3, not {cfg.spatial_dims}")
     if cfg.context_slices and cfg.spatial_dims != 2:
         raise MedsegError("context slices are for 2D models: add --dims 2, or drop them")
     weights = cfg.loss_kwargs.get("class_weights")

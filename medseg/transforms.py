@@ -68,13 +68,15 @@ def training_cache_transforms(spacing: Sequence[float], num_classes: int) -> Com
 
 
 class SlicesToChannelsd(MapTransform):
-    """2D mode: a (1, X, Y, 1+2K) slab becomes a (1+2K, X, Y) image and its centre slice's label."""
+    """2D mode: a (1, X, Y, 1+2K) slab becomes a (1+2K, X, Y) image (slices z-K..z+K as
+    channels) and the centre slice of each label. Keys: the image first, then the labels."""
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         out = dict(data)
-        out["image"] = out["image"][0].permute(2, 0, 1)
-        label = out["label"]
-        out["label"] = label[..., label.shape[-1] // 2]
+        image_key, *label_keys = self.keys
+        out[image_key] = out[image_key][0].permute(2, 0, 1)
+        for key in label_keys:
+            out[key] = out[key][..., out[key].shape[-1] // 2]
         return out
 
 
