@@ -96,14 +96,29 @@ def synth(outdir: Path, cases: int, seed: int, spacing):
               help="Decathlon dataset.json with 'labels' and 'training'.")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path))
 # Unset options fall back to TrainConfig's defaults, so they are defined in one place.
-@click.option("--model", help="Registry name [default: unet3d].")
+@click.option("--model", help="unet, unet3d, fcn, dilated, deeplabv3, deeplabv3plus or pspnet "
+                              "(docs/models.md) [default: unet3d].")
+@click.option("--dims", "spatial_dims", type=click.IntRange(2, 3),
+              help="3: volume patches; 2: axial slices of the same volumes [default: 3].")
+@click.option("--context-slices", type=click.IntRange(min=0),
+              help="2D: K neighbouring slices each side as extra channels (2.5D) [default: 0].")
+@click.option("--upsample", help="Decoder upsampling (unet, fcn, deeplabv3plus): transpose, "
+                                 "nearest, linear, bed_of_nails or unpool [model's default].")
+@click.option("--deep-supervision", is_flag=True, help="unet: also supervise coarser outputs.")
+@click.option("--loss", help="ce, dice or dice_ce [default: dice_ce].")
+@click.option("--squared-dice", is_flag=True, help="Soft Dice with squared denominators.")
+@click.option("--include-background", is_flag=True, help="Count the background in Dice too.")
+@click.option("--class-weights", help="One weight per class, background first, e.g. 0.5,1,2.")
+@click.option("--dice-weight", type=click.FloatRange(min=0), help="Dice term's weight [1].")
+@click.option("--ce-weight", type=click.FloatRange(min=0), help="CE term's weight [1].")
 @click.option("--epochs", type=click.IntRange(min=1), help="[default: 40]")
 @click.option("--iters-per-epoch", type=click.IntRange(min=1), help="[default: 25]")
 @click.option("--batch-size", type=click.IntRange(min=1), help="[default: 2]")
 @click.option("--lr", type=float, help="Peak learning rate [default: 0.003].")
 @click.option("--spacing", callback=_parse_triple(float), help="Working spacing in mm [4,4,4].")
-@click.option("--patch-size", callback=_parse_triple(int), help="[default: 80,64,48]")
-@click.option("--channels", default=None, help="U-Net channels per level, e.g. 16,32,64,128,256.")
+@click.option("--patch-size", callback=_parse_triple(int),
+              help="[default: 80,64,48]; in 2D only the first two are used.")
+@click.option("--channels", default=None, help="Encoder widths per level, e.g. 16,32,64,128,256.")
 @click.option("--val-every", type=click.IntRange(min=1), help="Epochs between validations [5].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="[default: auto]")
 @click.option("--seed", type=int, help="[default: 0]")
@@ -123,7 +138,8 @@ def synth(outdir: Path, cases: int, seed: int, spacing):
 @click.option("--nproc", default=1, type=click.IntRange(min=1),
               help="Processes (one per GPU) training with DDP, launched with torchrun.")
 @user_errors
-def train(recipe, channels, resume, nproc, **options):
+def train(recipe, channels, upsample, deep_supervision, squared_dice, include_background,
+          class_weights, dice_weight, ce_weight, resume, nproc, **options):
     """Train a segmentation model; writes best.pt, last.pt, log.csv and config.json to OUTPUT."""
     if nproc > 1:
         _relaunch_with_torchrun(nproc)
@@ -132,9 +148,16 @@ def train(recipe, channels, resume, nproc, **options):
     from medseg.train import train as run_training
 
     overrides = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
-    if channels:
-        levels = tuple(int(c) for c in channels.split(","))
-        overrides["model_kwargs"] = {"channels": levels, "strides": (2,) * (len(levels) - 1)}
+    model_kwargs = {"channels": _parse_numbers(channels, int, "--channels"),
+                    "upsample": upsample, "deep_supervision": deep_supervision or None}
+    loss_kwargs = {"squared_pred": squared_dice or None,
+                   "include_background": include_background or None,
+                   "class_weights": _parse_numbers(class_weights, float, "--class-weights"),
+                   "lambda_dice": dice_weight, "lambda_ce": ce_weight}
+    for key, values in (("model_kwargs", model_kwargs), ("loss_kwargs", loss_kwargs)):
+        given = {k: v for k, v in values.items() if v is not None}
+        if given:  # replaces the recipe's own model_kwargs / loss_kwargs
+            overrides[key] = given
     config = build_config(recipe, overrides)
     result = run_training(config, resume=resume)
     from medseg.distributed import is_main_process
@@ -142,6 +165,17 @@ def train(recipe, channels, resume, nproc, **options):
     if is_main_process():
         click.echo(f"best validation Dice {result['best_val_dice']:.3f} "
                    f"in {result['seconds']:.0f}s; checkpoints in {config.output}")
+
+
+def _parse_numbers(text: str | None, kind, option: str):
+    """'16,32,64' -> (16, 32, 64); None stays None."""
+    if text is None:
+        return None
+    try:
+        return tuple(kind(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}",
+                                 param_hint=option) from None
 
 
 @main.command()

@@ -8,7 +8,6 @@ import nibabel as nib
 import numpy as np
 
 from medseg.manifest import load_manifest
-from medseg.models import downsampling_factor
 
 ANISOTROPY_RATIO = 3.0  # nnU-Net: beyond this, the coarse axis keeps a finer target spacing
 # Training memory of the default U-Net, bytes per patch voxel per base-channel (activations,
@@ -57,6 +56,14 @@ def patch_and_batch(median_shape, memory_gb: float, base_channels: int, factor: 
     return [int(p) for p in patch], int(min(batch, 8))
 
 
+def network_stride(model_kwargs: dict) -> int:
+    """How much the default U-Net downsamples: patches are rounded to multiples of it."""
+    strides = model_kwargs.get("strides")
+    if strides is None:
+        return 2 ** (len(model_kwargs.get("channels", (16, 32, 64, 128, 256))) - 1)
+    return int(np.prod([s if isinstance(s, int) else max(s) for s in strides]))
+
+
 def make_plan(manifest: Path, memory_gb: float = 8.0, model_kwargs: dict | None = None,
               seed: int = 0) -> dict:
     """Fingerprint every training case and derive spacing, normalisation, patch and batch."""
@@ -69,7 +76,7 @@ def make_plan(manifest: Path, memory_gb: float = 8.0, model_kwargs: dict | None 
     model_kwargs = model_kwargs or {}
     base = int(model_kwargs.get("channels", (16,))[0])
     patch, batch = patch_and_batch(np.median(shapes, axis=0), memory_gb, base,
-                                   downsampling_factor(model_kwargs))
+                                   network_stride(model_kwargs))
     hu = np.concatenate([p["foreground_hu"] for p in prints]).astype(np.float64)
     lo, hi = np.percentile(hu, [0.5, 99.5])
     clipped = np.clip(hu, lo, hi)

@@ -15,7 +15,7 @@ from monai.transforms import Orientation, Spacing
 
 from medseg.checkpoint import load_checkpoint
 from medseg.errors import MedsegError
-from medseg.models import build_model
+from medseg.models import build_model, volume_model, window_size
 from medseg.postprocess import clean_components, voxels_for_volume
 from medseg.runtime import autocast, resolve_device
 from medseg.transforms import normalize_transform
@@ -71,15 +71,19 @@ class Predictor:
         if tuple(config["spacing"]) != self.spacing:
             raise MedsegError(f"{path}: spacing {config['spacing']} differs from the first "
                               f"checkpoint's {list(self.spacing)}; ensembles share one grid")
-        model = build_model(config["model"]["name"], config["model"]["in_channels"],
-                            len(self.labels), **config["model"]["kwargs"])
+        settings = config["model"]
+        dims = settings.get("spatial_dims", 3)  # medseg 0.1 checkpoints: 3D, no such keys
+        net = build_model(settings["name"], settings["in_channels"], len(self.labels),
+                          spatial_dims=dims, **settings["kwargs"])
         try:
-            model.load_state_dict(payload["state_dict"])
+            net.load_state_dict(payload["state_dict"])
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
             raise MedsegError(f"{path}: weights do not fit the model they claim ({first})") \
                 from None
-        return _Member(model.to(self.device).eval(), tuple(config["patch_size"]),
+        # 2D models see windows that span all slices, so each slice gets its true neighbours.
+        model = volume_model(net, dims, settings.get("context_slices", 0))
+        return _Member(model.to(self.device).eval(), window_size(config["patch_size"], dims),
                        config["intensity"])
 
     @property

@@ -105,21 +105,49 @@ def augmentation_transforms(level: str, affine_prob: float) -> list:
     raise ValueError(f"augmentation {level!r}: choose one of {', '.join(AUGMENTATIONS)}")
 
 
+class SlicesToChannelsd(MapTransform):
+    """2D mode: a (1, X, Y, 1+2K) slab becomes a (1+2K, X, Y) image (slices z-K..z+K as
+    channels) and the centre slice of each label. Keys: the image first, then the labels."""
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        out = dict(data)
+        image_key, *label_keys = self.keys
+        out[image_key] = out[image_key][0].permute(2, 0, 1)
+        for key in label_keys:
+            out[key] = out[key][..., out[key].shape[-1] // 2]
+        return out
+
+
+def sample_size(patch_size: Sequence[int], spatial_dims: int,
+                context_slices: int = 0) -> tuple[int, ...]:
+    """What the sampler crops: the patch in 3D; in 2D an in-plane patch 1+2K slices thick."""
+    if spatial_dims == 3:
+        return tuple(patch_size)
+    return (*patch_size[:2], 1 + 2 * context_slices)
+
+
 def training_sample_transforms(intensity: Mapping, patch_size: Sequence[int],
                                num_classes: int, affine_prob: float = 0.25,
-                               augment: str = "light") -> Compose:
-    """Random part: class-balanced patches (so small organs are seen), then augmentation."""
+                               augment: str = "light", spatial_dims: int = 3,
+                               context_slices: int = 0) -> Compose:
+    """Random part: class-balanced patches (so small organs are seen), then augmentation.
+
+    In 2D mode the patches are slabs of 1+2K axial slices from the same cached 3D volumes,
+    turned into K-neighbour channel stacks at the end (SlicesToChannelsd).
+    """
     # Background gets half an organ's share; every organ is a patch centre equally often.
     ratios = [0.5] + [1.0] * (num_classes - 1)
     keys = ("image", "label")
+    size = sample_size(patch_size, spatial_dims, context_slices)
     return Compose([
-        SpatialPadd(keys, spatial_size=patch_size, mode="edge"),
-        RandCropByLabelClassesd(keys, label_key="label", spatial_size=patch_size, ratios=ratios,
+        SpatialPadd(keys, spatial_size=size, mode="edge"),
+        RandCropByLabelClassesd(keys, label_key="label", spatial_size=size, ratios=ratios,
                                 num_classes=num_classes, indices_key="label_cls_indices",
                                 warn=False),
         normalize_transform(intensity),
         *augmentation_transforms(augment, affine_prob),
         EnsureTyped(keys, dtype=(torch.float32, torch.long), track_meta=False),
+        *([SlicesToChannelsd(keys)] if spatial_dims == 2 else []),
     ])
 
 

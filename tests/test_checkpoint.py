@@ -60,3 +60,22 @@ def test_truncated_or_foreign_files_are_clear_errors(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(MedsegError, match="not a medseg checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+def test_a_medseg_0_1_checkpoint_still_predicts(tmp_path):
+    # 0.1 saved MONAI's U-Net unwrapped, with no spatial_dims or context_slices in its config.
+    from medseg.models import monai_residual_unet
+    from medseg.predictor import InferOptions, Predictor
+
+    bare = monai_residual_unet(3, 1, 2, channels=(4, 8), strides=(2,))
+    config = {"model": {"name": "unet3d", "kwargs": {"channels": [4, 8], "strides": [2]},
+                        "in_channels": 1},
+              "labels": {"0": "background", "1": "liver"}, "spacing": [2.0, 2.0, 2.0],
+              "patch_size": [8, 8, 8], "intensity": {"clip": [-100.0, 100.0], "mean": 0.0,
+                                                     "std": 50.0}}
+    save_checkpoint(tmp_path / "best.pt", bare, config)
+    predictor = Predictor(tmp_path, InferOptions(device="cpu"))
+    x = torch.randn(1, 1, 8, 8, 8)
+    bare.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(predictor.model(x), bare(x))

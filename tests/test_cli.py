@@ -139,10 +139,42 @@ def test_labels_outside_the_label_map_are_refused(tmp_path):
     assert_clean_failure(proc, "lab.nii.gz", "outside the label map")
 
 
-def test_bad_patch_size_is_explained(tiny_dataset, tmp_path):
-    proc = run_cli("train", "--manifest", tiny_dataset, "--output", tmp_path / "run",
-                   "--patch-size", "30,32,16", "--channels", "4,8,16")
-    assert_clean_failure(proc, "multiple of 4")
+@pytest.mark.parametrize(("args", "message"), [
+    (["--model", "segformer"], "choose one of: unet, unet3d, fcn, dilated"),
+    (["--upsample", "bicubic", "--model", "unet"], "unknown upsampling 'bicubic'"),
+    (["--context-slices", "2"], "add --dims 2"),
+    (["--loss", "focal"], "unknown loss 'focal'"),
+    (["--class-weights", "1,2"], "label map has 10 classes"),
+])
+def test_bad_model_and_loss_settings_are_explained_before_any_work(args, message, tiny_dataset,
+                                                                   tmp_path):
+    result = CliRunner().invoke(main, ["train", "--manifest", str(tiny_dataset), "--output",
+                                       str(tmp_path / "run"), *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not list((tmp_path / "run").glob("*"))
+
+
+def test_2d_training_and_slice_by_slice_inference_end_to_end(tiny_dataset, tmp_path):
+    run = tmp_path / "run2d"
+    result = CliRunner().invoke(main, [
+        "train", "--manifest", str(tiny_dataset), "--output", str(run), *TINY_TRAIN_ARGS,
+        "--model", "unet", "--dims", "2", "--context-slices", "1", "--upsample", "nearest",
+        "--loss", "dice", "--squared-dice"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"] == {"name": "unet", "in_channels": 3, "spatial_dims": 2,
+                               "context_slices": 1,
+                               "kwargs": {"channels": [4, 8, 16], "upsample": "nearest"}}
+    assert config["loss"] == {"name": "dice", "squared_pred": True}
+
+    scan = sorted((tiny_dataset.parent / "imagesTr").iterdir())[0]
+    result = CliRunner().invoke(main, ["infer", "--model", str(run), "--input", str(scan),
+                                       "--output", str(tmp_path / "pred")])
+    assert result.exit_code == 0, result.output
+    source, mask = nib.load(str(scan)), nib.load(str(tmp_path / "pred" / scan.name))
+    assert mask.shape == source.shape
+    np.testing.assert_allclose(mask.affine, source.affine, atol=1e-6)
+    assert set(np.unique(np.asarray(mask.dataobj))) <= set(range(10))
 
 
 def test_help_is_fast_and_lists_the_commands():

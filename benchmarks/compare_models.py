@@ -1,0 +1,86 @@
+"""Train every model on the same synthetic data for the same iterations; report held-out Dice.
+
+    nice -n 10 python -m benchmarks.compare_models --output runs/compare [--iterations 300]
+
+Synthesises 24 training and 4 held-out phantoms once (seeds 0 and 1), trains each model with the
+default recipe (4 mm, 80 x 64 x 48 patches, batch 2, Dice+CE, 4 of the 24 cases for validation,
+once at the end), segments the held-out scans and evaluates them at full resolution. Results
+go to OUTPUT/results.json; a model already there is skipped, so a stopped run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+from medseg.demo import ensure_dataset
+from medseg.runtime import tune_allocator
+
+TRAIN_CASES, HELDOUT_CASES = 24, 4
+ITERS_PER_EPOCH = 25
+
+
+def run_model(name: str, dims: int, out: Path, iterations: int) -> dict:
+    """Train one model, segment the held-out cases, and return its figures."""
+    from medseg.evaluate import evaluate_folders
+    from medseg.infer import infer_cases
+    from medseg.manifest import load_labels
+    from medseg.train import TrainConfig, train
+
+    train_manifest = ensure_dataset(out / "data" / "train", TRAIN_CASES, seed=0)
+    heldout = ensure_dataset(out / "data" / "heldout", HELDOUT_CASES, seed=1).parent
+    run = out / f"{name}_{dims}d"
+    epochs = math.ceil(iterations / ITERS_PER_EPOCH)
+    config = TrainConfig(manifest=str(train_manifest), output=str(run), model=name,
+                         spatial_dims=dims, epochs=epochs, iters_per_epoch=ITERS_PER_EPOCH,
+                         val_every=epochs)
+    trained = train(config)
+    start = time.perf_counter()
+    infer_cases(run, heldout / "imagesTr", run / "predictions", overwrite=True)
+    infer_seconds = (time.perf_counter() - start) / HELDOUT_CASES
+    summary = evaluate_folders(run / "predictions", heldout / "labelsTr", run / "evaluation",
+                               load_labels(heldout / "dataset.json"))
+    return {"model": name, "dims": dims, "iterations": epochs * ITERS_PER_EPOCH,
+            "train_seconds": trained["seconds"], "infer_seconds_per_case": infer_seconds,
+            "val_dice": trained["best_val_dice"], "heldout_dice": summary["mean_dice"],
+            "organs": {k: v["dice_mean"] for k, v in summary["organs"].items()}}
+
+
+def markdown(results: list[dict]) -> str:
+    """Mean and per-organ held-out Dice with the training cost, as Markdown tables."""
+    lines = ["| model | iterations | training min (incl. caching) | inference s/case | "
+             "held-out mean Dice |", "|---|---|---|---|---|"]
+    lines += [f"| {r['model']} {r['dims']}D | {r['iterations']} | {r['train_seconds'] / 60:.1f} "
+              f"| {r['infer_seconds_per_case']:.1f} | {r['heldout_dice']:.3f} |" for r in results]
+    organs = list(results[0]["organs"]) if results else []
+    lines += ["", "| model | " + " | ".join(organs) + " |", "|---|" + "---|" * len(organs)]
+    lines += [f"| {r['model']} {r['dims']}D | "
+              + " | ".join(f"{r['organs'][o]:.2f}" for o in organs) + " |" for r in results]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=Path("runs/compare"))
+    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--models", default="unet3d,unet,fcn,dilated,deeplabv3,deeplabv3plus,"
+                                            "pspnet", help="comma-separated registry names")
+    parser.add_argument("--dims", type=int, choices=(2, 3), default=3)
+    args = parser.parse_args()
+    tune_allocator()
+    path = args.output / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else []
+    for name in args.models.split(","):
+        if any(r["model"] == name and r["dims"] == args.dims for r in results):
+            continue
+        results.append(run_model(name, args.dims, args.output, args.iterations))
+        path.write_text(json.dumps(results, indent=1))
+        print(markdown(results[-1:]), flush=True)
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
