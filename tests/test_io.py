@@ -121,3 +121,15 @@ def test_load_mask_keeps_the_file_dtype_and_agrees_with_load_scan(tmp_path):
     (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti")
     with pytest.raises(MedsegError, match="broken.nii.gz: cannot read mask"):
         load_mask(tmp_path / "broken.nii.gz")
+
+
+def test_outputs_get_ordinary_permissions_not_owner_only(tmp_path):
+    import os
+    import stat
+
+    with atomic_output(tmp_path / "mask.nii.gz") as tmp:
+        tmp.write_bytes(b"x")
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = stat.S_IMODE((tmp_path / "mask.nii.gz").stat().st_mode)
+    assert mode == 0o666 & ~umask
