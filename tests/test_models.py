@@ -79,6 +79,14 @@ def test_every_upsampling_operator_fits_every_decoder(name, upsample, dims):
     assert not untrained(model)
 
 
+def test_plain_unet_blocks_are_an_option():
+    model = build_model("unet", 1, 3, spatial_dims=2, residual=False, **TINY)
+    image, label = smooth_batch(2)
+    build_loss()(model(image), label).backward()
+    assert not untrained(model)
+    assert not any("residual" in name for name, _ in model.named_parameters())
+
+
 def test_deep_supervision_returns_halving_outputs_in_training_only():
     model = build_model("unet", 1, 3, spatial_dims=3, deep_supervision=True, **TINY)
     image, label = smooth_batch(3)
