@@ -23,7 +23,8 @@ TRAIN_CASES, HELDOUT_CASES = 24, 4
 ITERS_PER_EPOCH = 25
 
 
-def run_model(name: str, dims: int, out: Path, iterations: int) -> dict:
+def run_model(name: str, dims: int, out: Path, iterations: int, batch_size: int = 2,
+              context_slices: int = 0) -> dict:
     """Train one model, segment the held-out cases, and return its figures."""
     from medseg.evaluate import evaluate_folders
     from medseg.infer import infer_cases
@@ -35,7 +36,8 @@ def run_model(name: str, dims: int, out: Path, iterations: int) -> dict:
     run = out / f"{name}_{dims}d"
     epochs = math.ceil(iterations / ITERS_PER_EPOCH)
     config = TrainConfig(manifest=str(train_manifest), output=str(run), model=name,
-                         spatial_dims=dims, epochs=epochs, iters_per_epoch=ITERS_PER_EPOCH,
+                         spatial_dims=dims, context_slices=context_slices, epochs=epochs,
+                         iters_per_epoch=ITERS_PER_EPOCH, batch_size=batch_size,
                          val_every=epochs)
     trained = train(config)
     start = time.perf_counter()
@@ -43,22 +45,30 @@ def run_model(name: str, dims: int, out: Path, iterations: int) -> dict:
     infer_seconds = (time.perf_counter() - start) / HELDOUT_CASES
     summary = evaluate_folders(run / "predictions", heldout / "labelsTr", run / "evaluation",
                                load_labels(heldout / "dataset.json"))
-    return {"model": name, "dims": dims, "iterations": epochs * ITERS_PER_EPOCH,
+    return {"model": name, "dims": dims, "context_slices": context_slices,
+            "batch_size": batch_size, "iterations": epochs * ITERS_PER_EPOCH,
             "train_seconds": trained["seconds"], "infer_seconds_per_case": infer_seconds,
             "val_dice": trained["best_val_dice"], "heldout_dice": summary["mean_dice"],
             "organs": {k: v["dice_mean"] for k, v in summary["organs"].items()}}
 
 
+def label(result: dict) -> str:
+    """'unet 3D', or 'unet 2D (K=1)' for a 2.5D run."""
+    k = result["context_slices"]
+    return f"{result['model']} {result['dims']}D" + (f" (K={k})" if k else "")
+
+
 def markdown(results: list[dict]) -> str:
     """Mean and per-organ held-out Dice with the training cost, as Markdown tables."""
-    lines = ["| model | iterations | training min (incl. caching) | inference s/case | "
-             "held-out mean Dice |", "|---|---|---|---|---|"]
-    lines += [f"| {r['model']} {r['dims']}D | {r['iterations']} | {r['train_seconds'] / 60:.1f} "
-              f"| {r['infer_seconds_per_case']:.1f} | {r['heldout_dice']:.3f} |" for r in results]
+    lines = ["| model | batch | iterations | training min (incl. caching) | inference s/case | "
+             "held-out mean Dice |", "|---|---|---|---|---|---|"]
+    lines += [f"| {label(r)} | {r['batch_size']} | {r['iterations']} | "
+              f"{r['train_seconds'] / 60:.1f} | {r['infer_seconds_per_case']:.1f} | "
+              f"{r['heldout_dice']:.3f} |" for r in results]
     organs = list(results[0]["organs"]) if results else []
     lines += ["", "| model | " + " | ".join(organs) + " |", "|---|" + "---|" * len(organs)]
-    lines += [f"| {r['model']} {r['dims']}D | "
-              + " | ".join(f"{r['organs'][o]:.2f}" for o in organs) + " |" for r in results]
+    lines += [f"| {label(r)} | " + " | ".join(f"{r['organs'][o]:.2f}" for o in organs) + " |"
+              for r in results]
     return "\n".join(lines)
 
 
@@ -69,14 +79,19 @@ def main() -> None:
     parser.add_argument("--models", default="unet3d,unet,fcn,dilated,deeplabv3,deeplabv3plus,"
                                             "pspnet", help="comma-separated registry names")
     parser.add_argument("--dims", type=int, choices=(2, 3), default=3)
+    parser.add_argument("--context-slices", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=2,
+                        help="patches (3D) or slices (2D) per iteration")
     args = parser.parse_args()
     tune_allocator()
     path = args.output / "results.json"
     results = json.loads(path.read_text()) if path.exists() else []
     for name in args.models.split(","):
-        if any(r["model"] == name and r["dims"] == args.dims for r in results):
+        if any(r["model"] == name and r["dims"] == args.dims
+               and r.get("context_slices", 0) == args.context_slices for r in results):
             continue
-        results.append(run_model(name, args.dims, args.output, args.iterations))
+        results.append(run_model(name, args.dims, args.output, args.iterations,
+                                 args.batch_size, args.context_slices))
         path.write_text(json.dumps(results, indent=1))
         print(markdown(results[-1:]), flush=True)
     print(markdown(results))
