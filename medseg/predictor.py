@@ -154,7 +154,7 @@ class Predictor:
 
 def resample_to_grid(probs: torch.Tensor, src_affine: np.ndarray, dst_affine: np.ndarray,
                      dst_shape: tuple[int, int, int], keep_probabilities: bool = False,
-                     max_chunk_bytes: int = 256 << 20) -> tuple[np.ndarray, np.ndarray | None]:
+                     max_chunk_bytes: int = 128 << 20) -> tuple[np.ndarray, np.ndarray | None]:
     """Trilinearly resample class probabilities onto another grid and take the argmax, in slabs.
 
     Works for any pair of affines, because each output voxel's position in the source grid comes
@@ -191,17 +191,21 @@ def _sparse_labels(probs: torch.Tensor, dst_to_src: np.ndarray, dst_shape, max_c
     """
     sample = _GridSampler(probs, dst_to_src, dst_shape)
     agreed = _cell_agreement(probs)
-    cells = torch.tensor(agreed.shape, device=probs.device)
-    strides = torch.tensor([cells[1] * cells[2], cells[2], 1], device=probs.device)
-    top = (cells - 1).float()  # the last cell's first corner; also catches border-clamped points
+    # The cell holding each point: its first corner, clamped so border-clamped points (and
+    # points on the last voxel plane) use the last cell, which contains every corner they touch.
+    last_corner = [float(n - 1) for n in agreed.shape]
     flat = agreed.flatten()
     labels = np.empty(dst_shape, dtype=np.uint8)
-    slab = _slab_size(dst_shape, 48, max_chunk_bytes)
+    slab = _slab_size(dst_shape, 32, max_chunk_bytes)
     for i0 in range(0, dst_shape[0], slab):
         i1 = min(i0 + slab, dst_shape[0])
         src = sample.coordinates(i0, i1)
-        corner = torch.minimum(src.clamp(min=0).floor_(), top).long()
-        slab_labels = flat[(corner * strides).sum(-1)]
+        cell = torch.zeros(src.shape[:-1], dtype=torch.int32, device=src.device)
+        for axis, top in enumerate(last_corner):
+            cell *= agreed.shape[axis]
+            cell += src[..., axis].clamp(0, top).floor_().to(torch.int32)
+        slab_labels = flat[cell]
+        del cell
         boundary = slab_labels < 0
         points = src[boundary]
         if len(points):
@@ -256,7 +260,7 @@ class _GridSampler:
 
 
 def resample_labels(probs: torch.Tensor, src_affine: np.ndarray, dst_affine: np.ndarray,
-                    dst_shape: tuple[int, int, int], max_chunk_bytes: int = 256 << 20
+                    dst_shape: tuple[int, int, int], max_chunk_bytes: int = 128 << 20
                     ) -> np.ndarray:
     """Labels only: resample_to_grid without probabilities."""
     return resample_to_grid(probs, src_affine, dst_affine, dst_shape,
