@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from medseg.errors import MedsegError
+from medseg.scan_checks import check_geometry, check_intensities, check_label
 
 log = logging.getLogger("medseg")
 
@@ -21,6 +22,7 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 SCAN_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
 NNUNET_CHANNEL = "_0000"
+FORMATS = ".nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd or a DICOM series folder"
 
 
 def scan_suffix(path: Path) -> str:
@@ -40,16 +42,31 @@ def list_scans(path: Path) -> list[Path]:
     """The scans a user means by path: one file, a DICOM series folder, or a folder of either."""
     path = Path(path)
     if not path.exists():
-        raise MedsegError(f"{path}: no such file or folder")
+        raise MedsegError(f"{path}: no such file or folder; check the path")
     if path.is_file():
+        _check_scan_file(path)
         return [path]
     entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
     scans = [p for p in entries if (p.is_file() and scan_suffix(p)) or p.is_dir()]
     if not scans and any(p.is_file() for p in entries):
         return [path]  # the folder itself holds a DICOM series
     if not scans:
-        raise MedsegError(f"{path}: the folder holds no scans (.nii.gz, .nii, .nrrd, .mha, DICOM)")
+        raise MedsegError(f"{path}: the folder holds no scans; put scans ({FORMATS}) in it, or "
+                          "point at another folder")
     return scans
+
+
+def _check_scan_file(path: Path) -> None:
+    """Refuse a file that is no scan format medseg reads, before anything is loaded."""
+    if scan_suffix(path):
+        return
+    with open(path, "rb") as f:
+        is_dicom = f.read(132)[128:] == b"DICM"  # the DICOM preamble's magic word
+    if is_dicom or path.name.lower().endswith(".dcm"):
+        raise MedsegError(f"{path}: a single DICOM slice; pass the folder that holds the whole "
+                          "series")
+    raise MedsegError(f"{path}: not a scan format medseg reads ({FORMATS}); convert it, or "
+                      "point at the scan itself")
 
 
 def _reader_for(path: Path):
@@ -72,14 +89,24 @@ def load_scan(path: Path, what: str = "image", dtype=np.float32) -> torch.Tensor
 
     path = Path(path)
     if not path.exists():
-        raise MedsegError(f"{path}: {what} file not found")
+        raise MedsegError(f"{path}: {what} file not found; check the path")
+    if path.is_file():
+        _check_scan_file(path)
     try:
-        volume = LoadImage(reader=_reader_for(path), image_only=True, ensure_channel_first=True,
-                           dtype=dtype)(str(path))
+        # The reader given at call time, so its own error (not MONAI's "no suitable reader") shows.
+        volume = LoadImage(image_only=True, ensure_channel_first=True, dtype=dtype)(
+            str(path), reader=_reader_for(path))
     except Exception as exc:  # noqa: BLE001 - readers raise anything from EOFError to RuntimeError
-        raise MedsegError(f"{path}: cannot read {what} ({_reason(exc)})") from None
+        reason = _reason(exc).replace(f"cannot read {path}: ", "")
+        advice = "" if path.is_dir() else "; the file is damaged or not a scan: export it again"
+        raise MedsegError(f"{path}: cannot read {what} ({reason}){advice}") from None
     _check_volume(volume, path, what)
+    check_geometry(volume.affine, path, what)
     _repair_direction_cosines(volume, path)
+    if what == "image":
+        check_intensities(volume, path)
+    elif what == "label":
+        check_label(volume, path)
     return volume
 
 
@@ -100,12 +127,13 @@ def load_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
         volume = load_scan(path, what="mask", dtype=None)
         return volume[0].numpy(), np.asarray(volume.affine, dtype=np.float64)
     if not path.exists():
-        raise MedsegError(f"{path}: mask file not found")
+        raise MedsegError(f"{path}: mask file not found; check the path")
     try:
         image = nib.load(str(path))
         array = np.asanyarray(image.dataobj)
     except Exception as exc:  # noqa: BLE001 - nibabel raises several types for broken files
-        raise MedsegError(f"{path}: cannot read mask ({_reason(exc)})") from None
+        raise MedsegError(f"{path}: cannot read mask ({_reason(exc)}); the file is damaged or "
+                          "not a mask: export it again") from None
     if array.ndim == 4 and array.shape[3] == 1:
         array = array[..., 0]
     if array.ndim != 3 or min(array.shape) < 1:
@@ -119,15 +147,22 @@ def load_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def _check_volume(volume: torch.Tensor, path: Path, what: str) -> None:
     """Refuse volumes that would silently produce garbage: not 3D, empty, or not finite."""
     spatial = tuple(volume.shape[1:])
+    stored = tuple(int(n) for n in volume.meta.get("spatial_shape", spatial))
+    if volume.numel() == 0:
+        raise MedsegError(f"{path}: the {what} holds no voxels (size {stored}); export it again")
+    if volume.shape[0] == 1 and len(spatial) == 2:
+        raise MedsegError(f"{path}: a 2D {what} (size {spatial}); medseg segments 3D volumes: "
+                          "give the whole series as one 3D file or a DICOM folder")
     if volume.shape[0] != 1 or len(spatial) != 3:
         raise MedsegError(
             f"{path}: expected a 3D {what}, got shape {tuple(volume.shape)} "
             f"({volume.ndim - 1}D with {volume.shape[0]} channel(s)); split 4D series into 3D files"
         )
-    if min(spatial) < 1:
-        raise MedsegError(f"{path}: {what} has an empty dimension {spatial}")
-    if volume.is_floating_point() and not torch.isfinite(volume).all():
-        raise MedsegError(f"{path}: {what} contains NaN or infinite voxels")
+    if volume.is_floating_point():
+        bad = int((~torch.isfinite(volume)).sum())
+        if bad:
+            raise MedsegError(f"{path}: {what} contains {bad} NaN or infinite voxels; replace "
+                              "them (air is -1024) or export the scan again")
 
 
 # Direction cosines this close to orthonormal are a rounding defect of the header, not a shear.

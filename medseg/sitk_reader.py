@@ -42,21 +42,67 @@ def _sitk_reason(err: RuntimeError) -> str:
 
 def _dicom_series_files(folder: Path, series_name: str = "") -> tuple[str, ...]:
     """Return the slice files of the one DICOM series in `folder`, sorted along the slice normal."""
-    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # "No Series were found": said below
+    try:
+        series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
     if not series_ids:
-        raise ValueError(f"no DICOM series found in folder {folder}")
+        raise ValueError(f"no DICOM series found in folder {folder}; it should hold the slice "
+                         "files of one series")
     if series_name:
         if series_name not in series_ids:
             raise ValueError(f"DICOM series {series_name!r} not found in folder {folder}")
     elif len(series_ids) > 1:
         raise ValueError(
             f"folder {folder} holds {len(series_ids)} DICOM series ({', '.join(series_ids)}); "
-            "pass series_name=<SeriesInstanceUID> to pick one"
+            "put each series in its own folder, or pass series_name=<SeriesInstanceUID>"
         )
     else:
         # a de-identified series may have an empty SeriesInstanceUID, which GDCM reports as ""
         series_name = series_ids[0]
-    return tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_name))
+    files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_name))
+    _check_slice_positions(folder, files)
+    return files
+
+
+# Steps between neighbouring slices may differ by this factor (scanner round-off, not a gap).
+SLICE_STEP_TOLERANCE = 1.5
+
+
+def _slice_positions(files: Sequence[str]) -> np.ndarray | None:
+    """Each slice's position along the slice normal (mm), or None where the tags are missing."""
+    positions = []
+    for name in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(name)
+        reader.ReadImageInformation()
+        if not (reader.HasMetaDataKey("0020|0032") and reader.HasMetaDataKey("0020|0037")):
+            return None
+        origin = [float(v) for v in reader.GetMetaData("0020|0032").split("\\")]
+        cosines = [float(v) for v in reader.GetMetaData("0020|0037").split("\\")]
+        positions.append(float(np.dot(np.cross(cosines[:3], cosines[3:]), origin)))
+    return np.sort(np.asarray(positions))
+
+
+def _check_slice_positions(folder: Path, files: Sequence[str]) -> None:
+    """Refuse a series with a missing or doubled slice: ITK would only warn and stretch it."""
+    positions = _slice_positions(files) if len(files) >= 3 else None
+    if positions is None:
+        return
+    steps = np.diff(positions)
+    step = float(np.median(steps))
+    if step <= 0 or steps.min() < step / SLICE_STEP_TOLERANCE:
+        raise ValueError(f"DICOM series in folder {folder} has slices at the same position; it "
+                         "mixes acquisitions: keep one series per folder")
+    if steps.max() > step * SLICE_STEP_TOLERANCE:
+        k = int(np.argmax(steps))
+        raise ValueError(
+            f"DICOM series in folder {folder} is missing slices: {steps[k]:.3g} mm between "
+            f"slices at {positions[k]:.4g} and {positions[k + 1]:.4g} mm, {step:.3g} mm "
+            "elsewhere; export the complete series"
+        )
 
 
 def _read_one(path: Path, series_name: str, **kwargs: Any) -> sitk.Image:

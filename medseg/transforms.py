@@ -27,6 +27,7 @@ from monai.transforms import (
     SpatialPadd,
 )
 
+from medseg.errors import MedsegError
 from medseg.io import load_scan
 
 BODY_HU = -500.0  # voxels above this are the patient, below is air around them
@@ -164,7 +165,8 @@ def foreground_intensity_stats(items: Sequence[Mapping], max_voxels: int = 2_000
         samples.append(values.astype(np.float64))
     voxels = np.concatenate(samples) if samples else np.empty(0)
     if voxels.size == 0:
-        raise ValueError("no labelled voxels in the training data")
+        raise MedsegError(f"none of the {len(items)} training labels has an organ voxel; check "
+                          "the manifest's label paths")
     lo, hi = np.percentile(voxels, [0.5, 99.5])
     clipped = np.clip(voxels, lo, hi)
     return {"clip": [float(lo), float(hi)], "mean": float(clipped.mean()),

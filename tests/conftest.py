@@ -7,6 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 # Coarse fixed spacing keeps every phantom around 90 x 65 x 40 voxels.
@@ -54,3 +55,26 @@ def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None)
     """Save an array as NIfTI (identity affine by default) and return the path."""
     nib.save(nib.Nifti1Image(array, np.eye(4) if affine is None else affine), str(path))
     return path
+
+
+def write_dicom_series(folder: Path, uid: str, z_positions: list[float]) -> None:
+    """Write a tiny 3x4 int16 DICOM series; slice k is filled with k and sits at z_positions[k]."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, z in enumerate(z_positions):
+        sl = sitk.GetImageFromArray(np.full((4, 3), k, dtype=np.int16))
+        tags = {
+            "0008|0016": "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
+            "0008|0018": f"{uid}.{k + 1}",
+            "0008|0060": "CT",
+            "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
+            "0020|000e": uid,
+            "0020|0013": str(len(z_positions) - k),  # instance numbers run against z on purpose
+            "0020|0032": f"0\\0\\{z}",
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+        }
+        for tag, value in tags.items():
+            sl.SetMetaData(tag, value)
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()  # otherwise GDCM invents a new SeriesInstanceUID
+        writer.SetFileName(str(folder / f"{uid}_{k:02d}.dcm"))
+        writer.Execute(sl)

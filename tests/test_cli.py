@@ -132,7 +132,8 @@ def test_training_refuses_bad_cases_before_writing_anything(problem, tmp_path):
 
 
 def test_labels_outside_the_label_map_are_refused(tmp_path):
-    image = write_nifti(tmp_path / "img.nii.gz", np.zeros((16, 16, 8), np.int16))
+    ct = np.random.default_rng(0).integers(-1000, 400, (16, 16, 8)).astype(np.int16)
+    image = write_nifti(tmp_path / "img.nii.gz", ct)
     label = write_nifti(tmp_path / "lab.nii.gz", np.full((16, 16, 8), 4, np.uint8))
     proc = run_cli("train", "--manifest", _manifest(tmp_path, image, label), "--output",
                    tmp_path / "run", *TINY_TRAIN_ARGS)

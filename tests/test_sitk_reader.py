@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import write_dicom_series
 from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
@@ -67,29 +68,6 @@ def _corner_centres(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     corners = itertools.product(*[(0, n - 1) for n in shape[:3]])
     points = np.array([_world(affine, c) for c in corners])
     return points[np.lexsort(np.round(points, 3).T[::-1])]
-
-
-def _write_dicom_series(folder: Path, uid: str, z_positions: list[float]) -> None:
-    """Write a tiny 3x4 int16 DICOM series; slice k is filled with k and sits at z_positions[k]."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for k, z in enumerate(z_positions):
-        sl = sitk.GetImageFromArray(np.full((4, 3), k, dtype=np.int16))
-        tags = {
-            "0008|0016": "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
-            "0008|0018": f"{uid}.{k + 1}",
-            "0008|0060": "CT",
-            "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
-            "0020|000e": uid,
-            "0020|0013": str(len(z_positions) - k),  # instance numbers run against z on purpose
-            "0020|0032": f"0\\0\\{z}",
-            "0020|0037": "1\\0\\0\\0\\1\\0",
-        }
-        for tag, value in tags.items():
-            sl.SetMetaData(tag, value)
-        writer = sitk.ImageFileWriter()
-        writer.KeepOriginalImageUIDOn()  # otherwise GDCM invents a new SeriesInstanceUID
-        writer.SetFileName(str(folder / f"{uid}_{k:02d}.dcm"))
-        writer.Execute(sl)
 
 
 # ---------------------------------------------------------------------------- suffixes
@@ -246,7 +224,7 @@ def test_lps_mode_keeps_itk_affine_and_orients_like_ras_mode(tmp_path: Path) -> 
 
 
 def test_dicom_slices_are_ordered_by_position_not_instance_number(tmp_path: Path) -> None:
-    _write_dicom_series(tmp_path / "one", "1.2.826.0.1.3680043.2.1125.7", [5.0, 0.0, 2.5])
+    write_dicom_series(tmp_path / "one", "1.2.826.0.1.3680043.2.1125.7", [5.0, 0.0, 2.5])
     reader = SimpleITKReader()
     array, meta = reader.get_data(reader.read(tmp_path / "one"))
     assert array.shape == (3, 4, 3)
@@ -288,8 +266,8 @@ def test_empty_folder_has_no_dicom_series(tmp_path: Path) -> None:
 
 def test_folder_with_two_series_is_refused_unless_one_is_named(tmp_path: Path) -> None:
     uid_a, uid_b = "1.2.826.0.1.3680043.2.1125.1.1", "1.2.826.0.1.3680043.2.1125.1.2"
-    _write_dicom_series(tmp_path, uid_a, [0.0, 1.0])
-    _write_dicom_series(tmp_path, uid_b, [0.0, 1.0, 2.0])
+    write_dicom_series(tmp_path, uid_a, [0.0, 1.0])
+    write_dicom_series(tmp_path, uid_b, [0.0, 1.0, 2.0])
     with pytest.raises(ValueError, match=f"folder {tmp_path} holds 2 DICOM series"):
         SimpleITKReader().read(tmp_path)
     reader = SimpleITKReader(series_name=uid_b)

@@ -1,0 +1,75 @@
+"""What a loaded scan or label must satisfy before medseg uses it.
+
+Problems that would silently give a wrong mask (impossible geometry, a blank scan, fractional
+labels) are errors; oddities that may be deliberate (intensities that are not Hounsfield units,
+a label without organs) are warnings. Every message names the file and says what to do.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medseg.errors import MedsegError
+from medseg.metrics import voxel_spacing
+
+log = logging.getLogger("medseg")
+
+# From micro-CT voxels to the thickest clinical slices, with a margin each side. Outside it a
+# header is wrong (mm taken for m or um, a zeroed field), and resampling it would either blow
+# the working grid up to terabytes or shrink the body to a few voxels.
+SPACING_RANGE_MM = (0.01, 50.0)
+# CT spans about -1000 HU (air) to over 1000 HU (bone); a narrower range is a normalised copy.
+NORMALISED_RANGE = 50.0
+
+
+def check_geometry(affine: np.ndarray, path: Path, what: str) -> None:
+    """Refuse headers whose voxel-to-world map is not finite or whose spacing is implausible."""
+    affine = np.asarray(affine, dtype=np.float64)
+    if not np.isfinite(affine).all():
+        raise MedsegError(f"{path}: the {what}'s header holds NaN or infinite geometry (affine); "
+                          "fix the header's spacing and orientation, or re-export the scan")
+    spacing = voxel_spacing(affine)
+    lo, hi = SPACING_RANGE_MM
+    if not all(lo <= s <= hi for s in spacing):
+        shown = " x ".join(f"{s:.4g}" for s in spacing)
+        raise MedsegError(f"{path}: voxel spacing {shown} mm is not plausible (each axis should "
+                          f"be {lo:g}-{hi:g} mm); fix the spacing (pixdim) in the header, or "
+                          "re-export the scan")
+
+
+def check_intensities(volume: torch.Tensor, path: Path) -> None:
+    """A blank scan is an error; intensities that are not CT in HU get a warning."""
+    lo, hi = (float(v) for v in torch.aminmax(volume))
+    if lo == hi:
+        raise MedsegError(f"{path}: every voxel is {lo:g}, the scan is blank; check the export "
+                          "(a DICOM conversion that lost the pixel data gives this)")
+    if hi - lo < NORMALISED_RANGE or lo >= 0:
+        log.warning("%s: intensities %.4g..%.4g do not look like CT in Hounsfield units (air is "
+                    "-1000); medseg normalises HU itself, so give it the original scan", path,
+                    lo, hi)
+
+
+def check_label(volume: torch.Tensor, path: Path) -> None:
+    """Labels must be whole organ ids; an all-background label is allowed, with a warning.
+
+    Ids beyond 0..255 are refused here, before training stores labels as uint8 (where 300 would
+    quietly become 44); ids beyond the label map are refused once it is known (train.py).
+    """
+    if volume.is_floating_point():
+        fractional = volume[volume != volume.round()]
+        if fractional.numel():
+            raise MedsegError(f"{path}: the label holds non-integer values (e.g. "
+                              f"{float(fractional[0]):g}); resample labels with nearest "
+                              "neighbour, and check this is the label, not the image")
+    lo, hi = (int(v) for v in torch.aminmax(volume))
+    if lo < 0 or hi > 255:
+        raise MedsegError(f"{path}: label values {lo}..{hi} fall outside the label map (ids "
+                          "0..255 at most); fix the label, or check this is the label file")
+    if not volume.any():
+        log.warning("%s: the label is all background (0); the case trains as background only: "
+                    "check that it is the right file", path)
+
