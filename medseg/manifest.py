@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -11,6 +13,8 @@ import numpy as np
 from medseg.errors import MedsegError
 from medseg.io import NIFTI_SUFFIXES, atomic_output, scan_suffix
 
+_INTEGER = re.compile(r"-?[0-9]+")  # not str.isdigit: it accepts '²', which int() refuses
+
 
 def parse_labels(raw: dict, source: str, contiguous: bool = True) -> dict[int, str]:
     """Label map {id: name} from Decathlon ({"1": "liver"}) or name->id ({"liver": 1}) form.
@@ -18,12 +22,15 @@ def parse_labels(raw: dict, source: str, contiguous: bool = True) -> dict[int, s
     Training needs ids 0..N without gaps (every id is a network output), so that is the default;
     evaluation label maps may have gaps (contiguous=False), e.g. a subset of a public map.
     """
+    if not isinstance(raw, dict):
+        raise MedsegError(f"{source}: 'labels' must be an object like {{\"1\": \"liver\"}}, "
+                          f"not {type(raw).__name__}")
     labels: dict[int, str] = {}
     for key, value in raw.items():
         key_s, value_s = str(key), str(value)
-        if key_s.lstrip("-").isdigit():
+        if _INTEGER.fullmatch(key_s):
             labels[int(key_s)] = value_s
-        elif value_s.lstrip("-").isdigit():
+        elif _INTEGER.fullmatch(value_s):
             labels[int(value_s)] = key_s
         else:
             raise MedsegError(f"{source}: label entry {key!r}: {value!r} has no integer id")
@@ -51,30 +58,59 @@ def load_manifest(path: Path) -> tuple[list[dict], dict[int, str]]:
         if key not in data:
             raise MedsegError(f"{path}: missing key {key!r} (a Decathlon dataset.json needs it)")
     labels = parse_labels(data["labels"], str(path))
-    cases = []
-    for index, entry in enumerate(data["training"]):
-        if not isinstance(entry, dict) or not {"image", "label"} <= entry.keys():
-            raise MedsegError(f"{path}: training entry {index} needs 'image' and 'label' paths")
-        resolved = {k: str((path.parent / v).resolve()) for k, v in entry.items()
-                    if k in ("image", "label")}
-        cases.append({**entry, **resolved})
+    if not isinstance(data["training"], list):
+        raise MedsegError(f"{path}: 'training' must be a list of {{\"image\": ..., \"label\": "
+                          "...} entries")
+    cases = [_training_case(path, index, entry) for index, entry in enumerate(data["training"])]
     if not cases:
-        raise MedsegError(f"{path}: the 'training' list is empty")
+        raise MedsegError(f"{path}: the 'training' list is empty; add image/label entries")
+    first_entry: dict[str, int] = {}
+    for index, case in enumerate(cases):
+        first = first_entry.setdefault(case["image"], index)
+        if first != index:
+            # Twice listed, a case weighs double and can land in training and validation at once.
+            raise MedsegError(f"{path}: training entries {first} and {index} are the same image "
+                              f"({case['image']}); remove the duplicate")
     return cases, labels
+
+
+def _training_case(manifest: Path, index: int, entry) -> dict:
+    """One training entry with absolute image/label paths, which must lie in the data root.
+
+    The data root is the manifest's folder. The check is on the path as written (not following
+    symlinks), so data kept elsewhere can be linked in; '../' and outside absolute paths cannot
+    make a shared dataset.json read files beyond its own folder.
+    """
+    if not isinstance(entry, dict) or not {"image", "label"} <= entry.keys():
+        raise MedsegError(f"{manifest}: training entry {index} needs 'image' and 'label' paths")
+    root = Path(os.path.normpath(manifest.parent.absolute()))
+    case = dict(entry)
+    for key in ("image", "label"):
+        if not isinstance(entry[key], str) or not entry[key].strip() or "\0" in entry[key]:
+            raise MedsegError(f"{manifest}: training entry {index}: {key!r} must be a file path, "
+                              f"not {entry[key]!r}")
+        written = Path(os.path.normpath(root / entry[key]))
+        if not written.is_relative_to(root):
+            raise MedsegError(f"{manifest}: training entry {index}: {key} {entry[key]!r} lies "
+                              f"outside the data root {root}; keep the data under the "
+                              "manifest's folder (a symlink there works)")
+        case[key] = str(written.resolve())
+    return case
 
 
 def check_case_files(case: dict) -> None:
     """Fail early, naming the case, if files are missing or image and label grids disagree."""
     for key in ("image", "label"):
         if not Path(case[key]).exists():
-            raise MedsegError(f"{case[key]}: {key} file not found")
+            raise MedsegError(f"{case[key]}: {key} file not found; fix its path in the manifest "
+                              "(relative paths start at the manifest's folder)")
     image_path, label_path = Path(case["image"]), Path(case["label"])
     if scan_suffix(image_path) in NIFTI_SUFFIXES and scan_suffix(label_path) in NIFTI_SUFFIXES:
         image, label = _nifti_header(image_path), _nifti_header(label_path)
         if image.shape[:3] != label.shape[:3]:
             raise MedsegError(
                 f"{label_path}: label shape {label.shape} does not match image shape "
-                f"{image.shape} ({image_path.name})"
+                f"{image.shape} ({image_path.name}); pair each image with its own label"
             )
         if not np.allclose(image.affine, label.affine, atol=1e-3):
             raise MedsegError(
@@ -87,18 +123,21 @@ def _nifti_header(path: Path):
     try:
         return nib.load(str(path))
     except Exception as exc:  # noqa: BLE001 - nibabel raises several types for bad headers
-        raise MedsegError(f"{path}: cannot read NIfTI header ({exc})") from None
+        raise MedsegError(f"{path}: cannot read NIfTI header ({exc}); the file is damaged or "
+                          "not NIfTI: export it again") from None
 
 
 def _read_json(path: Path) -> dict:
-    if not path.exists():
-        raise MedsegError(f"{path}: file not found")
+    if not path.is_file():
+        raise MedsegError(f"{path}: {'a folder, not a' if path.is_dir() else 'no such'} JSON "
+                          "file; check the path")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MedsegError(f"{path}: not valid JSON ({exc})") from None
+        raise MedsegError(f"{path}: not valid JSON ({exc}); fix it there") from None
     if not isinstance(data, dict):
-        raise MedsegError(f"{path}: expected a JSON object at the top level")
+        raise MedsegError(f"{path}: expected a JSON object at the top level, like "
+                          "{\"labels\": ..., \"training\": [...]}")
     return data
 
 

@@ -7,7 +7,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medseg.manifest import load_manifest
+from medseg.errors import MedsegError
+from medseg.io import NIFTI_SUFFIXES, scan_suffix
+from medseg.manifest import check_case_files, load_manifest
 
 ANISOTROPY_RATIO = 3.0  # nnU-Net: beyond this, the coarse axis keeps a finer target spacing
 # Training memory of the default U-Net, bytes per patch voxel per base-channel (activations,
@@ -68,6 +70,11 @@ def make_plan(manifest: Path, memory_gb: float = 8.0, model_kwargs: dict | None 
               seed: int = 0) -> dict:
     """Fingerprint every training case and derive spacing, normalisation, patch and batch."""
     cases, labels = load_manifest(Path(manifest))
+    for case in cases:
+        check_case_files(case)
+        if not all(scan_suffix(Path(case[k])) in NIFTI_SUFFIXES for k in ("image", "label")):
+            raise MedsegError(f"{case['image']}: `medseg plan` reads NIfTI cases only; convert "
+                              "the case to .nii.gz, or train without a plan")
     rng = np.random.default_rng(seed)
     prints = [case_fingerprint(c, len(labels), rng) for c in cases]
     spacings = np.array([p["spacing"] for p in prints])

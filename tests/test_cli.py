@@ -105,7 +105,7 @@ def test_missing_checkpoint(tiny_dataset, tmp_path):
 def _manifest(tmp_path: Path, image: Path, label: Path) -> Path:
     path = tmp_path / "dataset.json"
     path.write_text(json.dumps({"labels": {"0": "background", "1": "liver"},
-                                "training": [{"image": str(image), "label": str(label)}] * 2}))
+                                "training": [{"image": str(image), "label": str(label)}]}))
     return path
 
 
