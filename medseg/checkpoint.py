@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from medseg.io import atomic_output
 
 FORMAT = 1
 CHECKPOINT_NAMES = ("best.pt", "last.pt")
+# What inference reads from a checkpoint's config (medseg.predictor).
+INFERENCE_KEYS = ("labels", "spacing", "model", "patch_size", "intensity")
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, config: dict, **extra) -> None:
@@ -25,8 +28,10 @@ def save_checkpoint(path: Path, model: torch.nn.Module, config: dict, **extra) -
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **extra,
     }
-    with atomic_output(path) as tmp:
-        torch.save(payload, tmp)
+    # Through a Python file, so a full disk raises OSError(ENOSPC) rather than torch's opaque
+    # "unexpected pos" error; atomic_output turns that into a clear message.
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -36,22 +41,67 @@ def resolve_checkpoint(path: Path) -> Path:
         for name in CHECKPOINT_NAMES:
             if (path / name).exists():
                 return path / name
-        raise MedsegError(f"{path}: no checkpoint ({' or '.join(CHECKPOINT_NAMES)}) in this folder")
+        raise MedsegError(f"{path}: no checkpoint ({' or '.join(CHECKPOINT_NAMES)}) in this "
+                          "folder; pass the run folder that `medseg train` wrote")
     if not path.exists():
-        raise MedsegError(f"{path}: checkpoint not found")
+        raise MedsegError(f"{path}: checkpoint not found; pass a run folder of `medseg train` "
+                          "or its best.pt")
     return path
 
 
-def load_checkpoint(path: Path) -> dict:
-    """Load a checkpoint safely: tensors and plain data only; pickled code is refused."""
+def load_checkpoint(path: Path, needs: tuple[str, ...] = ()) -> dict:
+    """Load a checkpoint safely: tensors and plain data only; pickled code is refused.
+
+    `needs`: config keys the caller reads; a checkpoint without one of them is refused by name.
+    """
     path = resolve_checkpoint(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise MedsegError(f"{path}: refused, it holds more than weights ({first})") from None
+        # torch's own message suggests loading with weights_only=False: exactly what not to do.
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        code = f" ({found.group(1)})" if found else ""
+        raise MedsegError(f"{path}: refused, it holds pickled code{code} that loading would run; "
+                          "use only checkpoints written by `medseg train`") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        raise MedsegError(f"{path}: not a readable checkpoint ({exc})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise MedsegError(f"{path}: not a medseg checkpoint (format {FORMAT} expected)")
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MedsegError(f"{path}: not a readable checkpoint ({reason}); it is truncated or "
+                          "damaged: copy it again, or use the run's other checkpoint") from None
+    _check_format(payload, path)
+    config = payload["config"]
+    missing = [k for k in needs if k not in config]
+    if missing:
+        raise MedsegError(f"{path}: the checkpoint's config lacks {', '.join(missing)}; use "
+                          "best.pt or last.pt of a `medseg train` run")
+    if "model" in needs:
+        from medseg.models import MODELS
+
+        name = config["model"].get("name") if isinstance(config["model"], dict) else None
+        if name not in MODELS:
+            raise MedsegError(f"{path}: written by {_writer(payload)} for model {name!r}, which "
+                              f"medseg {__version__} does not have; upgrade medseg to the "
+                              "version that wrote it")
     return payload
+
+
+def _writer(payload: dict) -> str:
+    """'medseg 0.3.0', or 'an unknown medseg version' for checkpoints that do not say."""
+    version = payload.get("medseg_version")
+    return f"medseg {version}" if version else "an unknown medseg version"
+
+
+def _check_format(payload, path: Path) -> None:
+    """A medseg checkpoint of the format this version reads, else say whose file it is."""
+    if not isinstance(payload, dict) or "format" not in payload:
+        raise MedsegError(f"{path}: not a medseg checkpoint (no 'format'; weights of other tools "
+                          "such as nnU-Net or MONAI bundles cannot be used); pass a run folder "
+                          "of `medseg train`")
+    if payload["format"] != FORMAT:
+        raise MedsegError(f"{path}: written by {_writer(payload)} (checkpoint format "
+                          f"{payload['format']}), but this is medseg {__version__}, which reads "
+                          f"format {FORMAT}; use the medseg version that wrote it, or retrain")
+    missing = [k for k in ("config", "state_dict") if not isinstance(payload.get(k), dict)]
+    if missing:
+        raise MedsegError(f"{path}: a damaged medseg checkpoint (no {' or '.join(missing)}); "
+                          "use the run's other checkpoint, or retrain")
+

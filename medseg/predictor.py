@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from monai.transforms import Orientation, Spacing
 
-from medseg.checkpoint import load_checkpoint
+from medseg.checkpoint import INFERENCE_KEYS, load_checkpoint
 from medseg.errors import MedsegError
 from medseg.models import build_model, volume_model, window_size
 from medseg.postprocess import clean_components, voxels_for_volume
@@ -58,8 +58,10 @@ class Predictor:
         self.options = options or InferOptions()
         self.device = resolve_device(self.options.device)
         paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
-        configs = [load_checkpoint(p) | {"path": p} for p in paths]
+        configs = [load_checkpoint(p, needs=INFERENCE_KEYS) | {"path": p} for p in paths]
         first = configs[0]["config"]
+        # 3 if any member sees volumes: then a single-slice scan cannot be segmented.
+        self.spatial_dims = max(c["config"]["model"].get("spatial_dims", 3) for c in configs)
         self.labels = {int(k): v for k, v in first["labels"].items()}
         self.spacing = tuple(first["spacing"])
         self.members = [self._load_member(c) for c in configs]
@@ -79,8 +81,8 @@ class Predictor:
             net.load_state_dict(payload["state_dict"])
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
-            raise MedsegError(f"{path}: weights do not fit the model they claim ({first})") \
-                from None
+            raise MedsegError(f"{path}: weights do not fit the model they claim ({first}); "
+                              "use the checkpoint its own run wrote, or retrain") from None
         # 2D models see windows that span all slices, so each slice gets its true neighbours.
         model = volume_model(net, dims, settings.get("context_slices", 0))
         return _Member(model.to(self.device).eval(), window_size(config["patch_size"], dims),
