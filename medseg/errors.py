@@ -1,8 +1,13 @@
-"""The one exception type for problems a user can fix; the CLI prints it as a single line."""
+"""The exception types for problems a user can fix; the CLI prints them as a single line."""
 
 
 class MedsegError(Exception):
     """Bad input, output or settings, with a message that says what to do about it."""
+
+
+class OutputError(MedsegError):
+    """Outputs cannot be written (disk full, read-only, no permission): every later case would
+    fail the same way, so a batch stops instead of skipping to the next case."""
 
 
 def find_medseg_error(exc: BaseException) -> MedsegError | None:

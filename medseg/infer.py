@@ -16,8 +16,10 @@ from medseg.distributed import (
     rank_and_world,
     shutdown,
 )
-from medseg.errors import find_medseg_error
-from medseg.io import case_name, list_scans, load_scan, save_nifti
+from medseg.errors import MedsegError, OutputError, find_medseg_error
+from medseg.io import case_name, check_writable, list_scans, load_scan, save_nifti
+from medseg.memory import check_inference_memory
+from medseg.metrics import voxel_spacing
 from medseg.predictor import InferOptions, Predictor
 
 
@@ -49,9 +51,11 @@ def infer_cases(checkpoints, inputs: Path, out_dir: Path,
     rank, world = rank_and_world()
     options.device = local_device(options.device)
     scans = shard_for_rank(list_scans(Path(inputs)), rank, world)
+    check_writable(out_dir)
     predictor = Predictor(checkpoints, options)
-    progress = tqdm(scans, desc="infer" if world == 1 else f"infer rank {rank}", unit="case")
-    return [segment_case(predictor, scan, out_dir, options, progress) for scan in progress]
+    # Closed also when a case stops the batch, so the error starts on a line of its own.
+    with tqdm(scans, desc="infer" if world == 1 else f"infer rank {rank}", unit="case") as progress:
+        return [segment_case(predictor, scan, out_dir, options, progress) for scan in progress]
 
 
 def segment_case(predictor: Predictor, scan_path: Path, out_dir: Path, options: InferOptions,
@@ -63,6 +67,7 @@ def segment_case(predictor: Predictor, scan_path: Path, out_dir: Path, options: 
     start = time.perf_counter()
     try:
         scan = load_scan(scan_path)
+        check_fits_predictor(scan, scan_path, predictor, options)
         mask, probabilities = predictor.predict(scan)
         affine = np.asarray(scan.meta.get("original_affine", scan.affine))
         if probabilities is not None:
@@ -72,6 +77,8 @@ def segment_case(predictor: Predictor, scan_path: Path, out_dir: Path, options: 
         save_nifti(mask, affine, target, like=scan_path)  # the mask last: it marks "done"
     except Exception as exc:  # noqa: BLE001 - one bad case must not stop a batch
         error = find_medseg_error(exc)
+        if isinstance(error, OutputError):
+            raise  # a full disk fails every later case too: stop, keeping the finished masks
         if error is None and not isinstance(exc, (ValueError, RuntimeError, OSError)):
             raise
         progress.write(f"failed: {error or exc}")
@@ -79,6 +86,17 @@ def segment_case(predictor: Predictor, scan_path: Path, out_dir: Path, options: 
     seconds = time.perf_counter() - start
     progress.set_postfix_str(f"{case_name(scan_path)} {seconds:.1f}s")
     return CaseResult(scan_path, target, "done", seconds)
+
+
+def check_fits_predictor(scan, path: Path, predictor: Predictor, options: InferOptions) -> None:
+    """Refuse, before any work, a single slice for a 3D model or a scan too large for memory."""
+    shape = tuple(scan.shape[1:])
+    if predictor.spatial_dims == 3 and min(shape) < 2:
+        raise MedsegError(f"{path}: a single slice (size {'x'.join(map(str, shape))}), but the "
+                          "model is 3D; give the whole series, or use a model trained with "
+                          "--dims 2")
+    check_inference_memory(path, shape, voxel_spacing(scan.affine), predictor.spacing,
+                           len(predictor.labels), options.save_probabilities)
 
 
 def gather_results(results: list[CaseResult]) -> list[CaseResult]:

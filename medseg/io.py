@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import tempfile
@@ -13,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, OutputError
 from medseg.scan_checks import check_geometry, check_intensities, check_label
 
 log = logging.getLogger("medseg")
@@ -194,9 +195,38 @@ def _repair_direction_cosines(volume: torch.Tensor, path: Path) -> None:
     log.warning("%s: direction cosines were off orthonormal by %.2g; repaired", path, deviation)
 
 
+# Write errors that no retry of the next case would avoid: the batch stops with one message.
+_FULL = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded"}
+_DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _output_error(path: Path, exc: OSError) -> OutputError:
+    """One line for a failed write: the file (or folder), the reason, and what to do."""
+    if exc.errno in _FULL:
+        return OutputError(f"{path}: {_FULL[exc.errno]} while writing ({exc.strerror}); nothing "
+                           "half-written is left: free space or choose another output folder, "
+                           "then run again")
+    return OutputError(f"{path}: cannot write output here ({exc.strerror}); choose another "
+                       "output folder or fix its permissions")
+
+
+def check_writable(folder: Path) -> None:
+    """Fail before any work if outputs could not be written to `folder` (created later)."""
+    folder = Path(folder).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise OutputError(f"{folder}: cannot write output here ({existing} is a file); choose "
+                          "another output folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise _output_error(folder, OSError(errno.EACCES, os.strerror(errno.EACCES)))
+
+
 @contextlib.contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds.
+
+    A full disk or a refused write raises OutputError; the temporary file is removed either way.
+    """
     path = Path(path)
     # The temp name ends like the target so writers that go by suffix (nibabel: .gz) still work.
     suffix = ".part" + (scan_suffix(path) or path.suffix)
@@ -204,7 +234,7 @@ def atomic_output(path: Path) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     except OSError as exc:
-        raise MedsegError(f"{path.parent}: cannot write output here ({exc.strerror})") from None
+        raise _output_error(path.parent, exc) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -214,6 +244,10 @@ def atomic_output(path: Path) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if exc.errno in _FULL or exc.errno in _DENIED:
+            raise _output_error(path, exc) from None
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 

@@ -32,6 +32,7 @@ from medseg.distributed import (
 )
 from medseg.errors import MedsegError
 from medseg.figures import training_curves
+from medseg.io import check_writable
 from medseg.losses import build_loss
 from medseg.manifest import check_case_files, load_manifest, write_json
 from medseg.models import build_model, volume_model, window_size
@@ -120,7 +121,7 @@ def cache_cases(cases: list[dict], spacing, num_classes: int,
         found = torch.unique(item["label"]).tolist()
         if max(found) >= num_classes or min(found) < 0:
             raise MedsegError(f"{case['label']}: label values {found} fall outside the label map "
-                              f"(0..{num_classes - 1})")
+                              f"(0..{num_classes - 1}); fix the label, or the manifest's labels")
     return items
 
 
@@ -218,6 +219,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     cases, labels = load_manifest(Path(cfg.manifest))
     num_classes = len(labels)
     check_config(cfg, num_classes)
+    check_writable(out)
     for case in cases:
         check_case_files(case)
     device = resolve_device(local_device(cfg.device))

@@ -1,0 +1,67 @@
+"""Up-front memory estimates: a scan too large to segment is refused with a number, before the
+operating system kills the process half-way through it."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from medseg.errors import MedsegError
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        text = Path(path).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def available_bytes() -> int | None:
+    """Memory this process can still take: MemAvailable, capped by a cgroup v2 limit.
+
+    None where neither is known (not Linux): the check is then skipped.
+    """
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    limit, used = _read_int("/sys/fs/cgroup/memory.max"), _read_int("/sys/fs/cgroup/memory.current")
+    if limit is not None and used is not None:
+        found.append(max(0, limit - used))
+    return min(found) if found else None
+
+
+def inference_bytes(shape, spacing, working_spacing, num_classes: int,
+                    probabilities: bool = False) -> tuple[int, tuple[int, ...]]:
+    """Peak memory of segmenting one scan, roughly, and the working grid's size.
+
+    On the working grid: the resampled and normalised image, and about three float32 copies
+    of the class probabilities (the sliding window's sum, softmax, the TTA/ensemble total).
+    On the scan's own grid: the float32 scan, the uint8 mask and its post-processing copy, and
+    uint8 probabilities when they are saved. The resampling back works in bounded slabs.
+    """
+    working = tuple(max(1, math.ceil(n * s / w))
+                    for n, s, w in zip(shape, spacing, working_spacing))
+    voxels, own = math.prod(working), math.prod(shape)
+    total = voxels * 4 * (3 * num_classes + 3) + own * (6 + (num_classes if probabilities else 0))
+    return total, working
+
+
+def check_inference_memory(path: Path, shape, spacing, working_spacing, num_classes: int,
+                           probabilities: bool = False, budget: int | None = None) -> None:
+    """Refuse a scan whose estimated peak memory exceeds what is available, with the estimate."""
+    budget = available_bytes() if budget is None else budget
+    if budget is None:
+        return
+    need, working = inference_bytes(shape, spacing, working_spacing, num_classes, probabilities)
+    if need > budget:
+        grid = "x".join(map(str, working))
+        mm = "x".join(f"{w:g}" for w in working_spacing)
+        raise MedsegError(f"{path}: segmenting it needs about {need / 1e9:.3g} GB of memory "
+                          f"({grid} voxels at the model's {mm} mm, {num_classes} classes), but "
+                          f"{budget / 1e9:.3g} GB is available; crop the scan to the region to "
+                          "segment, or use a machine with more memory")
