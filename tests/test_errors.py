@@ -1,0 +1,562 @@
+"""The failure catalogue of docs/errors.md: every bad input gets one clear answer, nothing is lost.
+
+One test per row (or one table of rows). Most call the functions directly; a handful run the
+command line as a user would, for the exit code, the single `error:` line, no traceback and no
+output left behind. Rows that other test files already cover are referenced in docs/errors.md.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import TINY_TRAIN_ARGS, write_dicom_series, write_nifti
+from test_cli import assert_clean_failure, run_cli
+
+from cli import main
+from medseg import __version__
+from medseg.checkpoint import load_checkpoint, save_checkpoint
+from medseg.errors import MedsegError, OutputError
+from medseg.evaluate import load_label_volume
+from medseg.infer import check_fits_predictor, infer_cases
+from medseg.io import check_writable, list_scans, load_scan
+from medseg.manifest import load_manifest
+from medseg.memory import check_inference_memory, inference_bytes
+from medseg.models import build_model
+from medseg.planning import make_plan
+from medseg.predictor import InferOptions, Predictor
+from medseg.transforms import foreground_intensity_stats
+
+LABELS = {"0": "background", "1": "liver", "2": "spleen"}
+SHAPE = (12, 10, 8)
+
+
+def ct(shape=SHAPE, seed=0) -> np.ndarray:
+    """Random int16 voxels from air to contrast-filled vessels: looks like CT to every check."""
+    return np.random.default_rng(seed).integers(-1000, 400, shape).astype(np.int16)
+
+
+def nifti_with_affine(path: Path, array: np.ndarray, affine: np.ndarray) -> Path:
+    """A NIfTI whose sform (and pixdim) say what is given, even where nibabel could not
+    decompose it into a qform. pixdim agrees with it, as in a real broken header: otherwise
+    MONAI's reader would swap in the qform."""
+    header = nib.Nifti1Header()
+    header["sform_code"], header["qform_code"] = 1, 0
+    header["srow_x"], header["srow_y"], header["srow_z"] = affine[:3]
+    header["pixdim"][1:4] = np.linalg.norm(affine[:3, :3], axis=0)
+    nib.save(nib.Nifti1Image(array, None, header=header), str(path))
+    return path
+
+
+def tiny_checkpoint(path: Path, spatial_dims: int = 3, **config) -> Path:
+    """An untrained two-level U-Net with everything inference reads (instant to build)."""
+    kwargs = {"channels": (4, 8), "strides": (2,)}
+    settings = {"model": {"name": "unet3d", "kwargs": kwargs, "in_channels": 1,
+                          "spatial_dims": spatial_dims},
+                "labels": LABELS, "spacing": [2.0, 2.0, 2.0], "patch_size": [16, 16, 16],
+                "intensity": {"clip": [-1000.0, 1000.0], "mean": 0.0, "std": 100.0}} | config
+    save_checkpoint(path, build_model("unet3d", 1, len(LABELS), spatial_dims=spatial_dims,
+                                      **kwargs), settings)
+    return path
+
+
+@pytest.fixture
+def warnings_seen():
+    """Warnings medseg logs (the CLI turns off propagation to the root logger, so caplog can't)."""
+    records: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger("medseg")
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+
+
+def visible(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
+# ---------------------------------------------------------------------------------- inputs
+
+
+def test_a_file_that_is_no_scan_is_refused_before_loading(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("patient list")
+    one_slice = tmp_path / "IM0001"  # DICOM files often have no suffix; the preamble tells
+    one_slice.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
+    for load in (list_scans, load_scan):
+        with pytest.raises(MedsegError, match=r"notes\.txt: not a scan format medseg reads .*"
+                                              "convert it"):
+            load(notes)
+        with pytest.raises(MedsegError, match="IM0001: a single DICOM slice; pass the folder"):
+            load(one_slice)
+
+
+def test_cli_refuses_a_non_image_input_with_exit_code_2(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("patient list")
+    proc = run_cli("infer", "--model", tiny_checkpoint(tmp_path / "m.pt"), "--input", notes,
+                   "--output", tmp_path / "out")
+    assert_clean_failure(proc, "notes.txt", "not a scan format")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_a_truncated_nifti_names_the_file_and_says_what_to_do(tmp_path, suffix):
+    whole = write_nifti(tmp_path / f"whole{suffix}", ct((40, 40, 30)))
+    data = whole.read_bytes()
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(MedsegError, match=r"cut\.nii(\.gz)?: cannot read image \(.+\); the file "
+                                          "is damaged or not a scan: export it again"):
+        load_scan(cut)
+
+
+UIDS = [f"1.2.826.0.1.3680043.2.1125.{n}" for n in (21, 22, 23, 24)]
+
+
+def test_a_dicom_folder_with_two_series_or_a_missing_or_doubled_slice_is_refused(tmp_path):
+    write_dicom_series(tmp_path / "complete", UIDS[0], [0.0, 2.5, 5.0, 7.5])
+    write_dicom_series(tmp_path / "two", UIDS[1], [0.0, 2.5, 5.0])
+    write_dicom_series(tmp_path / "two", UIDS[2], [0.0, 2.5, 5.0])
+    write_dicom_series(tmp_path / "gap", UIDS[3], [0.0, 2.5, 5.0, 10.0, 12.5])
+    write_dicom_series(tmp_path / "doubled", UIDS[0], [0.0, 2.5, 2.5, 5.0])
+
+    spacing = np.linalg.norm(load_scan(tmp_path / "complete").affine[:3, :3], axis=0)
+    np.testing.assert_allclose(spacing, [1.0, 1.0, 2.5])
+    with pytest.raises(MedsegError, match="two: .*holds 2 DICOM series .*put each series in its "
+                                          "own folder"):
+        load_scan(tmp_path / "two")
+    # ITK itself only warns and spreads the 5 slices evenly: 3.125 mm, every organ stretched.
+    with pytest.raises(MedsegError, match=r"gap: .*missing slices: 5 mm between slices at 5 and "
+                                          r"10 mm, 2\.5 mm elsewhere; export the complete series"):
+        load_scan(tmp_path / "gap")
+    with pytest.raises(MedsegError, match="doubled: .*slices at the same position"):
+        load_scan(tmp_path / "doubled")
+
+
+def test_2d_input_and_single_slices_against_3d_and_2d_models(tmp_path):
+    with pytest.raises(MedsegError, match=r"xray\.nii\.gz: a 2D image .*give the whole series"):
+        load_scan(write_nifti(tmp_path / "xray.nii.gz", ct()[..., 0]))
+    path = write_nifti(tmp_path / "slice.nii.gz", ct()[..., :1])
+    single = load_scan(path)
+    volume_model = Predictor(tiny_checkpoint(tmp_path / "3d.pt"), InferOptions(device="cpu"))
+    with pytest.raises(MedsegError, match=r"slice\.nii\.gz: a single slice \(size 12x10x1\), but "
+                                          "the model is 3D"):
+        check_fits_predictor(single, path, volume_model, InferOptions())
+    # A 2D model segments slice by slice, so one slice is a complete input for it.
+    slice_model = Predictor(tiny_checkpoint(tmp_path / "2d.pt", spatial_dims=2),
+                            InferOptions(device="cpu"))
+    check_fits_predictor(single, path, slice_model, InferOptions())
+    mask, _ = slice_model.predict(single)
+    assert mask.shape == (12, 10, 1)
+
+
+def test_infinite_voxels_are_refused_and_counted(tmp_path):
+    image = ct().astype(np.float32)
+    image[0, 0, :3] = [np.inf, -np.inf, np.nan]
+    with pytest.raises(MedsegError, match=r"inf\.nii\.gz: image contains 3 NaN or infinite "
+                                          "voxels; replace them"):
+        load_scan(write_nifti(tmp_path / "inf.nii.gz", image))
+
+
+@pytest.mark.parametrize("value", [0, -1024])
+def test_a_blank_scan_is_refused(tmp_path, value):
+    path = write_nifti(tmp_path / "blank.nii.gz", np.full(SHAPE, value, np.int16))
+    with pytest.raises(MedsegError, match=rf"blank\.nii\.gz: every voxel is {value}, the scan is "
+                                          "blank; check the export"):
+        load_scan(path)
+
+
+@pytest.mark.parametrize("name, array, warns", [
+    ("normalised", np.random.default_rng(1).random(SHAPE, dtype=np.float32), True),
+    ("z_scored", np.random.default_rng(2).normal(0, 1, SHAPE).astype(np.float32), True),
+    ("no_intercept", (ct() + 1024).astype(np.uint16), True),  # raw detector values, HU + 1024
+    ("hounsfield", ct(), False),
+])
+def test_intensities_that_are_not_hounsfield_units_warn_but_load(tmp_path, warnings_seen, name,
+                                                                 array, warns):
+    volume = load_scan(write_nifti(tmp_path / f"{name}.nii.gz", array))
+    np.testing.assert_allclose(volume[0].numpy(), array, rtol=1e-6)
+    hu_warnings = [w for w in warnings_seen if "Hounsfield" in w and f"{name}.nii.gz" in w]
+    assert len(hu_warnings) == warns
+
+
+def test_a_scan_with_a_zero_size_dimension_is_refused(tmp_path):
+    path = write_nifti(tmp_path / "empty.nii.gz", np.zeros((12, 0, 8), np.int16))
+    with pytest.raises(MedsegError, match=r"empty\.nii\.gz: the image holds no voxels \(size "
+                                          r"\(12, 0, 8\)\); export it again"):
+        load_scan(path)
+
+
+@pytest.mark.parametrize("spacing, problem", [
+    ((0.8, 0.0, 2.0), r"spacing 0\.8 x 0 x 2 mm is not plausible"),
+    ((0.8, 0.8, 1000.0), r"spacing 0\.8 x 0\.8 x 1000 mm is not plausible"),
+    ((0.001, 0.8, 2.0), r"spacing 0\.001 x 0\.8 x 2 mm is not plausible"),
+    ((0.8, np.nan, 2.0), "NaN or infinite geometry"),
+    ((0.8, 0.8, np.inf), "NaN or infinite geometry"),
+])
+def test_absurd_spacing_is_refused(tmp_path, spacing, problem):
+    path = nifti_with_affine(tmp_path / "odd.nii.gz", ct(), np.diag([*spacing, 1.0]))
+    with pytest.raises(MedsegError, match=rf"odd\.nii\.gz: .*{problem}.*; (fix|re-export)"):
+        load_scan(path)
+
+
+def _nrrd(path: Path, spacings: str) -> Path:
+    header = (f"NRRD0004\ntype: short\ndimension: 3\nsizes: 12 10 8\nendian: little\n"
+              f"encoding: raw\nspacings: {spacings}\n\n")
+    path.write_bytes(header.encode() + ct((8, 10, 12)).astype("<i2").tobytes())
+    return path
+
+
+def test_nrrd_zero_spacing_is_refused_and_a_negative_one_is_read_as_a_flip(tmp_path):
+    with pytest.raises(MedsegError, match=r"zero\.nrrd: cannot read image \(.*spacing"):
+        load_scan(_nrrd(tmp_path / "zero.nrrd", "0 1 2"))
+    # ITK (and so 3D Slicer and ITK-SNAP) read a negative spacing as a flipped axis: so do we.
+    flipped = load_scan(_nrrd(tmp_path / "neg.nrrd", "-1.5 1 2")).affine.numpy()
+    plain = load_scan(_nrrd(tmp_path / "pos.nrrd", "1.5 1 2")).affine.numpy()
+    np.testing.assert_allclose(flipped[:3, 0], -plain[:3, 0])
+    np.testing.assert_allclose(flipped[:3, 1:], plain[:3, 1:])
+
+
+def test_memory_estimate_grows_with_the_working_grid_and_refuses_over_budget():
+    shape, spacing, working = (512, 512, 400), (0.8, 0.8, 1.0), (2.0, 2.0, 2.0)
+    need, grid = inference_bytes(shape, spacing, working, num_classes=10)
+    assert grid == (205, 205, 200)  # ceil(512 * 0.8 / 2), ceil(400 * 1.0 / 2)
+    # Linear in the working grid's voxels, at least one float32 probability per class each.
+    sizes = {w: inference_bytes(shape, spacing, (w, w, w), 10)[0] for w in (1.0, 2.0, 4.0)}
+    voxels = {w: np.prod([np.ceil(n * s / w) for n, s in zip(shape, spacing)]) for w in sizes}
+    per_voxel = (sizes[1.0] - sizes[2.0]) / (voxels[1.0] - voxels[2.0])
+    assert per_voxel == pytest.approx((sizes[2.0] - sizes[4.0]) / (voxels[2.0] - voxels[4.0]))
+    assert per_voxel >= 10 * 4
+    with pytest.raises(MedsegError, match=r"big\.nii\.gz: segmenting it needs about [\d.]+ GB "
+                                          r"of memory \(205x205x200 voxels at the model's 2x2x2 "
+                                          "mm, 10 classes\\), but .* crop the scan"):
+        check_inference_memory(Path("big.nii.gz"), shape, spacing, working, 10, budget=need - 1)
+    check_inference_memory(Path("big.nii.gz"), shape, spacing, working, 10, budget=need)
+
+
+def test_infer_refuses_a_scan_too_large_for_memory_and_writes_nothing(tmp_path, monkeypatch):
+    scan = write_nifti(tmp_path / "big.nii.gz", ct())
+    monkeypatch.setattr("medseg.memory.available_bytes", lambda: 10_000)  # a 10 kB machine
+    results = infer_cases(tiny_checkpoint(tmp_path / "m.pt"), scan, tmp_path / "out",
+                          InferOptions(device="cpu"))
+    assert [r.status for r in results] == ["failed"]
+    assert "big.nii.gz: segmenting it needs about" in results[0].error
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------- labels
+
+
+def test_label_ids_beyond_uint8_are_refused_before_they_wrap(tmp_path):
+    for name, value in (("high", 300), ("negative", -1)):
+        label = np.zeros(SHAPE, np.int16)
+        label[2:5, 2:5, 2:5] = value
+        path = write_nifti(tmp_path / f"{name}.nii.gz", label)
+        with pytest.raises(MedsegError, match=rf"{name}\.nii\.gz: label values .* fall outside "
+                                              "the label map"):
+            load_scan(path, what="label")
+
+
+def test_non_integer_labels_are_refused_in_training_and_evaluation(tmp_path):
+    label = np.zeros(SHAPE, np.float32)
+    label[2:5, 2:5, 2:5] = 1.0
+    label[6, 6, 6] = 0.5  # a label resampled with linear interpolation
+    path = write_nifti(tmp_path / "soft.nii.gz", label)
+    with pytest.raises(MedsegError, match=r"soft\.nii\.gz: the label holds non-integer values "
+                                          r"\(e\.g\. 0\.5\); resample labels with nearest"):
+        load_scan(path, what="label")
+    with pytest.raises(MedsegError, match=r"soft\.nii\.gz: mask holds non-integer values"):
+        load_label_volume(path, {0: "background", 1: "liver"})
+
+
+def test_an_all_background_label_warns_and_an_all_background_data_set_is_refused(
+        tmp_path, warnings_seen):
+    path = write_nifti(tmp_path / "empty_label.nii.gz", np.zeros(SHAPE, np.uint8))
+    label = load_scan(path, what="label")
+    assert any("empty_label.nii.gz: the label is all background" in w for w in warnings_seen)
+    item = {"image": torch.as_tensor(ct()[None]), "label": label}
+    with pytest.raises(MedsegError, match="none of the 1 training labels has an organ voxel"):
+        foreground_intensity_stats([item])
+
+
+# ------------------------------------------------------------------------------- manifests
+
+
+def write_manifest(folder: Path, training, labels=LABELS) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "dataset.json"
+    path.write_text(json.dumps({"labels": labels, "training": training}))
+    return path
+
+
+@pytest.mark.parametrize("labels, training, message", [
+    (LABELS, "imagesTr/", r"'training' must be a list"),
+    (["background", "liver"], [], r"'labels' must be an object"),
+    (LABELS, [{"image": 3, "label": "l.nii.gz"}], r"training entry 0: 'image' must be a file "
+                                                   "path, not 3"),
+    (LABELS, [{"image": "a.nii.gz", "label": ""}], r"training entry 0: 'label' must be a file"),
+    ({"1": "liver", "²": "spleen"}, [], r"label entry '²': 'spleen' has no integer id"),
+])
+def test_manifest_entries_of_the_wrong_type_are_clear_errors(tmp_path, labels, training,
+                                                             message):
+    manifest = write_manifest(tmp_path, training, labels)
+    with pytest.raises(MedsegError, match=rf"dataset\.json: {message}"):
+        load_manifest(manifest)
+
+
+def test_a_folder_given_as_manifest_is_a_clear_error(tmp_path):
+    with pytest.raises(MedsegError, match=rf"{tmp_path.name}: a folder, not a JSON file"):
+        load_manifest(tmp_path)
+
+
+def test_a_case_listed_twice_is_refused(tmp_path):
+    entries = [{"image": "imagesTr/a.nii.gz", "label": "labelsTr/a.nii.gz"},
+               {"image": "imagesTr/b.nii.gz", "label": "labelsTr/b.nii.gz"},
+               {"image": "./imagesTr/../imagesTr/a.nii.gz", "label": "labelsTr/a2.nii.gz"}]
+    with pytest.raises(MedsegError, match=r"training entries 0 and 2 are the same image \(.*"
+                                          r"imagesTr/a\.nii\.gz\); remove the duplicate"):
+        load_manifest(write_manifest(tmp_path, entries))
+
+
+def test_paths_escaping_the_data_root_are_refused_but_links_inside_it_work(tmp_path):
+    root, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for path in ("../secret.nii.gz", str(elsewhere / "a.nii.gz")):
+        manifest = write_manifest(root, [{"image": "imagesTr/a.nii.gz", "label": path}])
+        with pytest.raises(MedsegError, match=r"training entry 0: label .* lies outside the data "
+                                              "root .*; keep the data under the manifest's"):
+            load_manifest(manifest)
+    (root / "linked").symlink_to(elsewhere, target_is_directory=True)
+    manifest = write_manifest(root, [{"image": "linked/a.nii.gz", "label": "linked/l.nii.gz"}])
+    cases, _ = load_manifest(manifest)
+    assert cases[0]["image"] == str((elsewhere / "a.nii.gz").resolve())
+
+
+def test_plan_names_a_case_file_that_does_not_exist(tmp_path):
+    manifest = write_manifest(tmp_path, [{"image": "imagesTr/a.nii.gz",
+                                          "label": "labelsTr/a.nii.gz"}])
+    with pytest.raises(MedsegError, match=r"imagesTr/a\.nii\.gz: image file not found; fix its "
+                                          "path in the manifest"):
+        make_plan(manifest)
+
+
+def test_cli_train_refuses_a_manifest_that_escapes_its_folder(tmp_path):
+    manifest = write_manifest(tmp_path / "data", [{"image": "/etc/hostname",
+                                                   "label": "labelsTr/a.nii.gz"}])
+    proc = run_cli("train", "--manifest", manifest, "--output", tmp_path / "run",
+                   *TINY_TRAIN_ARGS)
+    assert_clean_failure(proc, "dataset.json", "outside the data root")
+    assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def test_weights_of_another_model_are_refused_naming_the_file(tmp_path):
+    path = tiny_checkpoint(tmp_path / "m.pt")
+    payload = torch.load(path, weights_only=True)
+    wider = build_model("unet3d", 1, len(LABELS), channels=(8, 16), strides=(2,))
+    save_checkpoint(tmp_path / "swapped.pt", wider, payload["config"])
+    with pytest.raises(MedsegError, match=r"swapped\.pt: weights do not fit the model they claim "
+                                          r"\(.+\); use the checkpoint its own run wrote"):
+        Predictor(tmp_path / "swapped.pt", InferOptions(device="cpu"))
+
+
+def test_a_checkpoint_of_another_medseg_version_names_both_versions(tmp_path):
+    torch.save({"format": 2, "medseg_version": "9.1.0", "config": {}, "state_dict": {}},
+               tmp_path / "future.pt")
+    with pytest.raises(MedsegError, match=rf"future\.pt: written by medseg 9\.1\.0 \(checkpoint "
+                                          rf"format 2\), but this is medseg {__version__}"):
+        load_checkpoint(tmp_path / "future.pt")
+    payload = torch.load(tiny_checkpoint(tmp_path / "m.pt"), weights_only=True)
+    payload["config"]["model"]["name"] = "segformer"
+    payload["medseg_version"] = "9.1.0"
+    torch.save(payload, tmp_path / "newer_model.pt")
+    with pytest.raises(MedsegError, match=rf"written by medseg 9\.1\.0 for model 'segformer', "
+                                          rf"which medseg {__version__} does not have"):
+        Predictor(tmp_path / "newer_model.pt", InferOptions(device="cpu"))
+
+
+def test_a_checkpoint_without_inference_settings_is_refused_by_name(tmp_path):
+    save_checkpoint(tmp_path / "bare.pt", build_model("unet3d", 1, 2, channels=(4, 8)),
+                    {"labels": LABELS})
+    with pytest.raises(MedsegError, match=r"bare\.pt: the checkpoint's config lacks spacing, "
+                                          "model, patch_size, intensity"):
+        Predictor(tmp_path / "bare.pt", InferOptions(device="cpu"))
+
+
+class _CreatesFile:
+    """Unpickling this would create a file: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_cli_refuses_a_pickle_payload_without_running_it(tmp_path):
+    marker = tmp_path / "created_by_the_checkpoint"
+    payload = torch.load(tiny_checkpoint(tmp_path / "m.pt"), weights_only=True)
+    payload["config"]["labels"] = _CreatesFile(marker)
+    torch.save(payload, tmp_path / "evil.pt")
+    scan = write_nifti(tmp_path / "a.nii.gz", ct())
+    proc = run_cli("infer", "--model", tmp_path / "evil.pt", "--input", scan, "--output",
+                   tmp_path / "out")
+    assert_clean_failure(proc, "evil.pt: refused, it holds pickled code", "medseg train")
+    assert "\x1b" not in proc.stderr and "weights_only" not in proc.stderr  # torch's unsafe tip
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+def test_cli_refuses_an_unwritable_output_folder_before_any_work(tmp_path):
+    (tmp_path / "file").write_text("a file where the output folder should go")
+    scan = write_nifti(tmp_path / "a.nii.gz", ct())
+    proc = run_cli("infer", "--model", tiny_checkpoint(tmp_path / "m.pt"), "--input", scan,
+                   "--output", tmp_path / "file" / "masks")
+    assert_clean_failure(proc, "masks: cannot write output here", "is a file")
+
+
+def test_an_output_folder_without_write_permission_is_refused(tmp_path, monkeypatch):
+    # root ignores permission bits, so the refusal the kernel would give is simulated.
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(OutputError, match=r"out: cannot write output here \(Permission denied\); "
+                                          "choose another output folder or fix its permissions"):
+        check_writable(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_a_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    model = build_model("unet3d", 1, 2, channels=(4, 8))
+    save_checkpoint(tmp_path / "last.pt", model, {"epoch": 1})
+    before = (tmp_path / "last.pt").read_bytes()
+    real_open = open
+
+    def full_disk(file, mode="r", *args, **kwargs):  # the temporary file lands on a full disk
+        return real_open("/dev/full", mode) if ".part" in str(file) else real_open(file, mode)
+
+    monkeypatch.setattr("medseg.checkpoint.open", full_disk, raising=False)
+    with pytest.raises(OutputError, match=r"last\.pt: disk full while writing \(No space left on "
+                                          r"device\); nothing half-written is left: free space"):
+        save_checkpoint(tmp_path / "last.pt", model, {"epoch": 2})
+    assert (tmp_path / "last.pt").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_a_full_disk_during_inference_stops_the_batch_and_a_rerun_completes(tmp_path,
+                                                                             monkeypatch):
+    inputs, out = tmp_path / "scans", tmp_path / "masks"
+    inputs.mkdir()
+    for seed, name in enumerate("abc"):
+        write_nifti(inputs / f"{name}.nii.gz", ct(seed=seed))
+    args = ["infer", "--model", str(tiny_checkpoint(tmp_path / "m.pt")), "--input", str(inputs),
+            "--output", str(out), "--device", "cpu"]
+    real_save, saved = nib.save, []
+
+    def disk_fills_on_the_second_mask(image, filename):
+        saved.append(filename)
+        if len(saved) == 2:
+            Path(filename).write_bytes(b"half a mask")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_save(image, filename)
+
+    monkeypatch.setattr(nib, "save", disk_fills_on_the_second_mask)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "b.nii.gz: disk full while writing" in errors[0]
+    assert len(saved) == 2  # stopped: c was not computed only to fail the same way
+    assert os.listdir(out) == ["a.nii.gz"]  # no half mask, no temporary file
+    monkeypatch.setattr(nib, "save", real_save)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0 and "2 done, 1 skipped" in result.output
+
+
+INTERRUPT_THE_SECOND_LAST_PT = """
+import os, signal, sys
+import torch
+real_save, calls = torch.save, []
+def save(obj, f, *args, **kwargs):
+    if "last.pt" in str(getattr(f, "name", f)):
+        calls.append(f)
+        if len(calls) == 2:  # Ctrl-C half-way through epoch 2's checkpoint
+            f.write(b"half a checkpoint")
+            os.kill(os.getpid(), signal.SIGINT)
+    return real_save(obj, f, *args, **kwargs)
+torch.save = save
+from cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_ctrl_c_during_training_keeps_the_last_checkpoint_and_resume_finishes(tiny_dataset,
+                                                                             tmp_path):
+    run = tmp_path / "run"
+    three_epochs = ["--epochs", "3", *TINY_TRAIN_ARGS[2:]]
+    args = ["train", "--manifest", str(tiny_dataset), "--output", str(run), *three_epochs]
+    proc = subprocess.run([sys.executable, "-c", INTERRUPT_THE_SECOND_LAST_PT, *args],
+                          capture_output=True, text=True, errors="replace", timeout=600)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert "interrupted" in proc.stderr and "Traceback" not in proc.stderr
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1  # epoch 1's, whole
+    assert not [p for p in run.iterdir() if ".part" in p.name]
+
+    resumed = run_cli(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming after epoch 1" in resumed.stdout
+    assert load_checkpoint(run / "last.pt")["epoch"] == 3
+    assert [row.split(",")[0] for row in (run / "log.csv").read_text().splitlines()[1:]] == \
+        ["1", "2", "3"]
+
+
+KILL_DURING_THE_SECOND_MASK = """
+import os, signal, sys
+import nibabel
+real_save, calls = nibabel.save, []
+def save(image, filename):
+    calls.append(filename)
+    if len(calls) == 2:  # killed (OOM killer, kill -9) half-way through the second mask
+        with open(filename, "wb") as f:
+            f.write(b"half a mask")
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_save(image, filename)
+nibabel.save = save
+from cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_sigkill_during_inference_leaves_only_whole_masks_and_a_rerun_completes(tmp_path):
+    inputs, out = tmp_path / "scans", tmp_path / "masks"
+    inputs.mkdir()
+    for seed, name in enumerate("abc"):
+        write_nifti(inputs / f"{name}.nii.gz", ct(seed=seed))
+    args = ["infer", "--model", str(tiny_checkpoint(tmp_path / "m.pt")), "--input", str(inputs),
+            "--output", str(out), "--device", "cpu"]
+    proc = subprocess.run([sys.executable, "-c", KILL_DURING_THE_SECOND_MASK, *args],
+                          capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    assert visible(out) == ["a.nii.gz"]  # the half-written one is a hidden temporary file
+    assert nib.load(str(out / "a.nii.gz")).get_fdata().shape == SHAPE
+
+    rerun = run_cli(*args)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "2 done, 1 skipped" in rerun.stdout
+    for name in ("a", "b", "c"):
+        assert nib.load(str(out / f"{name}.nii.gz")).get_fdata().shape == SHAPE
