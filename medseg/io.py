@@ -142,7 +142,9 @@ def load_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
                           "into 3D files")
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
-    return array, np.asarray(image.affine, dtype=np.float64)
+    affine = np.asarray(image.affine, dtype=np.float64)
+    check_geometry(affine, path, "mask")  # distances and volumes are measured with it
+    return array, affine
 
 
 def _check_volume(volume: torch.Tensor, path: Path, what: str) -> None:
