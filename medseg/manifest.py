@@ -8,10 +8,10 @@ import re
 from pathlib import Path
 
 import nibabel as nib
-import numpy as np
 
 from medseg.errors import MedsegError
 from medseg.io import NIFTI_SUFFIXES, atomic_output, scan_suffix
+from medseg.scan_checks import check_same_grid
 
 _INTEGER = re.compile(r"-?[0-9]+")  # not str.isdigit: it accepts '²', which int() refuses
 
@@ -107,16 +107,8 @@ def check_case_files(case: dict) -> None:
     image_path, label_path = Path(case["image"]), Path(case["label"])
     if scan_suffix(image_path) in NIFTI_SUFFIXES and scan_suffix(label_path) in NIFTI_SUFFIXES:
         image, label = _nifti_header(image_path), _nifti_header(label_path)
-        if image.shape[:3] != label.shape[:3]:
-            raise MedsegError(
-                f"{label_path}: label shape {label.shape} does not match image shape "
-                f"{image.shape} ({image_path.name}); pair each image with its own label"
-            )
-        if not np.allclose(image.affine, label.affine, atol=1e-3):
-            raise MedsegError(
-                f"{label_path}: label affine differs from the image's ({image_path.name}); "
-                "resample the label onto the image grid"
-            )
+        check_same_grid(image.shape[:3], image.affine, label.shape[:3], label.affine,
+                        image_path, label_path)
 
 
 def _nifti_header(path: Path):

@@ -41,6 +41,19 @@ def check_geometry(affine: np.ndarray, path: Path, what: str) -> None:
                           "re-export the scan")
 
 
+def check_same_grid(image_shape, image_affine, label_shape, label_affine, image_path: Path,
+                    label_path: Path) -> None:
+    """A label must be drawn on its image's voxel grid: same shape, same affine (to 1e-3)."""
+    if tuple(image_shape) != tuple(label_shape):
+        raise MedsegError(f"{label_path}: label shape {tuple(label_shape)} does not match image "
+                          f"shape {tuple(image_shape)} ({Path(image_path).name}); pair each "
+                          "image with its own label")
+    if not np.allclose(np.asarray(image_affine, dtype=np.float64),
+                       np.asarray(label_affine, dtype=np.float64), atol=1e-3):
+        raise MedsegError(f"{label_path}: label affine differs from the image's "
+                          f"({Path(image_path).name}); resample the label onto the image grid")
+
+
 def check_intensities(volume: torch.Tensor, path: Path) -> None:
     """A blank scan is an error; intensities that are not CT in HU get a warning."""
     lo, hi = (float(v) for v in torch.aminmax(volume))

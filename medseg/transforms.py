@@ -29,17 +29,27 @@ from monai.transforms import (
 
 from medseg.errors import MedsegError
 from medseg.io import load_scan
+from medseg.scan_checks import check_same_grid
 
 BODY_HU = -500.0  # voxels above this are the patient, below is air around them
 
 
 class LoadScand(MapTransform):
-    """Load scans through medseg.io.load_scan, which validates them and names the file on error."""
+    """Load scans through medseg.io.load_scan, which validates them and names the file on error.
+
+    An image and its label must share a grid; the manifest check only sees NIfTI headers, so
+    other formats (NRRD, MHA, DICOM) are compared here, once loaded.
+    """
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         out = dict(data)
         for key in self.key_iterator(out):
             out[key] = load_scan(out[key], what=str(key))
+        if isinstance(out.get("image"), torch.Tensor) and isinstance(out.get("label"),
+                                                                     torch.Tensor):
+            image, label = out["image"], out["label"]
+            check_same_grid(image.shape[1:], image.affine, label.shape[1:], label.affine,
+                            data["image"], data["label"])
         return out
 
 

@@ -36,7 +36,7 @@ from medseg.memory import check_inference_memory, inference_bytes
 from medseg.models import build_model
 from medseg.planning import make_plan
 from medseg.predictor import InferOptions, Predictor
-from medseg.transforms import foreground_intensity_stats
+from medseg.transforms import LoadScand, foreground_intensity_stats
 
 LABELS = {"0": "background", "1": "liver", "2": "spleen"}
 SHAPE = (12, 10, 8)
@@ -213,10 +213,13 @@ def test_absurd_spacing_is_refused(tmp_path, spacing, problem):
         load_scan(path)
 
 
-def _nrrd(path: Path, spacings: str) -> Path:
-    header = (f"NRRD0004\ntype: short\ndimension: 3\nsizes: 12 10 8\nendian: little\n"
+def _nrrd(path: Path, spacings: str, label: bool = False, slices: int = 8) -> Path:
+    """A 12 x 10 x `slices` NRRD of CT values, or of labels 0/1."""
+    header = (f"NRRD0004\ntype: short\ndimension: 3\nsizes: 12 10 {slices}\nendian: little\n"
               f"encoding: raw\nspacings: {spacings}\n\n")
-    path.write_bytes(header.encode() + ct((8, 10, 12)).astype("<i2").tobytes())
+    values = ct((slices, 10, 12))
+    values = (values > 0).astype(np.int16) if label else values
+    path.write_bytes(header.encode() + values.astype("<i2").tobytes())
     return path
 
 
@@ -290,6 +293,19 @@ def test_an_all_background_label_warns_and_an_all_background_data_set_is_refused
     item = {"image": torch.as_tensor(ct()[None]), "label": label}
     with pytest.raises(MedsegError, match="none of the 1 training labels has an organ voxel"):
         foreground_intensity_stats([item])
+
+
+def test_nrrd_image_and_label_on_different_grids_are_refused_once_loaded(tmp_path):
+    # NIfTI pairs are compared from their headers up front (test_manifest.py); others here.
+    image = _nrrd(tmp_path / "image.nrrd", "1.5 1 2")
+    label = _nrrd(tmp_path / "label.nrrd", "1.5 1 2.5", label=True)
+    with pytest.raises(MedsegError, match=r"label\.nrrd: label affine differs from the image's "
+                                          r"\(image\.nrrd\); resample the label onto the image"):
+        LoadScand(("image", "label"))({"image": image, "label": label})
+    short = _nrrd(tmp_path / "short_label.nrrd", "1.5 1 2", label=True, slices=4)
+    with pytest.raises(MedsegError, match=r"short_label\.nrrd: label shape \(12, 10, 4\) does "
+                                          r"not match image shape \(12, 10, 8\)"):
+        LoadScand(("image", "label"))({"image": image, "label": short})
 
 
 # ------------------------------------------------------------------------------- manifests
