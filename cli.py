@@ -7,6 +7,7 @@ A user mistake (MedsegError) is printed as one line with exit code 2; Ctrl-C exi
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from pathlib import Path
 
@@ -55,12 +56,19 @@ def user_errors(command):
     return wrapper
 
 
-def _prepare_runtime() -> None:
-    import logging
+class _ProgressSafeHandler(logging.StreamHandler):
+    """Writes log lines through tqdm, so a warning gets its own line, not the end of a bar's."""
 
+    def emit(self, record) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def _prepare_runtime() -> None:
     from medseg.runtime import tune_allocator
 
-    handler = logging.StreamHandler()
+    handler = _ProgressSafeHandler()
     handler.setFormatter(logging.Formatter("warning: %(message)s"))
     logger = logging.getLogger("medseg")
     logger.addHandler(handler)

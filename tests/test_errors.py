@@ -11,6 +11,7 @@ import errno
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -191,6 +192,22 @@ def test_intensities_that_are_not_hounsfield_units_warn_but_load(tmp_path, warni
     np.testing.assert_allclose(volume[0].numpy(), array, rtol=1e-6)
     hu_warnings = [w for w in warnings_seen if "Hounsfield" in w and f"{name}.nii.gz" in w]
     assert len(hu_warnings) == warns
+
+
+def test_cli_infer_fails_a_blank_scan_warns_on_a_normalised_one_and_does_the_rest(tmp_path):
+    inputs = tmp_path / "scans"
+    inputs.mkdir()
+    write_nifti(inputs / "good.nii.gz", ct())
+    write_nifti(inputs / "blank.nii.gz", np.zeros(SHAPE, np.int16))
+    write_nifti(inputs / "unit.nii.gz", np.random.default_rng(0).random(SHAPE, np.float32))
+    proc = run_cli("infer", "--model", tiny_checkpoint(tmp_path / "m.pt"), "--input", inputs,
+                   "--output", tmp_path / "out", "--device", "cpu")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "2 done, 0 skipped (exist; --overwrite redoes them), 1 failed" in proc.stdout
+    assert re.search(r"(^|\n)failed: \S*blank\.nii\.gz: every voxel is 0", proc.stderr)
+    # Its own line, not glued to the end of the progress bar's.
+    assert re.search(r"(^|[\r\n])warning: \S*unit\.nii\.gz: intensities", proc.stderr)
+    assert visible(tmp_path / "out") == ["good.nii.gz", "unit.nii.gz"]
 
 
 def test_a_scan_with_a_zero_size_dimension_is_refused(tmp_path):
