@@ -285,7 +285,8 @@ def write_run_folder(out: Path, meta: dict, cfg: TrainConfig) -> None:
 def resume_from(path: Path, model, optimizer, meta: dict) -> tuple[int, float]:
     """Restore weights and optimiser state from last.pt; returns (epochs done, best Dice)."""
     if not path.exists():
-        raise MedsegError(f"{path}: nothing to resume (no last.pt in the run folder)")
+        raise MedsegError(f"{path}: nothing to resume (no last.pt in the run folder); give the "
+                          "run's folder as --output, or drop --resume to start afresh")
     payload = load_checkpoint(path)
     saved, now = payload["config"]["train"], meta["train"]
     changed = sorted(k for k in now if k not in ("epochs", "output") and saved.get(k) != now[k])

@@ -37,6 +37,7 @@ from medseg.memory import check_inference_memory, inference_bytes
 from medseg.models import build_model
 from medseg.planning import make_plan
 from medseg.predictor import InferOptions, Predictor
+from medseg.train import resume_from
 from medseg.transforms import LoadScand, foreground_intensity_stats
 
 LABELS = {"0": "background", "1": "liver", "2": "spleen"}
@@ -396,6 +397,12 @@ def test_cli_train_refuses_a_manifest_that_escapes_its_folder(tmp_path):
 
 
 # ----------------------------------------------------------------------------- checkpoints
+
+
+def test_resuming_a_run_that_has_no_last_checkpoint_says_what_to_do(tmp_path):
+    with pytest.raises(MedsegError, match=r"last\.pt: nothing to resume .*; give the run's "
+                                          "folder as --output, or drop --resume"):
+        resume_from(tmp_path / "last.pt", model=None, optimizer=None, meta={})
 
 
 def test_weights_of_another_model_are_refused_naming_the_file(tmp_path):
