@@ -481,6 +481,16 @@ def test_an_output_folder_without_write_permission_is_refused(tmp_path, monkeypa
     assert not (tmp_path / "out").exists()
 
 
+def three_scans_to_segment(tmp_path: Path) -> tuple[Path, list[str]]:
+    """Scans a, b and c, and the `medseg infer` arguments that segment them into masks/."""
+    inputs, out = tmp_path / "scans", tmp_path / "masks"
+    inputs.mkdir()
+    for seed, name in enumerate("abc"):
+        write_nifti(inputs / f"{name}.nii.gz", ct(seed=seed))
+    return out, ["infer", "--model", str(tiny_checkpoint(tmp_path / "m.pt")), "--input",
+                 str(inputs), "--output", str(out), "--device", "cpu"]
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
 def test_a_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
     model = build_model("unet3d", 1, 2, channels=(4, 8))
@@ -501,12 +511,7 @@ def test_a_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, 
 
 def test_a_full_disk_during_inference_stops_the_batch_and_a_rerun_completes(tmp_path,
                                                                              monkeypatch):
-    inputs, out = tmp_path / "scans", tmp_path / "masks"
-    inputs.mkdir()
-    for seed, name in enumerate("abc"):
-        write_nifti(inputs / f"{name}.nii.gz", ct(seed=seed))
-    args = ["infer", "--model", str(tiny_checkpoint(tmp_path / "m.pt")), "--input", str(inputs),
-            "--output", str(out), "--device", "cpu"]
+    out, args = three_scans_to_segment(tmp_path)
     real_save, saved = nib.save, []
 
     def disk_fills_on_the_second_mask(image, filename):
@@ -583,12 +588,7 @@ main(sys.argv[1:])
 
 
 def test_sigkill_during_inference_leaves_only_whole_masks_and_a_rerun_completes(tmp_path):
-    inputs, out = tmp_path / "scans", tmp_path / "masks"
-    inputs.mkdir()
-    for seed, name in enumerate("abc"):
-        write_nifti(inputs / f"{name}.nii.gz", ct(seed=seed))
-    args = ["infer", "--model", str(tiny_checkpoint(tmp_path / "m.pt")), "--input", str(inputs),
-            "--output", str(out), "--device", "cpu"]
+    out, args = three_scans_to_segment(tmp_path)
     proc = subprocess.run([sys.executable, "-c", KILL_DURING_THE_SECOND_MASK, *args],
                           capture_output=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL
