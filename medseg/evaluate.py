@@ -330,7 +330,7 @@ def evaluate_folders(pred_dir: Path, ref_dir: Path, out_dir: Path, labels: dict[
     sources = {"predictions": str(pred_dir), "references": str(ref_dir)}
     ranked = case_means(results)
     with atomic_output(out_dir / "report.md") as tmp:
-        tmp.write_text(markdown_report(summary, ranked, drawn, sources))
+        tmp.write_text(markdown_report(summary, ranked, drawn, sources), encoding="utf-8")
     with atomic_output(out_dir / "report.html") as tmp:
-        tmp.write_text(html_report(summary, results, ranked, drawn, sources))
+        tmp.write_text(html_report(summary, results, ranked, drawn, sources), encoding="utf-8")
     return summary

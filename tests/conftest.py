@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import locale
 from pathlib import Path
 
 import nibabel as nib
@@ -58,7 +59,19 @@ def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None)
 
 
 def write_dicom_series(folder: Path, uid: str, z_positions: list[float]) -> None:
-    """Write a tiny 3x4 int16 DICOM series; slice k is filled with k and sits at z_positions[k]."""
+    """Write a tiny 3x4 int16 DICOM series; slice k is filled with k and sits at z_positions[k].
+
+    GDCM's writer switches the process locale to "C", after which Python writes text as ASCII
+    (a later report.md with a "±" fails), so the locale is put back.
+    """
+    saved_locale = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_dicom_slices(folder, uid, z_positions)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved_locale)
+
+
+def _write_dicom_slices(folder: Path, uid: str, z_positions: list[float]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for k, z in enumerate(z_positions):
         sl = sitk.GetImageFromArray(np.full((4, 3), k, dtype=np.int16))
