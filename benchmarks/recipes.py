@@ -38,6 +38,7 @@ VARIANTS: dict[str, dict] = {
     "demo": {},  # the foundation's recipe as it is
     "bf16": {"precision": "bf16"},
     "nnunet": {"optimizer": "sgd", "lr": 0.01, "augment": "nnunet"},
+    "unet_ds": {"model": "unet", "model_kwargs": {"deep_supervision": True}},
 }
 
 
