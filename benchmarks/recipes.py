@@ -144,9 +144,8 @@ def main() -> None:
         if any(r["variant"] == variant for r in results):
             continue
         start = time.perf_counter()
-        budget = args.budget_seconds or demo_budget(results)
-        results.append(run_variant(variant, data, args.output,
-                                   None if variant == "demo" else budget))
+        budget = None if variant == "demo" else args.budget_seconds or demo_budget(results)
+        results.append(run_variant(variant, data, args.output, budget))
         path.write_text(json.dumps(results, indent=1))
         print(markdown(results[-1:]), f"\n({time.perf_counter() - start:.0f} s)", flush=True)
     print(markdown(results))
