@@ -134,6 +134,10 @@ def synth(outdir: Path, cases: int, seed: int, spacing):
 @click.option("--schedule", type=click.Choice(["poly", "cosine"]), help="[default: poly]")
 @click.option("--warmup-iters", type=click.IntRange(min=0), help="[default: 0]")
 @click.option("--augment", type=click.Choice(["light", "nnunet"]), help="[default: light]")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]),
+              help="Mixed precision: auto is bf16 on CUDA, fp32 on CPU [default: auto].")
+@click.option("--compile", "compile_model", is_flag=True, default=None,
+              help="torch.compile the network (slow start, faster steps on GPUs).")
 @click.option("--workers", "num_workers", type=click.IntRange(min=0),
               help="Data-loading processes [default: 0].")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
@@ -147,7 +151,7 @@ def synth(outdir: Path, cases: int, seed: int, spacing):
               help="Processes (one per GPU) training with DDP, launched with torchrun.")
 @user_errors
 def train(recipe, channels, upsample, deep_supervision, squared_dice, include_background,
-          class_weights, dice_weight, ce_weight, resume, nproc, **options):
+          class_weights, dice_weight, ce_weight, resume, nproc, compile_model, **options):
     """Train a segmentation model; writes best.pt, last.pt, log.csv and config.json to OUTPUT."""
     if nproc > 1:
         _relaunch_with_torchrun(nproc)
@@ -156,6 +160,7 @@ def train(recipe, channels, upsample, deep_supervision, squared_dice, include_ba
     from medseg.train import train as run_training
 
     overrides = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
+    overrides["compile"] = compile_model
     model_kwargs = {"channels": _parse_numbers(channels, int, "--channels"),
                     "upsample": upsample, "deep_supervision": deep_supervision or None}
     loss_kwargs = {"squared_pred": squared_dice or None,

@@ -29,6 +29,7 @@ def run_model(name: str, dims: int, out: Path, iterations: int, batch_size: int 
     from medseg.evaluate import evaluate_folders
     from medseg.infer import infer_cases
     from medseg.manifest import load_labels
+    from medseg.predictor import InferOptions
     from medseg.train import TrainConfig, train
 
     train_manifest = ensure_dataset(out / "data" / "train", TRAIN_CASES, seed=0)
@@ -41,7 +42,7 @@ def run_model(name: str, dims: int, out: Path, iterations: int, batch_size: int 
                          val_every=epochs)
     trained = train(config)
     start = time.perf_counter()
-    infer_cases(run, heldout / "imagesTr", run / "predictions", overwrite=True)
+    infer_cases(run, heldout / "imagesTr", run / "predictions", InferOptions(overwrite=True))
     infer_seconds = (time.perf_counter() - start) / HELDOUT_CASES
     summary = evaluate_folders(run / "predictions", heldout / "labelsTr", run / "evaluation",
                                load_labels(heldout / "dataset.json"))

@@ -425,7 +425,7 @@ def target_lines(case: Case, runs: dict[str, list[Run]], slices: int | None) -> 
 
 def prepare_case(args: argparse.Namespace, work: Path) -> Case:
     """Write the scan (and for --large the random 14-class checkpoint) this run compares."""
-    if args.large:
+    if args.large and not args.trained:
         scan = write_large_scan(work, args.large, args.seed)
         checkpoint = write_random_checkpoint(work / "random14.pt", args.seed)
         pipelines = ["medseg", "canonical"] if args.with_canonical else ["medseg"]
@@ -443,6 +443,12 @@ def prepare_case(args: argparse.Namespace, work: Path) -> Case:
               "or pass --model RUN_FOLDER_OR_CHECKPOINT", file=sys.stderr)
         sys.exit(2)
 
+    if args.large:  # --trained: realistic predictions (an untrained model's are noise)
+        scan = write_large_scan(work, args.large, args.seed)
+        pipelines = ["medseg", "canonical"] if args.with_canonical else ["medseg"]
+        name = (f"512x512x{args.large} at {'x'.join(map(str, LARGE_SPACING))} mm, "
+                f"trained model ({args.model.name})")
+        return Case(name, scan, args.model.resolve(), pipelines)
     scan = write_reference_scan(work, args.seed)
     shape = "x".join(map(str, nib.load(str(scan)).shape))
     name = f"phantom {shape} at {'x'.join(map(str, REFERENCE_SPACING))} mm"
@@ -488,6 +494,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="Trained run folder or checkpoint for the reference case.")
     parser.add_argument("--large", type=int, default=0, metavar="N",
                         help="Benchmark a 512 x 512 x N scan with a random 14-class model.")
+    parser.add_argument("--trained", action="store_true",
+                        help="With --large, use --model's trained weights instead of the random "
+                             "14-class model, whose noisy output is a worst case for resampling.")
     parser.add_argument("--with-canonical", action="store_true",
                         help="With --large, also run (b): about 175 bytes per voxel.")
     parser.add_argument("--overlap", type=float, default=0.5)

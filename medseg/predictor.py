@@ -167,7 +167,9 @@ def resample_to_grid(probs: torch.Tensor, src_affine: np.ndarray, dst_affine: np
     num_classes = probs.shape[0]
     dst_to_src = np.linalg.inv(src_affine) @ dst_affine
     if not keep_probabilities and min(probs.shape[1:]) >= 2:
-        return _sparse_labels(probs, dst_to_src, dst_shape, max_chunk_bytes), None
+        agreed = _cell_agreement(probs)
+        if (agreed < 0).float().mean() <= SPARSE_MAX_BOUNDARY:
+            return _sparse_labels(probs, agreed, dst_to_src, dst_shape, max_chunk_bytes), None
     sample = _GridSampler(probs, dst_to_src, dst_shape)
     slab = _slab_size(dst_shape, (num_classes + 3) * 4, max_chunk_bytes)
     labels = np.empty(dst_shape, dtype=np.uint8)
@@ -182,8 +184,13 @@ def resample_to_grid(probs: torch.Tensor, src_affine: np.ndarray, dst_affine: np
     return labels, kept
 
 
-def _sparse_labels(probs: torch.Tensor, dst_to_src: np.ndarray, dst_shape, max_chunk_bytes: int
-                   ) -> np.ndarray:
+# Above this fraction of boundary cells (a noisy, e.g. untrained, model) interpolating every
+# voxel is cheaper than picking out the boundary ones; trained models have a few percent.
+SPARSE_MAX_BOUNDARY = 0.5
+
+
+def _sparse_labels(probs: torch.Tensor, agreed: torch.Tensor, dst_to_src: np.ndarray, dst_shape,
+                   max_chunk_bytes: int) -> np.ndarray:
     """The trilinear argmax, interpolating only where the 8 surrounding source voxels disagree.
 
     Exact, not an approximation: if class c wins at all 8 corners of a source cell, then
@@ -192,7 +199,6 @@ def _sparse_labels(probs: torch.Tensor, dst_to_src: np.ndarray, dst_shape, max_c
     interiors, air, fat), so only the voxels near label boundaries pay for `grid_sample`.
     """
     sample = _GridSampler(probs, dst_to_src, dst_shape)
-    agreed = _cell_agreement(probs)
     # The cell holding each point: its first corner, clamped so border-clamped points (and
     # points on the last voxel plane) use the last cell, which contains every corner they touch.
     last_corner = [float(n - 1) for n in agreed.shape]

@@ -36,7 +36,7 @@ from medseg.io import check_writable
 from medseg.losses import build_loss
 from medseg.manifest import check_case_files, load_manifest, write_json
 from medseg.models import build_model, volume_model, window_size
-from medseg.runtime import autocast, resolve_device
+from medseg.runtime import PRECISIONS, autocast, resolve_device
 from medseg.transforms import (
     AUGMENTATIONS,
     foreground_intensity_stats,
@@ -81,6 +81,8 @@ class TrainConfig:
     schedule: str = "poly"  # or "cosine": linear warm-up, then cosine decay
     warmup_iters: int = 0
     device: str = "auto"
+    precision: str = "auto"  # autocast: bf16 on CUDA, fp32 on CPU; fp16 adds a gradient scaler
+    compile: bool = False  # torch.compile the network for training (checkpoints keep plain names)
     seed: int = 0
     num_workers: int = 0
     cache_dir: str | None = None  # on-disk cache of resampled cases, reused across runs
@@ -157,7 +159,7 @@ def validate(model, items: list[dict], cfg: TrainConfig, intensity: dict, num_cl
     net = volume_model(model, cfg.spatial_dims, cfg.context_slices)
     window = window_size(cfg.patch_size, cfg.spatial_dims)
     model.eval()
-    with torch.no_grad(), autocast(device):
+    with torch.no_grad(), autocast(device, cfg.precision):
         for item in items:
             image = normalize({"image": item["image"]})["image"].as_subclass(torch.Tensor)
             image = image[None].to(device)
@@ -195,7 +197,7 @@ def check_config(cfg: TrainConfig, num_classes: int) -> None:
     if cfg.epochs < 1 or cfg.iters_per_epoch < 1 or cfg.batch_size < 1:
         raise MedsegError("epochs, iterations per epoch and batch size must be at least 1")
     choices = {"augment": AUGMENTATIONS, "schedule": ("poly", "cosine"),
-               "optimizer": ("adamw", "sgd")}
+               "optimizer": ("adamw", "sgd"), "precision": PRECISIONS}
     for key, valid in choices.items():
         if getattr(cfg, key) not in valid:
             raise MedsegError(f"{key} {getattr(cfg, key)!r}: choose one of {', '.join(valid)}")
@@ -242,9 +244,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     loader = make_loader(train_items, cfg, intensity, num_classes)
 
     optimizer = make_optimizer(model, cfg)
+    # fp16 needs loss scaling against underflow; with any other precision the scaler is a no-op.
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     meta = run_metadata(cfg, labels, intensity, train_cases, val_cases)
-    done, best = resume_from(out / "last.pt", model, optimizer, meta) if resume else (0, -math.inf)
+    done, best = (resume_from(out / "last.pt", model, optimizer, scaler, meta) if resume
+                  else (0, -math.inf))
     network = ddp_wrap(model, device)
+    if cfg.compile:  # `model` keeps the parameters, so checkpoints have no "_orig_mod." names
+        network = torch.compile(network)
     log = None
     if is_main_process():
         write_run_folder(out, meta, cfg)
@@ -252,7 +259,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
     for epoch in range(done + 1, cfg.epochs + 1):
         reseed_epoch(loader, cfg.seed, epoch, rank)
-        loss = train_epoch(network, loader, loss_fn, optimizer, cfg,
+        loss = train_epoch(network, loader, loss_fn, optimizer, scaler, cfg,
                            (epoch - 1) * cfg.iters_per_epoch, device,
                            desc=f"epoch {epoch}/{cfg.epochs}")
         if is_main_process():
@@ -263,7 +270,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                     best = float(np.nanmean(dice))
                     save_checkpoint(out / "best.pt", model, meta, epoch=epoch, val_dice=best)
             save_checkpoint(out / "last.pt", model, meta, epoch=epoch, best=best,
-                            optimizer=optimizer.state_dict())
+                            optimizer=optimizer.state_dict(), scaler=scaler.state_dict())
             log.write(epoch, loss, dice, time.perf_counter() - start)
         barrier()
     if is_main_process():
@@ -282,19 +289,23 @@ def write_run_folder(out: Path, meta: dict, cfg: TrainConfig) -> None:
         write_json(json.loads(Path(cfg.plan).read_text()), out / "plan.json")
 
 
-def resume_from(path: Path, model, optimizer, meta: dict) -> tuple[int, float]:
-    """Restore weights and optimiser state from last.pt; returns (epochs done, best Dice)."""
+def resume_from(path: Path, model, optimizer, scaler, meta: dict) -> tuple[int, float]:
+    """Restore weights, optimiser and loss-scaler state from last.pt; returns (epochs done, best
+    Dice). The data and augmentation streams need no state: they are seeded per epoch."""
     if not path.exists():
         raise MedsegError(f"{path}: nothing to resume (no last.pt in the run folder); give the "
                           "run's folder as --output, or drop --resume to start afresh")
     payload = load_checkpoint(path)
     saved, now = payload["config"]["train"], meta["train"]
-    changed = sorted(k for k in now if k not in ("epochs", "output") and saved.get(k) != now[k])
+    free = ("epochs", "output", "compile", "num_workers", "cache_dir")  # safe to change
+    changed = sorted(k for k in now if k not in free and saved.get(k, now[k]) != now[k])
     if changed:
         raise MedsegError(f"{path}: the run was started with other settings ({', '.join(changed)})"
                           "; resume with the same ones, or start a new output folder")
     model.load_state_dict(payload["state_dict"])
     optimizer.load_state_dict(payload["optimizer"])
+    if payload.get("scaler"):
+        scaler.load_state_dict(payload["scaler"])
     print(f"resuming after epoch {payload['epoch']}", flush=True)
     return int(payload["epoch"]), float(payload.get("best", -math.inf))
 
@@ -328,20 +339,23 @@ def digest(tensor: torch.Tensor) -> str:
     return hashlib.sha256(tensor.float().numpy().tobytes()).hexdigest()[:16]
 
 
-def train_epoch(model, loader, loss_fn, optimizer, cfg: TrainConfig, first_step: int, device,
-                desc: str) -> float:
-    """One pass over the loader with poly LR decay and gradient clipping; returns mean loss."""
+def train_epoch(model, loader, loss_fn, optimizer, scaler, cfg: TrainConfig, first_step: int,
+                device, desc: str) -> float:
+    """One pass over the loader with LR decay, mixed precision and gradient clipping; returns
+    the mean loss."""
     total_steps, losses = cfg.epochs * cfg.iters_per_epoch, []
     for step, batch in enumerate(tqdm(loader, desc=desc, leave=False), start=first_step):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step, total_steps)
         image, label = batch["image"].to(device), batch["label"].to(device)
-        with autocast(device):
+        with autocast(device, cfg.precision):
             loss = loss_fn(model(image), label)  # also a list with deep supervision
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         losses.append(loss.item())
     return float(np.mean(losses))
 

@@ -11,7 +11,14 @@ from scipy.ndimage import map_coordinates
 from medseg.checkpoint import save_checkpoint
 from medseg.io import load_scan, save_nifti
 from medseg.models import build_model
-from medseg.predictor import InferOptions, Predictor, resample_labels, resample_to_grid
+from medseg.predictor import (
+    SPARSE_MAX_BOUNDARY,
+    InferOptions,
+    Predictor,
+    _cell_agreement,
+    resample_labels,
+    resample_to_grid,
+)
 
 
 def rotation(deg_z: float, deg_x: float) -> np.ndarray:
@@ -32,6 +39,16 @@ def random_probs(shape, num_classes=4, seed=0) -> torch.Tensor:
     logits = torch.randn(num_classes, *shape, generator=torch.Generator().manual_seed(seed))
     smooth = torch.nn.functional.avg_pool3d(logits[None], 3, 1, 1)[0]  # spatially coherent
     return torch.softmax(smooth * 4, dim=0)
+
+
+def region_probs(shape, num_classes, seed) -> torch.Tensor:
+    """Organ-like probabilities: each class is likeliest near its own random centre, so labels
+    form compact regions with thin boundaries, as a trained model's do."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(0, shape, size=(num_classes, 3))
+    grid = np.stack(np.indices(shape), axis=-1)
+    distance = np.linalg.norm(grid[None] - centres[:, None, None, None], axis=-1)
+    return torch.softmax(torch.as_tensor(-distance, dtype=torch.float32), dim=0)
 
 
 def test_same_grid_is_plain_argmax():
@@ -70,13 +87,17 @@ def test_oblique_upsampling_matches_scipy_and_chunks_do_not_change_it():
 @pytest.mark.parametrize("direction", [np.eye(3), np.diag([-1.0, -1.0, 1.0]), rotation(30, 15)])
 def test_labels_shortcut_equals_interpolating_every_class(direction):
     """Labels alone skip interpolation inside cells whose corners agree; same answer as dense."""
-    probs = random_probs((24, 20, 12), num_classes=6, seed=5)
+    probs = region_probs((24, 20, 12), num_classes=6, seed=5)
+    boundary = (_cell_agreement(probs) < 0).float().mean()
+    assert 0.05 < boundary < SPARSE_MAX_BOUNDARY  # the shortcut runs, and has boundaries to mind
     src = affine_of((4.0, 4.0, 4.0), origin=(0, 0, 0))
-    dst = affine_of((0.9, 1.1, 2.5), direction, origin=(40, 30, 20))
-    shape = (70, 60, 16)
+    shape, spacing = (70, 60, 16), np.array([0.9, 1.1, 2.5])
+    # Centred in the source volume (23 x 19 x 11 voxels of 4 mm), whatever the direction.
+    origin = np.array([46.0, 38.0, 22.0]) - direction @ (spacing * (np.array(shape) - 1) / 2)
+    dst = affine_of(spacing, direction, origin=origin)
     fast, _ = resample_to_grid(probs, src, dst, shape)
     dense, _ = resample_to_grid(probs, src, dst, shape, keep_probabilities=True)
-    assert len(np.unique(dense)) == 6  # every class present: the shortcut has boundaries to mind
+    assert len(np.unique(dense)) == 6
     np.testing.assert_array_equal(fast, dense)
 
 

@@ -145,3 +145,51 @@ def test_disk_cache_gives_the_same_cases_and_is_reused(tiny_dataset, tmp_path):
     for item in (on_disk[0], again[0]):
         assert torch.equal(torch.as_tensor(item["image"]), torch.as_tensor(in_memory[0]["image"]))
         assert torch.equal(torch.as_tensor(item["label"]), torch.as_tensor(in_memory[0]["label"]))
+
+
+def _tiny_config(manifest, output, **kw):
+    from medseg.train import TrainConfig
+
+    return TrainConfig(manifest=str(manifest), output=str(output), spacing=(8.0, 8.0, 8.0),
+                       patch_size=(32, 32, 16), batch_size=1, iters_per_epoch=2, val_every=100,
+                       model_kwargs={"channels": (4, 8, 16), "strides": (2, 2)}, **kw)
+
+
+def test_fp16_loss_scaler_state_survives_an_interruption(tiny_dataset, tmp_path, monkeypatch):
+    """fp16 skips steps whose scaled gradients overflow and grows the scale after a run of good
+    steps; a resumed run must carry on with the saved scaler, as an uninterrupted run would."""
+    from medseg import train as training
+
+    config = {"epochs": 3, "precision": "fp16"}
+    training.train(_tiny_config(tiny_dataset, tmp_path / "straight", **config))
+
+    write = training.MetricsLog.write
+
+    def interrupt_after_epoch_2(self, epoch, *args):
+        write(self, epoch, *args)
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.MetricsLog, "write", interrupt_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(_tiny_config(tiny_dataset, tmp_path / "resumed", **config))
+    monkeypatch.undo()
+    training.train(_tiny_config(tiny_dataset, tmp_path / "resumed", **config), resume=True)
+
+    straight, resumed = (torch.load(tmp_path / run / "last.pt", weights_only=True)
+                         for run in ("straight", "resumed"))
+    assert straight["scaler"]["scale"] < 65536.0  # overflowing steps were skipped on the way
+    assert resumed["scaler"] == straight["scaler"]
+    assert all(torch.equal(straight["state_dict"][k], resumed["state_dict"][k])
+               for k in straight["state_dict"])
+
+
+def test_compiled_training_writes_checkpoints_that_load_without_compiling(tiny_dataset,
+                                                                         tmp_path):
+    from medseg.predictor import Predictor
+    from medseg.train import train
+
+    train(_tiny_config(tiny_dataset, tmp_path / "run", epochs=1, compile=True))
+    names = weights(tmp_path / "run")
+    assert names and not any("_orig_mod" in name for name in names)
+    Predictor(tmp_path / "run" / "last.pt")  # loads into a plain, uncompiled network
