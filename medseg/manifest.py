@@ -61,7 +61,9 @@ def load_manifest(path: Path) -> tuple[list[dict], dict[int, str]]:
     if not isinstance(data["training"], list):
         raise MedsegError(f"{path}: 'training' must be a list of {{\"image\": ..., \"label\": "
                           "...} entries")
-    cases = [_training_case(path, index, entry) for index, entry in enumerate(data["training"])]
+    root = _data_root(path, data.get("root", "."))
+    cases = [_training_case(path, root, index, entry)
+             for index, entry in enumerate(data["training"])]
     if not cases:
         raise MedsegError(f"{path}: the 'training' list is empty; add image/label entries")
     first_entry: dict[str, int] = {}
@@ -74,16 +76,24 @@ def load_manifest(path: Path) -> tuple[list[dict], dict[int, str]]:
     return cases, labels
 
 
-def _training_case(manifest: Path, index: int, entry) -> dict:
+def _data_root(manifest: Path, root) -> Path:
+    """The folder a manifest's files must lie in: its own folder, or its "root" entry
+    (absolute, or relative to the manifest) for data kept elsewhere, e.g. "/data/btcv"."""
+    if not isinstance(root, str) or not root.strip() or "\0" in root:
+        raise MedsegError(f"{manifest}: 'root' must be a folder path, not {root!r}")
+    return Path(os.path.normpath(manifest.parent.absolute() / root))
+
+
+def _training_case(manifest: Path, root: Path, index: int, entry) -> dict:
     """One training entry with absolute image/label paths, which must lie in the data root.
 
-    The data root is the manifest's folder. The check is on the path as written (not following
-    symlinks), so data kept elsewhere can be linked in; '../' and outside absolute paths cannot
-    make a shared dataset.json read files beyond its own folder.
+    Relative paths start at the manifest's folder. The check is on the path as written (not
+    following symlinks), so data kept elsewhere can be linked in; '../' and absolute paths
+    outside the root cannot make a shared dataset.json read files beyond the data it declares.
     """
     if not isinstance(entry, dict) or not {"image", "label"} <= entry.keys():
         raise MedsegError(f"{manifest}: training entry {index} needs 'image' and 'label' paths")
-    root = Path(os.path.normpath(manifest.parent.absolute()))
+    root = Path(os.path.normpath(root))
     case = dict(entry)
     for key in ("image", "label"):
         if not isinstance(entry[key], str) or not entry[key].strip() or "\0" in entry[key]:
@@ -93,7 +103,8 @@ def _training_case(manifest: Path, index: int, entry) -> dict:
         if not written.is_relative_to(root):
             raise MedsegError(f"{manifest}: training entry {index}: {key} {entry[key]!r} lies "
                               f"outside the data root {root}; keep the data under the "
-                              "manifest's folder (a symlink there works)")
+                              "manifest's folder (a symlink there works), or declare its "
+                              "folder with \"root\" in the manifest")
         case[key] = str(written.resolve())
     return case
 

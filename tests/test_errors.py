@@ -600,3 +600,18 @@ def test_sigkill_during_inference_leaves_only_whole_masks_and_a_rerun_completes(
     assert "2 done, 1 skipped" in rerun.stdout
     for name in ("a", "b", "c"):
         assert nib.load(str(out / f"{name}.nii.gz")).get_fdata().shape == SHAPE
+
+
+def test_a_declared_root_admits_data_kept_elsewhere_and_nothing_beyond_it(tmp_path):
+    """BTCV users keep images in /data/...: "root" in the manifest says where the data lives."""
+    data = tmp_path / "btcv"
+    manifest = tmp_path / "experiments" / "dataset.json"
+    manifest.parent.mkdir()
+    inside = {"image": str(data / "img" / "a.nii.gz"), "label": str(data / "label" / "a.nii.gz")}
+    manifest.write_text(json.dumps({"labels": LABELS, "training": [inside], "root": str(data)}))
+    cases, _ = load_manifest(manifest)
+    assert cases[0]["image"] == str((data / "img" / "a.nii.gz").resolve())
+    escaping = {**inside, "label": str(data / ".." / "secret.nii.gz")}
+    manifest.write_text(json.dumps({"labels": LABELS, "training": [escaping], "root": str(data)}))
+    with pytest.raises(MedsegError, match=r"label .* lies outside the data root .*btcv"):
+        load_manifest(manifest)
