@@ -66,9 +66,10 @@ def seconds_per_iteration(variant: str, manifest: Path, out: Path, cache: Path) 
     return min(seconds[1] - seconds[0], seconds[2] - seconds[1]) / 10
 
 
-def run_variant(variant: str, data: Path, out: Path, budget: float | None) -> dict:
-    """Calibrate, train for the budget (None: the recipe's own epochs), segment and evaluate
-    the held-out phantoms."""
+def run_variant(variant: str, data: Path, out: Path, budget: float | None,
+                iterations: int | None = None) -> dict:
+    """Calibrate, train for the budget or the iterations (neither: the recipe's own epochs),
+    segment and evaluate the held-out phantoms."""
     from medseg.evaluate import evaluate_folders
     from medseg.infer import infer_cases
     from medseg.manifest import load_labels
@@ -79,7 +80,11 @@ def run_variant(variant: str, data: Path, out: Path, budget: float | None) -> di
     cache = out / "cache"
     step = seconds_per_iteration(variant, manifest, out, cache)
     run = out / variant
-    length = {} if budget is None else {"epochs": max(1, round(budget / step / ITERS_PER_EPOCH))}
+    length = {}
+    if iterations is not None:
+        length = {"epochs": max(1, round(iterations / ITERS_PER_EPOCH))}
+    elif budget is not None:
+        length = {"epochs": max(1, round(budget / step / ITERS_PER_EPOCH))}
     config = config_for(variant, manifest, run, cache, **length)
     trained = train(config)
     epochs = config.epochs
@@ -135,6 +140,9 @@ def main() -> None:
     parser.add_argument("--budget-seconds", type=float,
                         help="training time per variant [default: the demo's 1000 iterations "
                              "at its calibrated speed]")
+    parser.add_argument("--iterations", type=int,
+                        help="train the variants other than demo this long instead; to match "
+                             "the demo's measured training time when calibration misjudges it")
     args = parser.parse_args()
     tune_allocator()
     data = demo_data(args.output)
@@ -146,8 +154,12 @@ def main() -> None:
         if any(r["variant"] == variant for r in results):
             continue
         start = time.perf_counter()
-        budget = None if variant == "demo" else args.budget_seconds or demo_budget(results)
-        results.append(run_variant(variant, data, args.output, budget))
+        if variant == "demo" or args.iterations:
+            budget = None
+        else:
+            budget = args.budget_seconds or demo_budget(results)
+        results.append(run_variant(variant, data, args.output, budget,
+                                   None if variant == "demo" else args.iterations))
         path.write_text(json.dumps(results, indent=1))
         print(markdown(results[-1:]), f"\n({time.perf_counter() - start:.0f} s)", flush=True)
     print(markdown(results))
