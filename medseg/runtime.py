@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
+import re
+from pathlib import Path
 
 import torch
 
@@ -52,3 +55,22 @@ def autocast(device: torch.device, precision: str = "auto"):
         precision = "bf16" if device.type == "cuda" else "fp32"
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX; Linux flags)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
+
+
+def training_precision(precision: str, device: torch.device) -> str:
+    """'auto' for training: bf16 on CUDA, and on CPUs with native bf16, where it made steps
+    1.24x faster and, at the same wall-clock budget, held-out Dice higher (docs/training.md);
+    fp32 elsewhere. Inference keeps autocast's own 'auto' (fp32 on CPUs: no speed-up there)."""
+    if precision == "auto" and device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
+    return precision

@@ -36,7 +36,7 @@ from medseg.io import check_writable
 from medseg.losses import build_loss
 from medseg.manifest import check_case_files, load_manifest, write_json
 from medseg.models import build_model, volume_model, window_size
-from medseg.runtime import PRECISIONS, autocast, resolve_device
+from medseg.runtime import PRECISIONS, autocast, resolve_device, training_precision
 from medseg.transforms import (
     AUGMENTATIONS,
     foreground_intensity_stats,
@@ -81,7 +81,7 @@ class TrainConfig:
     schedule: str = "poly"  # or "cosine": linear warm-up, then cosine decay
     warmup_iters: int = 0
     device: str = "auto"
-    precision: str = "auto"  # autocast: bf16 on CUDA, fp32 on CPU; fp16 adds a gradient scaler
+    precision: str = "auto"  # bf16 on CUDA and bf16-capable CPUs, else fp32; fp16 adds a scaler
     compile: bool = False  # torch.compile the network for training (checkpoints keep plain names)
     seed: int = 0
     num_workers: int = 0
@@ -225,6 +225,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     for case in cases:
         check_case_files(case)
     device = resolve_device(local_device(cfg.device))
+    cfg = dataclasses.replace(cfg, precision=training_precision(cfg.precision, device))
     init_process_group(device)
     rank, world = rank_and_world()
     set_determinism(cfg.seed)

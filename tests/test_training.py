@@ -193,3 +193,15 @@ def test_compiled_training_writes_checkpoints_that_load_without_compiling(tiny_d
     names = weights(tmp_path / "run")
     assert names and not any("_orig_mod" in name for name in names)
     Predictor(tmp_path / "run" / "last.pt")  # loads into a plain, uncompiled network
+
+
+@pytest.mark.parametrize("native, asked, expected", [
+    (True, "auto", "bf16"), (False, "auto", "auto"), (True, "fp32", "fp32"),
+    (False, "fp16", "fp16")])
+def test_auto_precision_trains_in_bf16_only_on_cpus_that_compute_it(native, asked, expected,
+                                                                     monkeypatch):
+    from medseg import runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
+    assert runtime.training_precision(asked, torch.device("cpu")) == expected
+    assert runtime.training_precision(asked, torch.device("cuda")) == asked  # autocast decides
