@@ -16,6 +16,7 @@ import math
 import time
 from pathlib import Path
 
+from benchmarks.tables import organ_dice_table
 from medseg.demo import ensure_dataset
 from medseg.runtime import tune_allocator
 
@@ -66,11 +67,8 @@ def markdown(results: list[dict]) -> str:
     lines += [f"| {label(r)} | {r['batch_size']} | {r['iterations']} | "
               f"{r['train_seconds'] / 60:.1f} | {r['infer_seconds_per_case']:.1f} | "
               f"{r['heldout_dice']:.3f} |" for r in results]
-    organs = list(results[0]["organs"]) if results else []
-    lines += ["", "| model | " + " | ".join(organs) + " |", "|---|" + "---|" * len(organs)]
-    lines += [f"| {label(r)} | " + " | ".join(f"{r['organs'][o]:.2f}" for o in organs) + " |"
-              for r in results]
-    return "\n".join(lines)
+    organs = organ_dice_table([label(r) for r in results], results, digits=2)
+    return "\n".join(lines) + "\n\n" + organs
 
 
 def main() -> None:

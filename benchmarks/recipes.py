@@ -25,6 +25,7 @@ import shutil
 import time
 from pathlib import Path
 
+from benchmarks.tables import organ_dice_table
 from medseg.demo import (
     DEMO_TEST_CASES,
     DEMO_TEST_SEED,
@@ -109,11 +110,8 @@ def markdown(results: list[dict]) -> str:
     lines += [f"| {r['variant']} | {json.dumps(r['changes']) if r['changes'] else '-'} | "
               f"{r['seconds_per_iteration']:.2f} | {r['iterations']} | "
               f"{r['train_seconds']:.0f} | {r['heldout_dice']:.3f} |" for r in results]
-    organs = list(results[0]["organs"]) if results else []
-    lines += ["", "| variant | " + " | ".join(organs) + " |", "|---|" + "---|" * len(organs)]
-    lines += [f"| {r['variant']} | " + " | ".join(f"{r['organs'][o]:.3f}" for o in organs)
-              + " |" for r in results]
-    return "\n".join(lines)
+    organs = organ_dice_table([r["variant"] for r in results], results)
+    return "\n".join(lines) + "\n\n" + organs
 
 
 def demo_budget(results: list[dict]) -> float:
