@@ -407,6 +407,21 @@ def dice_table(organs: list[str], dice: list[float]) -> str:
     return "\n".join(rows)
 
 
+def estimate_line(case: Case, config: dict, runs: dict[str, list[Run]]) -> str:
+    """medseg's up-front memory estimate (what `infer` refuses scans by) against the peak."""
+    import nibabel as nib
+
+    from medseg.memory import inference_bytes
+    from medseg.metrics import voxel_spacing
+
+    header = nib.load(str(case.scan))
+    need, _ = inference_bytes(header.shape[:3], voxel_spacing(header.affine), config["spacing"],
+                              len(config["labels"]))
+    medseg = summarise(runs.get("medseg", []))
+    peak = f"{medseg.peak_gb:.2f} GB" if medseg else "no successful run"
+    return f"medseg.memory's estimate for this scan: {need / 1e9:.2f} GB; measured peak: {peak}"
+
+
 def target_lines(case: Case, runs: dict[str, list[Run]], slices: int | None) -> list[str]:
     """Issue 4's targets for the large case, met or missed, with the numbers."""
     if slices is None:
@@ -483,6 +498,7 @@ def compare(args: argparse.Namespace, work: Path) -> None:
         for number, run in enumerate(pipeline_runs, start=1):
             if run.error:
                 print(f"{PIPELINES[pipeline]}, run {number} failed: {run.error}")
+    print(estimate_line(case, config, runs))
     for line in target_lines(case, runs, args.large or None):
         print(line)
 
