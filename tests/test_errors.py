@@ -402,7 +402,7 @@ def test_cli_train_refuses_a_manifest_that_escapes_its_folder(tmp_path):
 def test_resuming_a_run_that_has_no_last_checkpoint_says_what_to_do(tmp_path):
     with pytest.raises(MedsegError, match=r"last\.pt: nothing to resume .*; give the run's "
                                           "folder as --output, or drop --resume"):
-        resume_from(tmp_path / "last.pt", model=None, optimizer=None, meta={})
+        resume_from(tmp_path / "last.pt", model=None, optimizer=None, scaler=None, meta={})
 
 
 def test_weights_of_another_model_are_refused_naming_the_file(tmp_path):
