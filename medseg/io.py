@@ -162,7 +162,10 @@ def _check_volume(volume: torch.Tensor, path: Path, what: str) -> None:
             f"({volume.ndim - 1}D with {volume.shape[0]} channel(s)); split 4D series into 3D files"
         )
     if volume.is_floating_point():
-        bad = int((~torch.isfinite(volume)).sum())
+        # On the plain tensor, and counted only when needed: summing the inverted MetaTensor
+        # mask took 1.4 GB for a 512 x 512 x 600 scan.
+        finite = torch.isfinite(volume.as_tensor())
+        bad = 0 if bool(finite.all()) else int(finite.numel() - finite.sum())
         if bad:
             raise MedsegError(f"{path}: {what} contains {bad} NaN or infinite voxels; replace "
                               "them (air is -1024) or export the scan again")
