@@ -41,17 +41,17 @@ def inference_bytes(shape, spacing, working_spacing, num_classes: int,
 
     On the working grid: the resampled and normalised image, and about three float32 copies
     of the class probabilities (the sliding window's sum, softmax, the TTA/ensemble total).
-    On the scan's own grid: 20 bytes per voxel, the peak of reading it (the file's integers,
-    their C-ordered copy, the float32 scan and MONAI's copies of it: 19.6 bytes per voxel
-    measured on a 512 x 512 x 600 int16 NIfTI), which outlasts the later uint8 mask and its
+    On the scan's own grid: 12 bytes per voxel, the peak of reading and checking it (the
+    file's integers, the float32 scan, a finiteness mask; 11-12 bytes per voxel measured on
+    int16 NIfTIs of 512 x 512 x 600 and x 1200), which outlasts the later uint8 mask and its
     post-processing copy; plus uint8 probabilities when they are saved, the resampling's
-    128 MB slabs, and 0.35 GB for torch and MONAI themselves.
+    128 MB slabs, and 0.5 GB for torch, MONAI and the model.
     """
     working = tuple(max(1, math.ceil(n * s / w))
                     for n, s, w in zip(shape, spacing, working_spacing))
     voxels, own = math.prod(working), math.prod(shape)
-    total = (voxels * 4 * (3 * num_classes + 3) + (128 << 20) + (350 << 20)
-             + own * (20 + (num_classes if probabilities else 0)))
+    total = (voxels * 4 * (3 * num_classes + 3) + (128 << 20) + (500 << 20)
+             + own * (12 + (num_classes if probabilities else 0)))
     return total, working
 
 
