@@ -135,7 +135,8 @@ def synth(outdir: Path, cases: int, seed: int, spacing):
 @click.option("--warmup-iters", type=click.IntRange(min=0), help="[default: 0]")
 @click.option("--augment", type=click.Choice(["light", "nnunet"]), help="[default: light]")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]),
-              help="Mixed precision: auto is bf16 on CUDA, fp32 on CPU [default: auto].")
+              help="Mixed precision: auto is bf16 on CUDA and on CPUs with native bf16, "
+                   "else fp32 [default: auto].")
 @click.option("--compile", "compile_model", is_flag=True, default=None,
               help="torch.compile the network (slow start, faster steps on GPUs).")
 @click.option("--workers", "num_workers", type=click.IntRange(min=0),

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from medseg import __version__
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, first_line
 from medseg.io import atomic_output
 
 FORMAT = 1
@@ -64,9 +64,9 @@ def load_checkpoint(path: Path, needs: tuple[str, ...] = ()) -> dict:
         raise MedsegError(f"{path}: refused, it holds pickled code{code} that loading would run; "
                           "use only checkpoints written by `medseg train`") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MedsegError(f"{path}: not a readable checkpoint ({reason}); it is truncated or "
-                          "damaged: copy it again, or use the run's other checkpoint") from None
+        raise MedsegError(f"{path}: not a readable checkpoint ({first_line(exc)}); it is "
+                          "truncated or damaged: copy it again, or use the run's other "
+                          "checkpoint") from None
     _check_format(payload, path)
     config = payload["config"]
     missing = [k for k in needs if k not in config]

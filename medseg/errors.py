@@ -10,6 +10,12 @@ class OutputError(MedsegError):
     fail the same way, so a batch stops instead of skipping to the next case."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (for a one-line error), or its type's name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def find_medseg_error(exc: BaseException) -> MedsegError | None:
     """The MedsegError behind exc, also when a library (e.g. a MONAI transform) wrapped it."""
     seen = set()

@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from medseg.errors import MedsegError, OutputError
+from medseg.errors import MedsegError, OutputError, first_line
 from medseg.scan_checks import check_geometry, check_intensities, check_label
 
 log = logging.getLogger("medseg")
@@ -23,7 +23,7 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 SCAN_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
 NNUNET_CHANNEL = "_0000"
-FORMATS = ".nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd or a DICOM series folder"
+FORMATS = ", ".join(SCAN_SUFFIXES) + " or a DICOM series folder"
 
 
 def scan_suffix(path: Path) -> str:
@@ -98,7 +98,7 @@ def load_scan(path: Path, what: str = "image", dtype=np.float32) -> torch.Tensor
         volume = LoadImage(image_only=True, ensure_channel_first=True, dtype=dtype)(
             str(path), reader=_reader_for(path))
     except Exception as exc:  # noqa: BLE001 - readers raise anything from EOFError to RuntimeError
-        reason = _reason(exc).replace(f"cannot read {path}: ", "")
+        reason = first_line(exc).replace(f"cannot read {path}: ", "")
         advice = "" if path.is_dir() else "; the file is damaged or not a scan: export it again"
         raise MedsegError(f"{path}: cannot read {what} ({reason}){advice}") from None
     _check_volume(volume, path, what)
@@ -109,11 +109,6 @@ def load_scan(path: Path, what: str = "image", dtype=np.float32) -> torch.Tensor
     elif what == "label":
         check_label(volume, path)
     return volume
-
-
-def _reason(exc: Exception) -> str:
-    """The first line of an exception's message, or its type when it has none."""
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def load_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -133,7 +128,7 @@ def load_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
         image = nib.load(str(path))
         array = np.asanyarray(image.dataobj)
     except Exception as exc:  # noqa: BLE001 - nibabel raises several types for broken files
-        raise MedsegError(f"{path}: cannot read mask ({_reason(exc)}); the file is damaged or "
+        raise MedsegError(f"{path}: cannot read mask ({first_line(exc)}); the file is damaged or "
                           "not a mask: export it again") from None
     if array.ndim == 4 and array.shape[3] == 1:
         array = array[..., 0]

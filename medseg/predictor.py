@@ -14,7 +14,7 @@ from monai.inferers import sliding_window_inference
 from monai.transforms import Orientation, Spacing
 
 from medseg.checkpoint import INFERENCE_KEYS, load_checkpoint
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, first_line
 from medseg.models import build_model, volume_model, window_size
 from medseg.postprocess import clean_components, voxels_for_volume
 from medseg.runtime import autocast, resolve_device
@@ -80,9 +80,9 @@ class Predictor:
         try:
             net.load_state_dict(payload["state_dict"])
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise MedsegError(f"{path}: weights do not fit the model they claim ({first}); "
-                              "use the checkpoint its own run wrote, or retrain") from None
+            raise MedsegError(f"{path}: weights do not fit the model they claim "
+                              f"({first_line(exc)}); use the checkpoint its own run wrote, or "
+                              "retrain") from None
         # 2D models see windows that span all slices, so each slice gets its true neighbours.
         model = volume_model(net, dims, settings.get("context_slices", 0))
         return _Member(model.to(self.device).eval(), window_size(config["patch_size"], dims),

@@ -6,7 +6,7 @@ import dataclasses
 import difflib
 from pathlib import Path
 
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, first_line
 from medseg.planning import PLAN_NAME
 from medseg.train import TrainConfig
 
@@ -28,7 +28,7 @@ def load_recipe(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise MedsegError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise MedsegError(f"{path}: not valid YAML ({first_line(exc)})") from None
     if not isinstance(data, dict):
         raise MedsegError(f"{path}: a recipe is a mapping of settings, like 'epochs: 40'")
     valid = recipe_keys()
