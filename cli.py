@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -273,7 +274,9 @@ def _relaunch_with_torchrun(nproc: int) -> None:
             break
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={nproc}", "-m", "cli", *args]
-    sys.exit(subprocess.call(command))
+    # A rank that dies in native code then names its Python line, not just "SIGABRT".
+    env = {"PYTHONFAULTHANDLER": "1", **os.environ}
+    sys.exit(subprocess.call(command, env=env))
 
 
 @main.command()

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import os
+import pickle
 
 import torch
 import torch.distributed as dist
+from torch.distributed.constants import default_pg_timeout
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -42,12 +46,32 @@ def barrier() -> None:
 
 
 def all_gather(obj) -> list:
-    """Every rank's obj, on every rank ([obj] when running alone)."""
-    if not dist.is_initialized():
+    """Every rank's obj, on every rank ([obj] when running alone); obj must pickle.
+
+    Exchanged through torchrun's key-value store, not a gloo collective. A gloo worker thread
+    frees a collective's Python-made tensors a moment after the call returns; when that moment
+    falls after the process began to exit, the rank aborts ("terminate called without an active
+    exception", pytorch/pytorch#190489). DDP keeps the gloo group alive until exit, so
+    destroy_process_group does not prevent it. Store calls are synchronous and leave no thread.
+    """
+    rank, world = rank_and_world()
+    if world == 1:
         return [obj]
-    gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, obj)
-    return gathered
+    # A restarted torchrun attempt reuses the store: its keys must not meet the old ones.
+    key = f"medseg/{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}/{next(_gather_calls)}"
+    store = _torchrun_store()
+    store.set(f"{key}/{rank}", pickle.dumps(obj))
+    return [pickle.loads(store.get(f"{key}/{r}")) for r in range(world)]
+
+
+_gather_calls = itertools.count()  # every rank gathers in the same order, so counts agree
+
+
+@functools.cache
+def _torchrun_store() -> dist.TCPStore:
+    """A client of the store torchrun serves at MASTER_ADDR:MASTER_PORT."""
+    return dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                         is_master=False, timeout=default_pg_timeout)
 
 
 def shutdown() -> None:

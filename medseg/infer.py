@@ -9,13 +9,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from medseg.distributed import (
-    all_gather,
-    init_process_group,
-    local_device,
-    rank_and_world,
-    shutdown,
-)
+from medseg.distributed import all_gather, local_device, rank_and_world
 from medseg.errors import MedsegError, OutputError, find_medseg_error
 from medseg.io import case_name, check_writable, list_scans, load_scan, save_nifti
 from medseg.memory import check_inference_memory
@@ -101,11 +95,4 @@ def check_fits_predictor(scan, path: Path, predictor: Predictor, options: InferO
 
 def gather_results(results: list[CaseResult]) -> list[CaseResult]:
     """All ranks' results on every rank (a no-op without torchrun), so exit codes agree."""
-    import torch
-
-    # Results are plain objects, so gloo serves even when the ranks run on GPUs.
-    if not init_process_group(torch.device("cpu")):
-        return results
-    gathered = all_gather(results)
-    shutdown()
-    return [r for part in gathered for r in part]
+    return [r for part in all_gather(results) for r in part]

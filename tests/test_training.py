@@ -76,7 +76,7 @@ def test_two_ddp_ranks_see_different_data_and_end_identical(tiny_dataset, tmp_pa
     proc = train_cli("--manifest", tiny_dataset, "--output", tmp_path / "ddp", *TINY_TRAIN_ARGS,
                      "--nproc", "2")
     out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-3000:]
+    assert proc.returncode == 0, out + err[-3000:]
     ranks = dict(line.split(": ", 1) for line in out.splitlines() if line.startswith("rank "))
     assert set(ranks) == {"rank 0", "rank 1"}, out
     (data0, weights0), (data1, weights1) = (ranks[r].split(" weights ") for r in sorted(ranks))
