@@ -147,6 +147,28 @@ def test_disk_cache_gives_the_same_cases_and_is_reused(tiny_dataset, tmp_path):
         assert torch.equal(torch.as_tensor(item["label"]), torch.as_tensor(in_memory[0]["label"]))
 
 
+def test_cache_keeps_a_bounded_even_spread_of_patch_centres_per_class(tiny_dataset):
+    """Every voxel's index would cost 8 bytes per voxel; the cache keeps CLASS_LOCATIONS per
+    class, spread over the whole class, so patches still reach all of every organ."""
+    from medseg.manifest import load_manifest
+    from medseg.train import cache_cases
+    from medseg.transforms import CLASS_LOCATIONS
+
+    cases, _ = load_manifest(tiny_dataset)
+    item = cache_cases(cases[:1], (4.0, 4.0, 4.0), 10)[0]
+    label = torch.as_tensor(item["label"]).flatten()
+    capped = 0
+    for cls, locations in enumerate(item["label_cls_indices"]):
+        locations = torch.as_tensor(locations).flatten()
+        members = torch.nonzero(label == cls).flatten()
+        assert len(locations) == min(len(members), CLASS_LOCATIONS)
+        assert bool((label[locations] == cls).all())  # each centre lies in its class
+        if len(members) > CLASS_LOCATIONS:
+            capped += 1
+            assert locations.min() == members.min() and locations.max() == members.max()
+    assert capped >= 1  # the case is large enough to exercise the cap
+
+
 def _tiny_config(manifest, output, **kw):
     from medseg.train import TrainConfig
 
