@@ -7,8 +7,9 @@ affines in RAS+), so that downstream transforms treat these files exactly like N
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +43,8 @@ def _sitk_reason(err: RuntimeError) -> str:
 
 def _dicom_series_files(folder: Path, series_name: str = "") -> tuple[str, ...]:
     """Return the slice files of the one DICOM series in `folder`, sorted along the slice normal."""
-    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # "No Series were found": said below
-    try:
+    with _itk_warnings_hidden():  # "No Series were found": said below
         series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
     if not series_ids:
         raise ValueError(f"no DICOM series found in folder {folder}; it should hold the slice "
                          "files of one series")
@@ -62,11 +59,20 @@ def _dicom_series_files(folder: Path, series_name: str = "") -> tuple[str, ...]:
     else:
         # a de-identified series may have an empty SeriesInstanceUID, which GDCM reports as ""
         series_name = series_ids[0]
-    files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_name))
-    _check_slice_positions(folder, files)
-    return files
+    return tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_name))
 
 
+@contextlib.contextmanager
+def _itk_warnings_hidden() -> Iterator[None]:
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
+NON_UNIFORM_SAMPLING = "ITK_non_uniform_sampling_deviation"  # set by ImageSeriesReader
 # Steps between neighbouring slices may differ by this factor (scanner round-off, not a gap).
 SLICE_STEP_TOLERANCE = 1.5
 
@@ -109,12 +115,23 @@ def _read_one(path: Path, series_name: str, **kwargs: Any) -> sitk.Image:
     """Read one file, or one DICOM series folder, into a SimpleITK image."""
     if not path.exists():
         raise FileNotFoundError(f"cannot read {path}: no such file or folder")
-    # a list of slice files makes sitk.ReadImage use ImageSeriesReader (rescale slope applied)
-    source = list(_dicom_series_files(path, series_name)) if path.is_dir() else str(path)
+    if not path.is_dir():
+        try:
+            return sitk.ReadImage(str(path), **kwargs)
+        except RuntimeError as err:
+            raise ValueError(f"cannot read {path}: {_sitk_reason(err)}") from err
+    files = _dicom_series_files(path, series_name)
     try:
-        return sitk.ReadImage(source, **kwargs)
+        # A list of slice files makes sitk.ReadImage use ImageSeriesReader (rescale slope
+        # applied). Its "non uniform sampling" warning is judged below instead of printed.
+        with _itk_warnings_hidden():
+            image = sitk.ReadImage(list(files), **kwargs)
     except RuntimeError as err:
         raise ValueError(f"cannot read {path}: {_sitk_reason(err)}") from err
+    # ITK marks uneven slice steps; only then are the slices' headers read a second time.
+    if image.HasMetaDataKey(NON_UNIFORM_SAMPLING):
+        _check_slice_positions(path, files)
+    return image
 
 
 class SimpleITKReader(ImageReader):
