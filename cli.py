@@ -143,7 +143,8 @@ def synth(outdir: Path, cases: int, seed: int, spacing):
 @click.option("--workers", "num_workers", type=click.IntRange(min=0),
               help="Data-loading processes [default: 0].")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Keep resampled cases here and reuse them in later runs.")
+              help="Keep resampled cases on disk here instead of in memory (for data sets "
+                   "larger than RAM), and reuse them in later runs.")
 @click.option("--plan", type=click.Path(path_type=Path),
               help="A plan from `medseg plan` [default: plan.json beside the manifest, if any].")
 @click.option("--fold", type=click.IntRange(min=0), help="Validate on this fold of --folds.")

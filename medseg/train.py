@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,25 +107,26 @@ def split_cases(cases: list[dict], val_fraction: float, seed: int,
 
 
 def cache_cases(cases: list[dict], spacing, num_classes: int,
-                cache_dir: str | None = None) -> list[dict]:
+                cache_dir: str | None = None) -> Sequence[dict]:
     """Load and resample every case once, checking labels against the label map.
 
-    In memory (CacheDataset), plus on disk with cache_dir (PersistentDataset), so later runs
-    with the same spacing skip loading and resampling. The disk cache is read with
-    weights_only=True, like checkpoints.
+    Without cache_dir the cases stay in memory (CacheDataset). With cache_dir they stay on disk
+    only (PersistentDataset, read with weights_only=True, like checkpoints) and are read back
+    for every patch: memory then holds a case per loader worker whatever the data set's size,
+    and later runs with the same spacing skip loading and resampling.
     """
     transforms = training_cache_transforms(spacing, num_classes)
     if cache_dir:
         cached = PersistentDataset(cases, transforms, cache_dir=cache_dir)
     else:
         cached = CacheDataset(cases, transforms, num_workers=1, progress=False)
-    items = [cached[i] for i in range(len(cached))]
-    for case, item in zip(cases, items):
-        found = torch.unique(item["label"]).tolist()
+    for i, case in enumerate(cases):
+        found = torch.unique(cached[i]["label"]).tolist()
         if max(found) >= num_classes or min(found) < 0:
             raise MedsegError(f"{case['label']}: label values {found} fall outside the label map "
                               f"(0..{num_classes - 1}); fix the label, or the manifest's labels")
-    return items
+    # CacheDataset would deep-copy a case on every access; a list hands out the cached one.
+    return cached if cache_dir else [cached[i] for i in range(len(cached))]
 
 
 def make_loader(items: list[dict], cfg: TrainConfig, intensity: dict, num_classes: int):
@@ -150,7 +152,7 @@ def reseed_epoch(loader, seed: int, epoch: int, rank: int) -> None:
     loader.dataset.transform.set_random_state(seed=epoch_seed)
 
 
-def validate(model, items: list[dict], cfg: TrainConfig, intensity: dict, num_classes: int,
+def validate(model, items: Sequence[dict], cfg: TrainConfig, intensity: dict, num_classes: int,
              device) -> np.ndarray:
     """Per-organ Dice (background excluded) of sliding-window predictions on validation cases."""
     # compute_dice, not DiceMetric: the latter all-gathers across ranks, and only rank 0 validates.

@@ -177,6 +177,19 @@ def _tiny_config(manifest, output, **kw):
                        model_kwargs={"channels": (4, 8, 16), "strides": (2, 2)}, **kw)
 
 
+def test_training_from_the_disk_cache_matches_training_from_memory(tiny_dataset, tmp_path):
+    """--cache-dir reads cases back from disk for every patch instead of holding them; the run
+    must train on exactly the same data, to the same weights."""
+    from medseg.train import train
+
+    train(_tiny_config(tiny_dataset, tmp_path / "memory", epochs=2))
+    train(_tiny_config(tiny_dataset, tmp_path / "disk", epochs=2, cache_dir=str(tmp_path / "c")))
+    assert len(list((tmp_path / "c").iterdir())) == 3  # every case cached, validation's too
+    memory, disk = (torch.load(tmp_path / run / "last.pt", weights_only=True)["state_dict"]
+                    for run in ("memory", "disk"))
+    assert all(torch.equal(memory[k], disk[k]) for k in memory)
+
+
 def test_fp16_loss_scaler_state_survives_an_interruption(tiny_dataset, tmp_path, monkeypatch):
     """fp16 skips steps whose scaled gradients overflow and grows the scale after a run of good
     steps; a resumed run must carry on with the saved scaler, as an uninterrupted run would."""
