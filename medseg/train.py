@@ -118,18 +118,17 @@ def cache_cases(cases: list[dict], spacing, num_classes: int,
     transforms = training_cache_transforms(spacing, num_classes)
     if cache_dir:
         cached = PersistentDataset(cases, transforms, cache_dir=cache_dir)
-    else:
+    else:  # all deterministic transforms, so it hands out the cached cases without copying
         cached = CacheDataset(cases, transforms, num_workers=1, progress=False)
     for i, case in enumerate(cases):
         found = torch.unique(cached[i]["label"]).tolist()
         if max(found) >= num_classes or min(found) < 0:
             raise MedsegError(f"{case['label']}: label values {found} fall outside the label map "
                               f"(0..{num_classes - 1}); fix the label, or the manifest's labels")
-    # CacheDataset would deep-copy a case on every access; a list hands out the cached one.
-    return cached if cache_dir else [cached[i] for i in range(len(cached))]
+    return cached
 
 
-def make_loader(items: list[dict], cfg: TrainConfig, intensity: dict, num_classes: int):
+def make_loader(items: Sequence[dict], cfg: TrainConfig, intensity: dict, num_classes: int):
     """An epoch's worth of batches (iters_per_epoch) of random class-balanced patches."""
     dataset = Dataset(items, training_sample_transforms(
         intensity, cfg.patch_size, num_classes, cfg.affine_prob, cfg.augment, cfg.spatial_dims,
