@@ -89,12 +89,14 @@ def main():
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--spacing", callback=_parse_triple(float), default=None,
               help="Fix the voxel spacing in mm (x,y,z); by default it varies per case.")
+@click.option("--phase", type=click.Choice(["non-contrast", "arterial", "portal-venous"]),
+              help="Fix the contrast phase; by default it varies per case.")
 @user_errors
-def synth(outdir: Path, cases: int, seed: int, spacing):
+def synth(outdir: Path, cases: int, seed: int, spacing, phase):
     """Write a synthetic abdominal CT data set (imagesTr, labelsTr, dataset.json)."""
     from medseg.synth import write_synthetic_dataset
 
-    manifest = write_synthetic_dataset(outdir, cases, seed=seed, spacing=spacing)
+    manifest = write_synthetic_dataset(outdir, cases, seed=seed, spacing=spacing, phase=phase)
     click.echo(f"wrote {cases} cases and {manifest}")
 
 
@@ -199,20 +201,23 @@ def _parse_numbers(text: str | None, kind, option: str):
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the plan [default: plan.json beside the manifest, which "
                    "`medseg train` then uses].")
-@click.option("--memory-gb", default=8.0, show_default=True, type=click.FloatRange(min=0.5),
-              help="GPU memory budget for one training step.")
+@click.option("--device", default="auto", show_default=True,
+              type=click.Choice(["auto", "cpu", "cuda"]),
+              help="The device training will use: a CPU plan keeps steps affordable (coarser "
+                   "spacing, a smaller network), a GPU plan fills --memory-gb.")
+@click.option("--memory-gb", type=click.FloatRange(min=0.5),
+              help="GPU memory budget for one training step [default: 80% of the GPU's].")
 @user_errors
-def plan(manifest, output, memory_gb):
-    """Fingerprint a data set and plan training: spacing, normalisation, patch and batch size."""
+def plan(manifest, output, device, memory_gb):
+    """Fingerprint a data set and plan training: spacing, normalisation, patch, batch, network."""
     from medseg.manifest import write_json
-    from medseg.planning import PLAN_NAME, make_plan
+    from medseg.planning import PLAN_NAME, make_plan, plan_summary
+    from medseg.runtime import resolve_device
 
-    result = make_plan(manifest, memory_gb=memory_gb)
+    result = make_plan(manifest, device=resolve_device(device).type, memory_gb=memory_gb)
     target = output or Path(manifest).parent / PLAN_NAME
     write_json(result, target)
-    lo, hi = result["intensity"]["clip"]
-    click.echo(f"spacing {result['spacing']} mm, patch {result['patch_size']}, batch "
-               f"{result['batch_size']}, clip HU [{lo:.0f}, {hi:.0f}]; wrote {target}")
+    click.echo(f"{plan_summary(result)}; wrote {target}")
 
 
 @main.command()
@@ -223,7 +228,8 @@ def plan(manifest, output, memory_gb):
               help="A scan (NIfTI, NRRD, MHA), a DICOM series folder, or a folder of them.")
 @click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--overwrite", is_flag=True, help="Redo cases whose mask already exists.")
-@click.option("--overlap", default=0.5, show_default=True, type=click.FloatRange(0, 0.95))
+@click.option("--overlap", type=click.FloatRange(0, 0.95),
+              help="Fraction by which sliding windows overlap [default: 0.5].")
 @click.option("--sw-batch-size", default=2, show_default=True, type=click.IntRange(min=1))
 @click.option("--tta", is_flag=True,
               help="Average over anterior-posterior and superior-inferior mirror images.")
@@ -248,7 +254,8 @@ def infer(checkpoints, inputs, output, nproc, min_volume, **options):
     from medseg.infer import gather_results, infer_cases, rank_and_world
     from medseg.predictor import InferOptions
 
-    settings = InferOptions(min_volume_mm3=min_volume, **options)
+    given = {k: v for k, v in options.items() if v is not None}  # unset: InferOptions' default
+    settings = InferOptions(min_volume_mm3=min_volume, **given)
     results = gather_results(infer_cases(checkpoints, inputs, output, settings))
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
     if rank_and_world()[0] == 0:

@@ -25,11 +25,13 @@ def monai_residual_unet(spatial_dims: int, in_channels: int, out_channels: int,
     """MONAI's residual U-Net (strided convolutions down, transposed convolutions up)."""
     from monai.networks.nets import UNet as MonaiUNet
 
-    strides = tuple(strides or (2,) * (len(channels) - 1))
+    strides = [s if isinstance(s, int) else tuple(s) for s in strides or [2] * (len(channels) - 1)]
     net = MonaiUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
                     channels=tuple(channels), strides=strides, num_res_units=num_res_units,
                     norm=norm, dropout=dropout)
-    net.stride = math.prod(strides)
+    # Per axis: planned networks pool a short axis fewer times (strides like (2, 2, 1)).
+    per_level = [(s,) * spatial_dims if isinstance(s, int) else s for s in strides]
+    net.stride = tuple(math.prod(level[a] for level in per_level) for a in range(spatial_dims))
     return net
 
 
@@ -63,8 +65,3 @@ def build_model(name: str, in_channels: int, out_channels: int, spatial_dims: in
 def volume_model(model: nn.Module, spatial_dims: int, context_slices: int = 0) -> nn.Module:
     """A model that maps (B, 1, X, Y, Z) volumes to logits: 2D models run slice by slice."""
     return model if spatial_dims == 3 else SliceWise(model, context_slices)
-
-
-def window_size(patch_size: Sequence[int], spatial_dims: int) -> tuple[int, ...]:
-    """Sliding-window size: the patch in 3D; in 2D its in-plane size over all slices (-1)."""
-    return tuple(patch_size) if spatial_dims == 3 else (*patch_size[:2], -1)

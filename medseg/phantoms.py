@@ -41,7 +41,7 @@ _PHASE_HU = {
     "stomach": (20, 35, 55),
     "gallbladder": (10, 10, 12),
 }
-_PHASES = ("non-contrast", "arterial", "portal-venous")
+PHASES = ("non-contrast", "arterial", "portal-venous")
 _ORIENTATIONS = ("RAS", "LPS", "LAS", "RPS", "LPI", "RAI")
 AIR_HU, FAT_HU, MUSCLE_HU, BONE_HU = -1000.0, -100.0, 50.0, 700.0
 
@@ -271,13 +271,22 @@ def random_geometry(rng: np.random.Generator) -> tuple[np.ndarray, str]:
     return spacing, str(rng.choice(_ORIENTATIONS))
 
 
-def make_phantom(seed: int, spacing=None, orientation: str | None = None) -> Phantom:
-    """Draw one abdominal CT phantom; the same seed (and overrides) gives the same case."""
+def make_phantom(seed: int, spacing=None, orientation: str | None = None,
+                 phase: str | None = None) -> Phantom:
+    """Draw one abdominal CT phantom; the same seed (and overrides) gives the same case.
+
+    phase ("non-contrast", "arterial", "portal-venous") fixes the contrast phase: the same
+    seed then gives the same anatomy in another phase.
+    """
     rng = np.random.default_rng(seed)
     drawn_spacing, drawn_orientation = random_geometry(rng)  # drawn always: same stream after
     spacing = np.asarray(drawn_spacing if spacing is None else spacing, dtype=float)
     orientation = orientation or drawn_orientation
     phase_idx = int(rng.choice(3, p=[0.2, 0.3, 0.5]))
+    if phase is not None:
+        if phase not in PHASES:
+            raise ValueError(f"phase {phase!r}: choose one of {', '.join(PHASES)}")
+        phase_idx = PHASES.index(phase)
     body = np.array([rng.uniform(140.0, 170.0), rng.uniform(100.0, 125.0)])
     z_lo, z_hi = rng.uniform(-110.0, -80.0), rng.uniform(100.0, 130.0)
     margin = 8.0
@@ -291,7 +300,7 @@ def make_phantom(seed: int, spacing=None, orientation: str | None = None) -> Pha
     image, affine = _reorient(image, canvas.affine, orientation)
     label, _ = _reorient(canvas.label, canvas.affine, orientation)
     return Phantom(np.ascontiguousarray(image), np.ascontiguousarray(label), affine,
-                   _PHASES[phase_idx])
+                   PHASES[phase_idx])
 
 
 def _acquire(hu: np.ndarray, spacing: np.ndarray, rng) -> np.ndarray:

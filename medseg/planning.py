@@ -1,15 +1,23 @@
-"""`medseg plan`: a data set fingerprint, and the training plan nnU-Net would derive from it."""
+"""Planning: a data set's fingerprint, and the training plan derived from it.
+
+nnU-Net's rules (median spacing with its anisotropy rule, foreground-percentile CT
+normalisation, a patch no larger than the median scan, poolings only along axes long and fine
+enough), with two changes for real scans: the patch is rounded *down* to the network's stride,
+so a 20-slice scan is never padded to 32, and on a CPU the working spacing is coarsened until a
+patch covers half the median scan at an affordable step. `medseg plan` writes the result;
+`medseg train` makes one by itself when none is given.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from medseg.errors import MedsegError
-from medseg.io import NIFTI_SUFFIXES, scan_suffix
 from medseg.manifest import check_case_files, load_manifest
+from medseg.metrics import voxel_spacing
 
 ANISOTROPY_RATIO = 3.0  # nnU-Net: beyond this, the coarse axis keeps a finer target spacing
 # Training memory of the default U-Net, bytes per patch voxel per base-channel (activations,
@@ -17,23 +25,66 @@ ANISOTROPY_RATIO = 3.0  # nnU-Net: beyond this, the coarse axis keeps a finer ta
 # to nnU-Net's figure for its 3d_fullres U-Net.
 BYTES_PER_VOXEL_PER_CHANNEL = 64
 PLAN_NAME = "plan.json"
+MIN_FEATURE_MAP = 4  # nnU-Net: the coarsest feature map keeps at least 4 voxels per axis
+MAX_POOLINGS = 4  # the default network's five levels
+BASE_CHANNELS = {"cpu": 16, "cuda": 32}
+MAX_CHANNELS = 320
+# On a CPU: the voxels of one step's batch (2 x 80 x 64 x 48, the demo recipe's, measured on
+# 2 cores at about 0.3 s per step), and the share of the median scan a patch should cover.
+CPU_BATCH_VOXELS = 2 * 80 * 64 * 48
+CPU_COVERAGE = 0.5
+SPACING_STEP = 1.25  # how fast the CPU plan coarsens the working spacing
+# Iodine in the arterial phase takes the aorta to 250-450 HU: a clip below that would make it
+# look like unenhanced soft tissue to a model trained on another phase.
+CONTRAST_CEILING_HU = 500.0
+AIR_BELOW_HU = -500.0  # a CT in Hounsfield units has air (lungs, bowel gas, outside the body)
+MIN_STD = 1e-3  # a constant foreground must not divide by zero
+
+
+def ct_normalization(foreground_hu: np.ndarray,
+                     ceiling_hu: float | None = CONTRAST_CEILING_HU) -> dict:
+    """The CT window and z-score of labelled voxels: the one place they are computed.
+
+    Clip to the 0.5 and 99.5 percentiles (the upper one raised to at least ceiling_hu, so
+    contrast-filled vessels keep their brightness), then the clipped values' mean and std.
+    """
+    voxels = np.asarray(foreground_hu, dtype=np.float64)
+    if voxels.size == 0:
+        raise MedsegError("none of the training labels has an organ voxel; check the "
+                          "manifest's label paths")
+    lo, hi = np.percentile(voxels, [0.5, 99.5])
+    if ceiling_hu is not None:
+        hi = max(hi, ceiling_hu)
+    clipped = np.clip(voxels, lo, hi)
+    return {"clip": [float(lo), float(hi)], "mean": float(clipped.mean()),
+            "std": float(max(clipped.std(), MIN_STD))}
 
 
 def case_fingerprint(case: dict, num_classes: int, rng: np.random.Generator,
                      samples: int = 10_000) -> dict:
-    """Spacing, shape, labelled-voxel HU sample and class voxel counts of one case."""
-    image, label = nib.load(case["image"]), nib.load(case["label"])
-    reoriented = nib.as_closest_canonical(image)  # spacing and shape in RAS axis order
-    hu = np.asarray(image.dataobj, dtype=np.float32)
-    labels = np.asarray(label.dataobj).astype(np.int64)
+    """RAS spacing and shape, a sample of labelled-voxel HU, class voxel counts, lowest HU."""
+    from monai.transforms import Orientation
+
+    from medseg.transforms import LoadScand
+
+    loaded = LoadScand(("image", "label"))({"image": case["image"], "label": case["label"]})
+    image = Orientation(axcodes="RAS", labels=None)(loaded["image"])
+    hu = np.asarray(loaded["image"][0])
+    labels = np.asarray(loaded["label"][0]).astype(np.int64)
+    if labels.max() >= num_classes:
+        raise MedsegError(f"{case['label']}: label values up to {labels.max()} fall outside the "
+                          f"label map (0..{num_classes - 1}); fix the label, or the manifest's "
+                          "labels (is the image listed as the label?)")
     foreground = hu[labels > 0]
     if foreground.size > samples:
         foreground = rng.choice(foreground, samples, replace=False)
     return {
-        "spacing": np.abs(reoriented.header.get_zooms()[:3]).tolist(),
-        "shape": list(reoriented.shape[:3]),
+        "image": case["image"],
+        "spacing": [float(s) for s in voxel_spacing(np.asarray(image.affine))],
+        "shape": [int(n) for n in image.shape[1:]],
         "foreground_hu": foreground,
-        "class_voxels": np.bincount(labels.ravel(), minlength=num_classes)[:num_classes].tolist(),
+        "min_hu": float(hu.min()),
+        "class_voxels": np.bincount(labels.ravel(), minlength=num_classes).tolist(),
     }
 
 
@@ -46,62 +97,178 @@ def target_spacing(spacings: np.ndarray) -> list[float]:
     return [float(s) for s in target]
 
 
-def patch_and_batch(median_shape, memory_gb: float, base_channels: int, factor: int,
-                    min_batch: int = 2) -> tuple[list[int], int]:
-    """The largest patch (up to the median image) whose batch of two fits the memory budget."""
+def cpu_spacing(spacing, median_extent_mm, batch_voxels: int) -> list[float]:
+    """Coarsen the finest axes until a patch of the budget covers CPU_COVERAGE of the median scan.
+
+    A GPU plan at 1 mm gives patches of a few hundred thousand voxels times a deep network:
+    seconds per step on a CPU. Coarser voxels keep the field of view a patch sees.
+    """
+    spacing = np.asarray(spacing, dtype=float)
+    floor = spacing.min()
+    patch_voxels = batch_voxels / 2
+    while True:
+        coarse = np.maximum(spacing, floor)
+        if np.prod(np.asarray(median_extent_mm) / coarse) * CPU_COVERAGE <= patch_voxels:
+            return [round(float(s), 3) for s in coarse]
+        floor *= SPACING_STEP
+
+
+def pooling_strides(shape, spacing, max_poolings: int = MAX_POOLINGS) -> list[list[int]]:
+    """Per level, the stride along each axis (2: pooled, 1: kept), as nnU-Net plans them.
+
+    An axis is pooled while its feature map stays at least MIN_FEATURE_MAP voxels and its
+    spacing is less than twice the finest one, so a 12-slice axis is pooled once, not four times.
+    """
+    size, spacing = np.asarray(shape, dtype=float), np.asarray(spacing, dtype=float)
+    levels = []
+    for _ in range(max_poolings):
+        long_enough = size >= 2 * MIN_FEATURE_MAP
+        if not long_enough.any():
+            break
+        pool = long_enough & (spacing < 2 * spacing[long_enough].min())
+        levels.append([2 if p else 1 for p in pool])
+        size = np.where(pool, size // 2, size)
+        spacing = np.where(pool, spacing * 2, spacing)
+    return levels or [[1, 1, 1]]
+
+
+def axis_strides(levels: list[list[int]]) -> list[int]:
+    """The total stride along each axis: patches are multiples of it."""
+    return [int(np.prod([level[a] for level in levels])) for a in range(len(levels[0]))]
+
+
+def patch_and_strides(median_shape, spacing, batch_voxels: float, min_batch: int = 2
+                      ) -> tuple[list[int], list[list[int]]]:
+    """The largest patch, no larger than the median scan, whose batch fits batch_voxels.
+
+    Each axis is rounded down to its stride; the side longest in millimetres shrinks first.
+    """
+    patch = np.maximum(np.floor(np.asarray(median_shape, dtype=float)), 1).astype(int)
+    while True:
+        levels = pooling_strides(patch, spacing)
+        stride = np.array(axis_strides(levels))
+        fitted = np.maximum(patch // stride * stride, 1)
+        if np.prod(fitted) * min_batch <= batch_voxels or fitted.max() <= 8:
+            return [int(p) for p in fitted], levels
+        longest = int(np.argmax(fitted * np.asarray(spacing)))
+        patch = fitted.copy()
+        patch[longest] = max(1, fitted[longest] - stride[longest])
+
+
+def device_budget(device: str, memory_gb: float | None, base_channels: int) -> tuple[float, str]:
+    """Voxels one training batch may hold on this device, and why."""
+    if device == "cpu":
+        return CPU_BATCH_VOXELS, f"cpu: a step of at most {CPU_BATCH_VOXELS:,} voxels"
+    if memory_gb is None:
+        import torch
+
+        memory_gb = 0.8 * torch.cuda.get_device_properties(0).total_memory / 1024**3
     budget = memory_gb * 1024**3 / (BYTES_PER_VOXEL_PER_CHANNEL * base_channels)
-    patch = np.array([max(factor, int(np.ceil(s / factor)) * factor) for s in median_shape])
-    while np.prod(patch) * min_batch > budget and patch.max() > factor:
-        axis = int(np.argmax(patch))  # shrink the longest side first: keeps patches cubic-ish
-        patch[axis] -= factor
-    batch = max(min_batch, int(budget // np.prod(patch)))
-    return [int(p) for p in patch], int(min(batch, 8))
+    return budget, f"{device}: {memory_gb:.1f} GB for a training step"
 
 
-def network_stride(model_kwargs: dict) -> int:
-    """How much the default U-Net downsamples: patches are rounded to multiples of it."""
-    strides = model_kwargs.get("strides")
-    if strides is None:
-        return 2 ** (len(model_kwargs.get("channels", (16, 32, 64, 128, 256))) - 1)
-    return int(np.prod([s if isinstance(s, int) else max(s) for s in strides]))
+def unet_kwargs(levels: list[list[int]], base_channels: int) -> dict:
+    """The default network (unet3d) with one level per pooling and these strides."""
+    channels = [min(base_channels * 2**i, MAX_CHANNELS) for i in range(len(levels) + 1)]
+    return {"channels": channels, "strides": levels}
 
 
-def make_plan(manifest: Path, memory_gb: float = 8.0, model_kwargs: dict | None = None,
+def make_plan(manifest: Path, device: str = "cpu", memory_gb: float | None = None,
               seed: int = 0) -> dict:
-    """Fingerprint every training case and derive spacing, normalisation, patch and batch."""
+    """Fingerprint every training case and derive spacing, normalisation, patch, batch and net."""
     cases, labels = load_manifest(Path(manifest))
     for case in cases:
         check_case_files(case)
-        if not all(scan_suffix(Path(case[k])) in NIFTI_SUFFIXES for k in ("image", "label")):
-            raise MedsegError(f"{case['image']}: `medseg plan` reads NIfTI cases only; convert "
-                              "the case to .nii.gz, or train without a plan")
     rng = np.random.default_rng(seed)
     prints = [case_fingerprint(c, len(labels), rng) for c in cases]
     spacings = np.array([p["spacing"] for p in prints])
-    spacing = target_spacing(spacings)
-    shapes = np.array([p["shape"] for p in prints]) * spacings / np.array(spacing)
-    model_kwargs = model_kwargs or {}
-    base = int(model_kwargs.get("channels", (16,))[0])
-    patch, batch = patch_and_batch(np.median(shapes, axis=0), memory_gb, base,
-                                   network_stride(model_kwargs))
-    hu = np.concatenate([p["foreground_hu"] for p in prints]).astype(np.float64)
-    lo, hi = np.percentile(hu, [0.5, 99.5])
-    clipped = np.clip(hu, lo, hi)
+    extents = np.array([p["shape"] for p in prints]) * spacings
+    nnunet_spacing = target_spacing(spacings)
+    base = BASE_CHANNELS["cpu" if device == "cpu" else "cuda"]
+    batch_voxels, budget_note = device_budget(device, memory_gb, base)
+    spacing = (cpu_spacing(nnunet_spacing, np.median(extents, axis=0), batch_voxels)
+               if device == "cpu" else nnunet_spacing)
+    median_shape = np.median(extents, axis=0) / np.array(spacing)
+    patch, levels = patch_and_strides(median_shape, spacing, batch_voxels)
+    batch = 2 if device == "cpu" else int(np.clip(batch_voxels // np.prod(patch), 2, 8))
+    hu = np.concatenate([p["foreground_hu"] for p in prints])
     class_voxels = np.sum([p["class_voxels"] for p in prints], axis=0)
     return {
         "spacing": spacing,
         "patch_size": patch,
         "batch_size": batch,
-        "intensity": {"clip": [float(lo), float(hi)], "mean": float(clipped.mean()),
-                      "std": float(clipped.std())},
+        "intensity": ct_normalization(hu),
+        "model": "unet3d",
+        "model_kwargs": unet_kwargs(levels, base),
+        "device": device,
+        "budget": budget_note,
         "fingerprint": {
             "cases": len(cases),
             "median_spacing": np.median(spacings, axis=0).tolist(),
-            "median_shape_at_target": np.median(shapes, axis=0).round(1).tolist(),
+            "nnunet_spacing": nnunet_spacing,
+            "median_shape_at_target": median_shape.round(1).tolist(),
             "foreground_hu_percentiles": dict(zip(
                 ["p0.5", "p50", "p99.5"], np.percentile(hu, [0.5, 50, 99.5]).round(1).tolist())),
             "class_fraction": {labels[i]: float(class_voxels[i] / class_voxels.sum())
                                for i in range(len(labels))},
+            "cases_without_air": [p["image"] for p in prints if p["min_hu"] > AIR_BELOW_HU],
         },
         "memory_budget_gb": memory_gb,
     }
+
+
+def plan_summary(plan: dict) -> str:
+    """One line: what the plan chose, and why."""
+    def mm(values, sep="x"):
+        return sep.join(f"{v:.3g}" for v in values)
+
+    fp = plan["fingerprint"]
+    spacing = f"spacing {mm(plan['spacing'])} mm"
+    if plan["spacing"] != fp["nnunet_spacing"]:
+        spacing += f" (coarsened from {mm(fp['nnunet_spacing'])} for {plan['budget']})"
+    poolings = [sum(level[a] == 2 for level in plan["model_kwargs"]["strides"])
+                for a in range(3)]
+    lo, hi = plan["intensity"]["clip"]
+    return (f"plan: {spacing}; patch {mm(plan['patch_size'])} (median scan "
+            f"{mm(round(s) for s in fp['median_shape_at_target'])}), batch {plan['batch_size']}; "
+            f"unet3d {plan['model_kwargs']['channels'][0]} channels, poolings per axis "
+            f"{mm(poolings, ',')}; CT clip {lo:.0f}..{hi:.0f} HU, z-score mean "
+            f"{plan['intensity']['mean']:.0f} std {plan['intensity']['std']:.0f}")
+
+
+def read_plan(path: Path) -> dict:
+    """A plan written by `medseg plan` (or by `medseg train` into its run folder)."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise MedsegError(f"{path}: plan not found; make one with `medseg plan --manifest ...`, "
+                          "or leave --plan out and training plans by itself")
+    try:
+        plan = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MedsegError(f"{path}: not valid JSON ({exc}); make the plan again") from None
+    if not isinstance(plan, dict):
+        raise MedsegError(f"{path}: not a plan (a JSON object with spacing, patch_size, ...)")
+    return plan
+
+
+PLANNED = ("spacing", "patch_size", "batch_size", "intensity")
+
+
+def apply_plan(config, plan: dict, plan_path: str | None = None):
+    """A config (dataclass) with every planned setting it leaves unset (None) taken from plan.
+
+    The plan's network topology applies only to the model it was planned for, and only when
+    the config sets no channels or strides of its own.
+    """
+    updates = {k: plan[k] for k in PLANNED if k in plan and getattr(config, k) is None}
+    for key in ("spacing", "patch_size"):
+        if key in updates:
+            updates[key] = tuple(updates[key])
+    own = {"channels", "strides"} & set(config.model_kwargs)
+    if plan.get("model") == config.model and "model_kwargs" in plan and not own:
+        updates["model_kwargs"] = {**config.model_kwargs, **plan["model_kwargs"]}
+    if plan_path:
+        updates["plan"] = plan_path
+    return dataclasses.replace(config, **updates)

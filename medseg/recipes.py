@@ -7,7 +7,7 @@ import difflib
 from pathlib import Path
 
 from medseg.errors import MedsegError, first_line
-from medseg.planning import PLAN_NAME
+from medseg.planning import PLAN_NAME, apply_plan, read_plan
 from medseg.train import TrainConfig
 
 TUPLE_FIELDS = ("spacing", "patch_size")
@@ -44,36 +44,22 @@ def load_recipe(path: Path) -> dict:
     return data
 
 
-PLANNED = ("spacing", "patch_size", "batch_size", "intensity")
-
-
 def build_config(recipe: Path | None, overrides: dict) -> TrainConfig:
-    """TrainConfig: defaults < the data set's plan < the recipe < command-line overrides."""
+    """TrainConfig: defaults < the data set's plan < the recipe < command-line overrides.
+
+    The plan is the recipe's `plan`, else plan.json beside the manifest if there is one;
+    without either, training plans from the data itself when it starts.
+    """
     settings = load_recipe(recipe) if recipe else {}
     settings.update({k: v for k, v in overrides.items() if v is not None})
     for key in ("manifest", "output"):
         if not settings.get(key):
             raise MedsegError(f"no {key} given: pass --{key} or set '{key}:' in the recipe")
-    plan_path = settings.get("plan") or Path(settings["manifest"]).parent / PLAN_NAME
-    if settings.get("plan") or Path(plan_path).exists():
-        plan = _read_plan(Path(plan_path))
-        settings = {**{k: plan[k] for k in PLANNED if k in plan}, **settings,
-                    "plan": str(plan_path)}
-        for key in TUPLE_FIELDS:
-            settings[key] = tuple(settings[key])
     try:
-        return TrainConfig(**settings)
+        config = TrainConfig(**settings)
     except TypeError as exc:
         raise MedsegError(f"bad training settings ({exc})") from None
-
-
-def _read_plan(path: Path) -> dict:
-    """A plan written by `medseg plan`."""
-    import json
-
-    if not path.exists():
-        raise MedsegError(f"{path}: plan not found; make one with `medseg plan --manifest ...`")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise MedsegError(f"{path}: not valid JSON ({exc})") from None
+    plan_path = Path(config.plan or Path(config.manifest).parent / PLAN_NAME)
+    if config.plan or plan_path.exists():
+        config = apply_plan(config, read_plan(plan_path), str(plan_path))
+    return config

@@ -43,15 +43,33 @@ def check_geometry(affine: np.ndarray, path: Path, what: str) -> None:
 
 def check_same_grid(image_shape, image_affine, label_shape, label_affine, image_path: Path,
                     label_path: Path) -> None:
-    """A label must be drawn on its image's voxel grid: same shape, same affine (to 1e-3)."""
-    if tuple(image_shape) != tuple(label_shape):
+    """A label must be drawn on its image's voxel grid: the same voxel centres in the world
+    (to 1e-3 mm), though a file may store its axes in another order or direction.
+
+    A DICOM series read as LPS and its NIfTI mask stored as LAS (TotalSegmentator's, for
+    example) are the same grid: reorienting both to RAS, as training does, lines them up.
+    """
+    shape, affine = _as_image_axes(label_shape, label_affine, image_affine)
+    if tuple(image_shape) != shape:
         raise MedsegError(f"{label_path}: label shape {tuple(label_shape)} does not match image "
                           f"shape {tuple(image_shape)} ({Path(image_path).name}); pair each "
                           "image with its own label")
-    if not np.allclose(np.asarray(image_affine, dtype=np.float64),
-                       np.asarray(label_affine, dtype=np.float64), atol=1e-3):
+    if not np.allclose(np.asarray(image_affine, dtype=np.float64), affine, atol=1e-3):
         raise MedsegError(f"{label_path}: label affine differs from the image's "
                           f"({Path(image_path).name}); resample the label onto the image grid")
+
+
+def _as_image_axes(shape, affine, image_affine) -> tuple[tuple[int, ...], np.ndarray]:
+    """A grid's shape and affine with its axes stored in the order and direction of the image's."""
+    from nibabel.orientations import inv_ornt_aff, io_orientation, ornt_transform
+
+    affine = np.asarray(affine, dtype=np.float64)
+    to_image = ornt_transform(io_orientation(affine),
+                              io_orientation(np.asarray(image_affine, dtype=np.float64)))
+    shape = tuple(int(n) for n in shape)
+    reordered = affine @ inv_ornt_aff(to_image, shape)
+    order = np.argsort(to_image[:, 0])  # the label axis that becomes each image axis
+    return tuple(shape[int(i)] for i in order), reordered
 
 
 def check_intensities(volume: torch.Tensor, path: Path) -> None:

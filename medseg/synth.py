@@ -20,8 +20,8 @@ def case_seeds(seed: int, cases: int) -> list[int]:
 
 
 def _write_case(args) -> dict:
-    out, name, seed, spacing = args
-    phantom = make_phantom(seed, spacing=spacing)
+    out, name, seed, spacing, phase = args
+    phantom = make_phantom(seed, spacing=spacing, phase=phase)
     save_nifti(phantom.image, phantom.affine, out / "imagesTr" / f"{name}.nii.gz")
     save_nifti(phantom.label, phantom.affine, out / "labelsTr" / f"{name}.nii.gz")
     return {"image": f"./imagesTr/{name}.nii.gz", "label": f"./labelsTr/{name}.nii.gz",
@@ -29,10 +29,15 @@ def _write_case(args) -> dict:
 
 
 def write_synthetic_dataset(out: Path, cases: int, seed: int = 0, spacing=None,
-                            workers: int | None = None, progress: bool = True) -> Path:
-    """Generate `cases` phantoms under out/ (imagesTr, labelsTr, dataset.json); returns the JSON."""
+                            workers: int | None = None, progress: bool = True,
+                            phase: str | None = None) -> Path:
+    """Generate `cases` phantoms under out/ (imagesTr, labelsTr, dataset.json); returns the JSON.
+
+    phase fixes every case's contrast phase (default: drawn per case).
+    """
     out = Path(out)
-    jobs = [(out, f"case_{i:03d}", s, spacing) for i, s in enumerate(case_seeds(seed, cases))]
+    jobs = [(out, f"case_{i:03d}", s, spacing, phase)
+            for i, s in enumerate(case_seeds(seed, cases))]
     workers = workers or min(len(jobs), os.cpu_count() or 1)
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:

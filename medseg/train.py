@@ -6,8 +6,10 @@ import csv
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, list_data_collate
-from monai.inferers import sliding_window_inference
 from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
 from monai.utils import set_determinism
@@ -36,15 +37,18 @@ from medseg.figures import training_curves
 from medseg.io import check_writable
 from medseg.losses import build_loss
 from medseg.manifest import check_case_files, load_manifest, write_json
-from medseg.models import build_model, volume_model, window_size
+from medseg.models import build_model
+from medseg.network_input import NetworkInput
+from medseg.predictor import OVERLAP, InferOptions, Predictor
 from medseg.runtime import PRECISIONS, autocast, resolve_device, training_precision
 from medseg.transforms import (
     AUGMENTATIONS,
-    foreground_intensity_stats,
-    normalize_transform,
     training_cache_transforms,
     training_sample_transforms,
+    validation_cache_transforms,
 )
+
+log = logging.getLogger("medseg")
 
 
 @dataclass
@@ -59,12 +63,12 @@ class TrainConfig:
     context_slices: int = 0
     loss: str = "dice_ce"
     loss_kwargs: dict = field(default_factory=dict)  # medseg.losses.build_loss options
-    # 4 mm and a patch that spans the whole abdomen's cross-section: measured on a 2-core CPU,
-    # 2.4x cheaper steps than 3 mm at the same context, and better held-out Dice per minute.
-    # In 2D mode only the patch's in-plane size is used.
-    spacing: tuple[float, float, float] = (4.0, 4.0, 4.0)
-    patch_size: tuple[int, int, int] = (80, 64, 48)
-    batch_size: int = 2
+    # Left unset (None), spacing, patch, batch, intensity and the default network's topology
+    # come from a plan: plan.json beside the manifest, or one made from the data at the start
+    # (medseg.planning). In 2D mode only the patch's in-plane size is used.
+    spacing: tuple[float, float, float] | None = None
+    patch_size: tuple[int, int, int] | None = None
+    batch_size: int | None = None
     epochs: int = 40
     iters_per_epoch: int = 25
     lr: float = 3e-3
@@ -75,10 +79,11 @@ class TrainConfig:
     folds: int = 5
     optimizer: str = "adamw"  # or "sgd": nnU-Net's SGD with Nesterov momentum 0.99
     plan: str | None = None  # the plan.json the spacing, patch and intensity came from
-    intensity: dict | None = None  # CT normalisation; None: computed from the training cases
-    overlap: float = 0.25
+    intensity: dict | None = None  # CT normalisation (clip, mean, std in HU); None: planned
+    overlap: float = OVERLAP  # validation's sliding window, as `medseg infer` does
     affine_prob: float = 0.25
     augment: str = "light"  # or "nnunet": rotation, scaling, noise, blur, gamma, low-res, flips
+    contrast_prob: float = 0.3  # per-organ HU shifts that mimic other contrast phases; 0: off
     schedule: str = "poly"  # or "cosine": linear warm-up, then cosine decay
     warmup_iters: int = 0
     device: str = "auto"
@@ -106,33 +111,63 @@ def split_cases(cases: list[dict], val_fraction: float, seed: int,
     return train, val or train[:1]
 
 
-def cache_cases(cases: list[dict], spacing, num_classes: int,
-                cache_dir: str | None = None) -> Sequence[dict]:
-    """Load and resample every case once, checking labels against the label map.
+def network_input(cfg: TrainConfig) -> NetworkInput:
+    """What this run's network sees; its checkpoints carry it to inference."""
+    return NetworkInput(spacing=tuple(cfg.spacing), intensity=cfg.intensity,
+                        patch_size=tuple(cfg.patch_size), spatial_dims=cfg.spatial_dims,
+                        context_slices=cfg.context_slices)
+
+
+def cache_cases(cases: list[dict], transforms, cache_dir: str | None = None) -> Sequence[dict]:
+    """Load and transform every case once.
 
     Without cache_dir the cases stay in memory (CacheDataset). With cache_dir they stay on disk
     only (PersistentDataset, read with weights_only=True, like checkpoints) and are read back
     for every patch: memory then holds a case per loader worker whatever the data set's size,
-    and later runs with the same spacing skip loading and resampling.
+    and later runs with the same input definition skip loading and resampling.
     """
-    transforms = training_cache_transforms(spacing, num_classes)
     if cache_dir:
-        cached = PersistentDataset(cases, transforms, cache_dir=cache_dir)
-    else:  # all deterministic transforms, so it hands out the cached cases without copying
-        cached = CacheDataset(cases, transforms, num_workers=1, progress=False)
-    for i, case in enumerate(cases):
-        found = torch.unique(cached[i]["label"]).tolist()
-        if max(found) >= num_classes or min(found) < 0:
+        folder = Path(cache_dir) / cache_key(transforms)
+        return PersistentDataset(cases, transforms, cache_dir=folder)
+    # All deterministic transforms, so it hands out the cached cases without copying.
+    return CacheDataset(cases, transforms, num_workers=1, progress=False)
+
+
+def cache_key(transforms) -> str:
+    """A folder name that changes with any setting of the cached transforms (spacing, padding)."""
+    settings = repr([(type(t).__name__, sorted((k, repr(v)) for k, v in vars(t).items()
+                                               if k != "R"))
+                     for t in transforms.flatten().transforms])
+    return hashlib.sha256(settings.encode()).hexdigest()[:16]
+
+
+def check_training_data(cases: list[dict], items: Sequence[dict], labels: dict[int, str],
+                        spec: NetworkInput) -> None:
+    """One line per finding, naming the case: labels outside the map are errors; scans smaller
+    than a patch (padded, as inference pads) and classes no case contains are notes."""
+    present = set()
+    for case, item in zip(cases, items):
+        found = torch.unique(item["label"]).tolist()
+        if max(found) >= len(labels) or min(found) < 0:
             raise MedsegError(f"{case['label']}: label values {found} fall outside the label map "
-                              f"(0..{num_classes - 1}); fix the label, or the manifest's labels")
-    return cached
+                              f"(0..{len(labels) - 1}); fix the label, or the manifest's labels")
+        present.update(found)
+        short = [f"{n} < {p} along axis {a}" for a, (n, p)
+                 in enumerate(zip(item["working_shape"], spec.sample_size)) if n < p]
+        if short:
+            log.warning("%s: smaller than a patch at %s mm (%s); padded with air, its label "
+                        "with background, as inference pads it", case["image"],
+                        "x".join(f"{s:g}" for s in spec.spacing), ", ".join(short))
+    for label_id, name in labels.items():
+        if label_id not in present:
+            log.warning("class %r (%d) is in no training case; it is kept, and its validation "
+                        "Dice is NaN, not 0", name, label_id)
 
 
-def make_loader(items: Sequence[dict], cfg: TrainConfig, intensity: dict, num_classes: int):
+def make_loader(items: Sequence[dict], cfg: TrainConfig, spec: NetworkInput, num_classes: int):
     """An epoch's worth of batches (iters_per_epoch) of random class-balanced patches."""
     dataset = Dataset(items, training_sample_transforms(
-        intensity, cfg.patch_size, num_classes, cfg.affine_prob, cfg.augment, cfg.spatial_dims,
-        cfg.context_slices))
+        spec, num_classes, cfg.affine_prob, cfg.augment, cfg.contrast_prob))
     sampler = torch.utils.data.RandomSampler(
         dataset, replacement=True, num_samples=cfg.iters_per_epoch * cfg.batch_size,
         generator=torch.Generator())
@@ -151,26 +186,21 @@ def reseed_epoch(loader, seed: int, epoch: int, rank: int) -> None:
     loader.dataset.transform.set_random_state(seed=epoch_seed)
 
 
-def validate(model, items: Sequence[dict], cfg: TrainConfig, intensity: dict, num_classes: int,
-             device) -> np.ndarray:
-    """Per-organ Dice (background excluded) of sliding-window predictions on validation cases."""
+def validate(predictor: Predictor, items: Sequence[dict], num_classes: int) -> np.ndarray:
+    """Per-organ Dice (background excluded, NaN where a case lacks the organ) on the working
+    grid, predicted by inference's own code: normalisation, padding and sliding window."""
     # compute_dice, not DiceMetric: the latter all-gathers across ranks, and only rank 0 validates.
     scores = []
-    normalize = normalize_transform(intensity)
-    net = volume_model(model, cfg.spatial_dims, cfg.context_slices)
-    window = window_size(cfg.patch_size, cfg.spatial_dims)
-    model.eval()
-    with torch.no_grad(), autocast(device, cfg.precision):
-        for item in items:
-            image = normalize({"image": item["image"]})["image"].as_subclass(torch.Tensor)
-            image = image[None].to(device)
-            logits = sliding_window_inference(image, window, 2, net, overlap=cfg.overlap,
-                                              mode="gaussian")
-            pred = one_hot(logits.argmax(1, keepdim=True).cpu(), num_classes)
-            ref = one_hot(item["label"].as_subclass(torch.Tensor)[None].long(), num_classes)
-            scores.append(compute_dice(pred, ref, include_background=False, ignore_empty=True))
-    model.train()
-    return np.nanmean(torch.cat(scores).numpy(), axis=0)
+    predictor.model.eval()
+    for item in items:
+        probs = predictor.probabilities(item["image"])
+        pred = one_hot(probs.argmax(0)[None, None].cpu(), num_classes)
+        ref = one_hot(item["label"].as_subclass(torch.Tensor)[None].long(), num_classes)
+        scores.append(compute_dice(pred, ref, include_background=False, ignore_empty=True))
+    predictor.model.train()
+    with warnings.catch_warnings():  # an organ no validation case has: NaN, said at the start
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(torch.cat(scores).numpy(), axis=0)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -195,7 +225,7 @@ def learning_rate(cfg: TrainConfig, step: int, total: int) -> float:
 
 def check_config(cfg: TrainConfig, num_classes: int) -> None:
     """Reject settings that would fail deep inside MONAI with a cryptic message."""
-    if cfg.epochs < 1 or cfg.iters_per_epoch < 1 or cfg.batch_size < 1:
+    if cfg.epochs < 1 or cfg.iters_per_epoch < 1 or (cfg.batch_size or 1) < 1:
         raise MedsegError("epochs, iterations per epoch and batch size must be at least 1")
     choices = {"augment": AUGMENTATIONS, "schedule": ("poly", "cosine"),
                "optimizer": ("adamw", "sgd"), "precision": PRECISIONS}
@@ -227,6 +257,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         check_case_files(case)
     device = resolve_device(local_device(cfg.device))
     cfg = dataclasses.replace(cfg, precision=training_precision(cfg.precision, device))
+    cfg, plan = planned_config(cfg, device)
     init_process_group(device)
     rank, world = rank_and_world()
     set_determinism(cfg.seed)
@@ -239,25 +270,29 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         print(f"training on {len(train_cases)} cases, validating on {len(val_cases)}, "
               f"device {device}, {world} rank(s)")
 
-    train_items = cache_cases(train_cases, cfg.spacing, num_classes, cfg.cache_dir)
-    val_items = (cache_cases(val_cases, cfg.spacing, num_classes, cfg.cache_dir)
+    spec = network_input(cfg)
+    train_items = cache_cases(train_cases, training_cache_transforms(spec, num_classes),
+                              cfg.cache_dir)
+    check_training_data(train_cases, train_items, labels, spec)
+    val_items = (cache_cases(val_cases, validation_cache_transforms(spec), cfg.cache_dir)
                  if is_main_process() else [])
-    intensity = cfg.intensity or foreground_intensity_stats(train_items)
-    loader = make_loader(train_items, cfg, intensity, num_classes)
+    validator = Predictor.for_network(model, spec, labels, InferOptions(
+        device=str(device), overlap=cfg.overlap, precision=cfg.precision))
+    loader = make_loader(train_items, cfg, spec, num_classes)
 
     optimizer = make_optimizer(model, cfg)
     # fp16 needs loss scaling against underflow; with any other precision the scaler is a no-op.
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    meta = run_metadata(cfg, labels, intensity, train_cases, val_cases)
+    meta = run_metadata(cfg, labels, spec, train_cases, val_cases)
     done, best = (resume_from(out / "last.pt", model, optimizer, scaler, meta) if resume
                   else (0, -math.inf))
     network = ddp_wrap(model, device)
     if cfg.compile:  # `model` keeps the parameters, so checkpoints have no "_orig_mod." names
         network = torch.compile(network)
-    log = None
+    metrics_log = None
     if is_main_process():
-        write_run_folder(out, meta, cfg)
-        log = MetricsLog(out, [labels[i] for i in range(1, num_classes)], keep=done)
+        write_run_folder(out, meta, plan)
+        metrics_log = MetricsLog(out, [labels[i] for i in range(1, num_classes)], keep=done)
 
     for epoch in range(done + 1, cfg.epochs + 1):
         reseed_epoch(loader, cfg.seed, epoch, rank)
@@ -267,28 +302,52 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         if is_main_process():
             dice = None
             if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
-                dice = validate(model, val_items, cfg, intensity, num_classes, device)
+                dice = validate(validator, val_items, num_classes)
                 if np.nanmean(dice) > best:
                     best = float(np.nanmean(dice))
                     save_checkpoint(out / "best.pt", model, meta, epoch=epoch, val_dice=best)
             save_checkpoint(out / "last.pt", model, meta, epoch=epoch, best=best,
                             optimizer=optimizer.state_dict(), scaler=scaler.state_dict())
-            log.write(epoch, loss, dice, time.perf_counter() - start)
+            metrics_log.write(epoch, loss, dice, time.perf_counter() - start)
         barrier()
     if is_main_process():
-        log.close()
+        metrics_log.close()
         training_curves(out / "log.csv", out / "training_curves.png")
     report_ranks(model, loader, cfg.seed)
     shutdown()
     return {"best_val_dice": best, "seconds": time.perf_counter() - start}
 
 
-def write_run_folder(out: Path, meta: dict, cfg: TrainConfig) -> None:
+def planned_config(cfg: TrainConfig, device: torch.device) -> tuple[TrainConfig, dict | None]:
+    """The config with every unset planned setting filled: from cfg.plan if given, else from a
+    plan made now from the data (printed in one line); returns the plan too."""
+    from medseg.planning import PLANNED, apply_plan, make_plan, plan_summary, read_plan
+
+    if cfg.plan:
+        plan = read_plan(Path(cfg.plan))
+    elif any(getattr(cfg, key) is None for key in PLANNED):
+        plan = make_plan(Path(cfg.manifest), device=device.type, seed=cfg.seed)
+        if is_main_process():
+            print(plan_summary(plan), flush=True)
+    else:
+        return cfg, None
+    cfg = apply_plan(cfg, plan)
+    overridden = [k for k in PLANNED if k in plan and getattr(cfg, k) != _as_config(plan[k])]
+    if overridden and is_main_process():
+        print(f"plan: {', '.join(overridden)} set by the recipe or command line", flush=True)
+    return cfg, plan
+
+
+def _as_config(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def write_run_folder(out: Path, meta: dict, plan: dict | None) -> None:
     """The run's settings, its train/validation split and the plan it used, beside its weights."""
     write_json(meta, out / "config.json")
     write_json(meta["split"], out / "split.json")
-    if cfg.plan:
-        write_json(json.loads(Path(cfg.plan).read_text()), out / "plan.json")
+    if plan is not None:
+        write_json(plan, out / "plan.json")
 
 
 def resume_from(path: Path, model, optimizer, scaler, meta: dict) -> tuple[int, float]:
@@ -362,18 +421,17 @@ def train_epoch(model, loader, loss_fn, optimizer, scaler, cfg: TrainConfig, fir
     return float(np.mean(losses))
 
 
-def run_metadata(cfg: TrainConfig, labels: dict, intensity: dict, train_cases, val_cases) -> dict:
+def run_metadata(cfg: TrainConfig, labels: dict, spec: NetworkInput, train_cases,
+                 val_cases) -> dict:
     """What inference needs to reproduce preprocessing, in plain JSON types."""
     config = json.loads(json.dumps(dataclasses.asdict(cfg)))
     return {
+        **spec.to_config(),
         "train": config,
         "model": {"name": cfg.model, "kwargs": cfg.model_kwargs, "in_channels": in_channels(cfg),
                   "spatial_dims": cfg.spatial_dims, "context_slices": cfg.context_slices},
         "loss": {"name": cfg.loss, **cfg.loss_kwargs},
         "labels": {str(k): v for k, v in labels.items()},
-        "spacing": list(cfg.spacing),
-        "patch_size": list(cfg.patch_size),
-        "intensity": intensity,
         "split": {"train": [c["image"] for c in train_cases],
                   "validation": [c["image"] for c in val_cases]},
     }

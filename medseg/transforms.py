@@ -1,10 +1,12 @@
-"""MONAI dictionary-transform pipelines shared by training and inference."""
+"""Training's MONAI dictionary transforms: loading, caching, patch sampling and augmentation.
+
+What the network sees (geometry, normalisation, padding) is defined in medseg.network_input.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 
-import numpy as np
 import torch
 from monai.transforms import (
     ClassesToIndicesd,
@@ -12,23 +14,20 @@ from monai.transforms import (
     CropForegroundd,
     EnsureTyped,
     MapTransform,
-    Orientationd,
     RandAdjustContrastd,
     RandAffined,
     RandCropByLabelClassesd,
     RandFlipd,
     RandGaussianNoised,
     RandGaussianSmoothd,
+    RandomizableTransform,
     RandScaleIntensityd,
     RandShiftIntensityd,
     RandSimulateLowResolutiond,
-    ScaleIntensityRanged,
-    Spacingd,
-    SpatialPadd,
 )
 
-from medseg.errors import MedsegError
 from medseg.io import load_scan
+from medseg.network_input import NetworkInput
 from medseg.scan_checks import check_same_grid
 
 BODY_HU = -500.0  # voxels above this are the patient, below is air around them
@@ -53,22 +52,9 @@ class LoadScand(MapTransform):
         return out
 
 
-def geometry_transforms(spacing: Sequence[float], keys=("image", "label")) -> list:
-    """Load, reorient to RAS and resample to the working spacing (labels by nearest neighbour)."""
-    modes = ["bilinear" if k == "image" else "nearest" for k in keys]
-    return [
-        LoadScand(keys),
-        Orientationd(keys, axcodes="RAS", labels=None),  # axis labels from the meta space
-        Spacingd(keys, pixdim=tuple(spacing), mode=modes, dtype=np.float32),
-    ]
-
-
-def normalize_transform(intensity: Mapping, keys=("image",)) -> ScaleIntensityRanged:
-    """nnU-Net's CT normalisation as one linear map: clip to [lo, hi], then z-score."""
-    lo, hi = intensity["clip"]
-    mean, std = intensity["mean"], intensity["std"]
-    return ScaleIntensityRanged(keys, a_min=lo, a_max=hi, b_min=(lo - mean) / std,
-                                b_max=(hi - mean) / std, clip=True)
+def geometry_transforms(spec: NetworkInput, keys=("image", "label")) -> list:
+    """Load, then reorient and resample to the working grid as spec defines it."""
+    return [LoadScand(keys), *spec.working_grid(keys)]
 
 
 # Patch centres kept per class and case, evenly spread over the class's voxels (nnU-Net keeps
@@ -76,16 +62,63 @@ def normalize_transform(intensity: Mapping, keys=("image",)) -> ScaleIntensityRa
 CLASS_LOCATIONS = 10_000
 
 
-def training_cache_transforms(spacing: Sequence[float], num_classes: int,
+def training_cache_transforms(spec: NetworkInput, num_classes: int,
                               class_locations: int | None = CLASS_LOCATIONS) -> Compose:
-    """The deterministic, cacheable part of training: geometry, body crop, class locations."""
+    """The deterministic, cacheable part of training: geometry, body crop, padding to at least
+    a sample (air and background, as inference pads), class locations."""
     return Compose([
-        *geometry_transforms(spacing),
+        *geometry_transforms(spec),
+        RecordShaped("image"),
         CropForegroundd(("image", "label"), source_key="image", select_fn=lambda x: x > BODY_HU,
                         margin=2, allow_smaller=True),
+        *spec.pad_to_sample(),
         EnsureTyped("label", dtype=torch.uint8),
         ClassesToIndicesd("label", num_classes=num_classes, max_samples_per_class=class_locations),
     ])
+
+
+class RecordShaped(MapTransform):
+    """Keep the scan's size on the working grid (before crop and padding) as "working_shape"."""
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        out = dict(data)
+        out["working_shape"] = [int(n) for n in out[self.keys[0]].shape[1:]]
+        return out
+
+
+def validation_cache_transforms(spec: NetworkInput) -> Compose:
+    """Validation cases on the working grid, uncropped and unpadded: what inference predicts on."""
+    return Compose([*geometry_transforms(spec), EnsureTyped("label", dtype=torch.uint8)])
+
+
+class RandOrganContrastd(RandomizableTransform, MapTransform):
+    """Contrast-phase augmentation: shift each labelled organ's HU by its own random offset.
+
+    Iodine raises organs by different amounts in each phase (the aorta by about 240 HU in the
+    arterial phase, the liver by about 50 in the portal venous one), so a model trained on one
+    phase sees another's organs at unfamiliar intensities. Independent per-organ offsets in HU
+    (before normalisation) teach it to rely on shape and context instead. Keys: image, label.
+    """
+
+    def __init__(self, keys=("image", "label"), prob: float = 0.3,
+                 offsets_hu: tuple[float, float] = (-150.0, 250.0)):
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
+        self.offsets_hu = offsets_hu
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        out = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return out
+        image_key, label_key = self.keys
+        label = torch.as_tensor(out[label_key]).long()
+        organs = [c for c in torch.unique(label).tolist() if c > 0]
+        offsets = torch.zeros(max(organs, default=0) + 1)
+        for organ in organs:
+            offsets[organ] = float(self.R.uniform(*self.offsets_hu))
+        out[image_key] = out[image_key] + offsets[label].to(out[image_key].dtype)
+        return out
 
 
 AUGMENTATIONS = ("light", "nnunet")
@@ -135,55 +168,24 @@ class SlicesToChannelsd(MapTransform):
         return out
 
 
-def sample_size(patch_size: Sequence[int], spatial_dims: int,
-                context_slices: int = 0) -> tuple[int, ...]:
-    """What the sampler crops: the patch in 3D; in 2D an in-plane patch 1+2K slices thick."""
-    if spatial_dims == 3:
-        return tuple(patch_size)
-    return (*patch_size[:2], 1 + 2 * context_slices)
-
-
-def training_sample_transforms(intensity: Mapping, patch_size: Sequence[int],
-                               num_classes: int, affine_prob: float = 0.25,
-                               augment: str = "light", spatial_dims: int = 3,
-                               context_slices: int = 0) -> Compose:
+def training_sample_transforms(spec: NetworkInput, num_classes: int, affine_prob: float = 0.25,
+                               augment: str = "light", contrast_prob: float = 0.3) -> Compose:
     """Random part: class-balanced patches (so small organs are seen), then augmentation.
 
-    In 2D mode the patches are slabs of 1+2K axial slices from the same cached 3D volumes,
-    turned into K-neighbour channel stacks at the end (SlicesToChannelsd).
+    Cached cases are at least a sample large (padded as spec says), so crops never pad. In 2D
+    mode the patches are slabs of 1+2K axial slices from the same cached 3D volumes, turned into
+    K-neighbour channel stacks at the end (SlicesToChannelsd).
     """
     # Background gets half an organ's share; every organ is a patch centre equally often.
     ratios = [0.5] + [1.0] * (num_classes - 1)
     keys = ("image", "label")
-    size = sample_size(patch_size, spatial_dims, context_slices)
     return Compose([
-        SpatialPadd(keys, spatial_size=size, mode="edge"),
-        RandCropByLabelClassesd(keys, label_key="label", spatial_size=size, ratios=ratios,
-                                num_classes=num_classes, indices_key="label_cls_indices",
-                                warn=False),
-        normalize_transform(intensity),
+        RandCropByLabelClassesd(keys, label_key="label", spatial_size=spec.sample_size,
+                                ratios=ratios, num_classes=num_classes,
+                                indices_key="label_cls_indices", warn=False),
+        RandOrganContrastd(keys, prob=contrast_prob),
+        spec.normalize(),
         *augmentation_transforms(augment, affine_prob),
         EnsureTyped(keys, dtype=(torch.float32, torch.long), track_meta=False),
-        *([SlicesToChannelsd(keys)] if spatial_dims == 2 else []),
+        *([SlicesToChannelsd(keys)] if spec.spatial_dims == 2 else []),
     ])
-
-
-def foreground_intensity_stats(items: Sequence[Mapping], max_voxels: int = 2_000_000,
-                               seed: int = 0) -> dict:
-    """Percentiles 0.5/99.5, mean and std of labelled voxels: the CT normalisation settings."""
-    rng = np.random.default_rng(seed)
-    per_case = max(1, max_voxels // max(1, len(items)))
-    samples = []
-    for item in items:
-        values = np.asarray(item["image"])[np.asarray(item["label"]) > 0]
-        if values.size > per_case:
-            values = rng.choice(values, per_case, replace=False)
-        samples.append(values.astype(np.float64))
-    voxels = np.concatenate(samples) if samples else np.empty(0)
-    if voxels.size == 0:
-        raise MedsegError(f"none of the {len(items)} training labels has an organ voxel; check "
-                          "the manifest's label paths")
-    lo, hi = np.percentile(voxels, [0.5, 99.5])
-    clipped = np.clip(voxels, lo, hi)
-    return {"clip": [float(lo), float(hi)], "mean": float(clipped.mean()),
-            "std": float(max(clipped.std(), 1e-3))}

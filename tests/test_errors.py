@@ -35,10 +35,10 @@ from medseg.io import check_writable, list_scans, load_scan
 from medseg.manifest import load_manifest
 from medseg.memory import check_inference_memory, inference_bytes
 from medseg.models import build_model
-from medseg.planning import make_plan
+from medseg.planning import ct_normalization, make_plan
 from medseg.predictor import InferOptions, Predictor
 from medseg.train import resume_from
-from medseg.transforms import LoadScand, foreground_intensity_stats
+from medseg.transforms import LoadScand
 
 LABELS = {"0": "background", "1": "liver", "2": "spleen"}
 SHAPE = (12, 10, 8)
@@ -315,9 +315,9 @@ def test_an_all_background_label_warns_and_an_all_background_data_set_is_refused
     path = write_nifti(tmp_path / "empty_label.nii.gz", np.zeros(SHAPE, np.uint8))
     label = load_scan(path, what="label")
     assert any("empty_label.nii.gz: the label is all background" in w for w in warnings_seen)
-    item = {"image": torch.as_tensor(ct()[None]), "label": label}
-    with pytest.raises(MedsegError, match="none of the 1 training labels has an organ voxel"):
-        foreground_intensity_stats([item])
+    image = torch.as_tensor(ct()[None])
+    with pytest.raises(MedsegError, match="none of the training labels has an organ voxel"):
+        ct_normalization(image[label > 0].numpy())
 
 
 def test_nrrd_image_and_label_on_different_grids_are_refused_once_loaded(tmp_path):

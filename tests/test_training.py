@@ -104,6 +104,16 @@ def test_poly_and_warmup_cosine_schedules():
     assert learning_rate(cosine, 110, 110) == pytest.approx(0.0, abs=1e-12)
 
 
+TINY_INTENSITY = {"clip": [-1000.0, 300.0], "mean": 50.0, "std": 200.0}
+
+
+def _cache_transforms(spacing: float, patch=(16, 16, 8)):
+    from medseg.network_input import NetworkInput
+    from medseg.transforms import training_cache_transforms
+
+    return training_cache_transforms(NetworkInput((spacing,) * 3, TINY_INTENSITY, patch), 10)
+
+
 def _phantom_item():
     from monai.data import MetaTensor
     from monai.transforms import ClassesToIndicesd
@@ -118,11 +128,12 @@ def _phantom_item():
 
 @pytest.mark.parametrize("augment", ["light", "nnunet"])
 def test_patches_are_mostly_foreground_and_cover_every_organ(augment):
+    from medseg.network_input import NetworkInput
     from medseg.transforms import training_sample_transforms
 
     item = _phantom_item()
-    intensity = {"clip": [-1000.0, 300.0], "mean": 50.0, "std": 200.0}
-    sample = training_sample_transforms(intensity, (32, 32, 24), 10, augment=augment)
+    spec = NetworkInput((4, 4, 4), TINY_INTENSITY, (32, 32, 24))
+    sample = training_sample_transforms(spec, 10, augment=augment)
     sample.set_random_state(seed=1)
     patches = [sample(item)[0] for _ in range(60)]
     assert all(tuple(p["image"].shape) == (1, 32, 32, 24) for p in patches)
@@ -137,11 +148,13 @@ def test_disk_cache_gives_the_same_cases_and_is_reused(tiny_dataset, tmp_path):
     from medseg.train import cache_cases
 
     cases, _ = load_manifest(tiny_dataset)
-    in_memory = cache_cases(cases[:1], (8.0, 8.0, 8.0), 10)
-    on_disk = cache_cases(cases[:1], (8.0, 8.0, 8.0), 10, cache_dir=str(tmp_path))
-    files = sorted(tmp_path.iterdir())
-    again = cache_cases(cases[:1], (8.0, 8.0, 8.0), 10, cache_dir=str(tmp_path))
-    assert len(files) == 1 and sorted(tmp_path.iterdir()) == files
+    in_memory = cache_cases(cases[:1], _cache_transforms(8.0))
+    on_disk = cache_cases(cases[:1], _cache_transforms(8.0), cache_dir=str(tmp_path))
+    files = sorted(tmp_path.rglob("*"))
+    again = cache_cases(cases[:1], _cache_transforms(8.0), cache_dir=str(tmp_path))
+    assert len(files) == 2 and sorted(tmp_path.rglob("*")) == files  # a folder, one case
+    cache_cases(cases[:1], _cache_transforms(6.0), cache_dir=str(tmp_path))
+    assert len(list(tmp_path.iterdir())) == 2  # another spacing: not the same cached case
     for item in (on_disk[0], again[0]):
         assert torch.equal(torch.as_tensor(item["image"]), torch.as_tensor(in_memory[0]["image"]))
         assert torch.equal(torch.as_tensor(item["label"]), torch.as_tensor(in_memory[0]["label"]))
@@ -155,7 +168,7 @@ def test_cache_keeps_a_bounded_even_spread_of_patch_centres_per_class(tiny_datas
     from medseg.transforms import CLASS_LOCATIONS
 
     cases, _ = load_manifest(tiny_dataset)
-    item = cache_cases(cases[:1], (4.0, 4.0, 4.0), 10)[0]
+    item = cache_cases(cases[:1], _cache_transforms(4.0))[0]
     label = torch.as_tensor(item["label"]).flatten()
     capped = 0
     for cls, locations in enumerate(item["label_cls_indices"]):
@@ -184,7 +197,7 @@ def test_training_from_the_disk_cache_matches_training_from_memory(tiny_dataset,
 
     train(_tiny_config(tiny_dataset, tmp_path / "memory", epochs=2))
     train(_tiny_config(tiny_dataset, tmp_path / "disk", epochs=2, cache_dir=str(tmp_path / "c")))
-    assert len(list((tmp_path / "c").iterdir())) == 3  # every case cached, validation's too
+    assert len([f for f in (tmp_path / "c").rglob("*") if f.is_file()]) == 3  # val too
     memory, disk = (torch.load(tmp_path / run / "last.pt", weights_only=True)["state_dict"]
                     for run in ("memory", "disk"))
     assert all(torch.equal(memory[k], disk[k]) for k in memory)

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import torch
 
-from medseg.transforms import SlicesToChannelsd, sample_size
+from medseg.network_input import NetworkInput
+from medseg.transforms import SlicesToChannelsd
+
+INTENSITY = {"clip": [-1000.0, 300.0], "mean": 50.0, "std": 200.0}
 
 
 def test_sample_size_is_the_patch_in_3d_and_a_thin_slab_in_2d():
-    assert sample_size((80, 64, 48), 3) == (80, 64, 48)
-    assert sample_size((80, 64, 48), 2) == (80, 64, 1)
-    assert sample_size((80, 64, 48), 2, context_slices=2) == (80, 64, 5)
+    def size(dims, k=0):
+        return NetworkInput((4, 4, 4), INTENSITY, (80, 64, 48), dims, k).sample_size
+
+    assert size(3) == (80, 64, 48)
+    assert size(2) == (80, 64, 1)
+    assert size(2, k=2) == (80, 64, 5)
 
 
 def test_slab_slices_become_channels_in_order_and_the_label_is_the_centre_slice():

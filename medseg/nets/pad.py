@@ -12,18 +12,22 @@ import torch.nn.functional as F
 class PadToMultiple(nn.Module):
     """Pad each spatial side (at its end, by edge replication) to a multiple, run, crop back.
 
+    The multiple is one number, or one per axis (networks that pool some axes less).
+
     Pooling and strided layers need sides divisible by the network's total stride; patches and
     scans rarely are. Lists (deep supervision) are cropped level by level.
     """
 
-    def __init__(self, net: nn.Module, multiple: int):
+    def __init__(self, net: nn.Module, multiple: int | tuple[int, ...]):
         super().__init__()
         self.net, self.multiple = net, multiple
 
     def forward(self, x: torch.Tensor):
         """The network's output for x, cut to x's spatial size (or its fraction, per level)."""
         size = x.shape[2:]
-        pad = [-s % self.multiple for s in size]
+        multiples = ((self.multiple,) * len(size) if isinstance(self.multiple, int)
+                     else self.multiple)
+        pad = [-s % m for s, m in zip(size, multiples)]
         if any(pad):
             x = F.pad(x, [p for side in reversed(pad) for p in (0, side)], mode="replicate")
         out = self.net(x)

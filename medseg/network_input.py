@@ -1,0 +1,99 @@
+"""What the network sees: the one definition shared by training, validation and inference.
+
+A scan becomes network input in three steps, and every code path takes them from here:
+1. geometry: reorient to RAS and resample to the working spacing (labels by nearest neighbour);
+2. intensity: clip to the CT window and z-score (`normalize`);
+3. padding: a scan smaller than a patch along an axis is padded with air (-1024 HU, so after
+   normalisation the window's lowest value, `pad_value`), and its label with background.
+   Training pads its cached cases that way; the sliding window pads with the same value.
+
+Checkpoints carry it (`to_config`), so `medseg infer` rebuilds exactly what training used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from monai.transforms import Orientationd, ScaleIntensityRanged, Spacingd, SpatialPadd
+
+AIR_HU = -1024.0  # what a scan is padded with: outside the patient there is air
+ORIENTATION = "RAS"
+# Checkpoints written before padding was part of the definition: training padded by repeating
+# the edge, inference with the normalised value 0. Inference keeps doing the latter for them.
+LEGACY_PADDING = "zero"
+PADDINGS = ("air", LEGACY_PADDING)
+
+
+@dataclass(frozen=True)
+class NetworkInput:
+    """Working spacing, CT normalisation, patch and padding: how a scan becomes input."""
+
+    spacing: tuple[float, float, float]
+    intensity: Mapping  # {"clip": [lo, hi], "mean": m, "std": s}, in HU
+    patch_size: tuple[int, ...]
+    spatial_dims: int = 3
+    context_slices: int = 0
+    padding: str = "air"
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> NetworkInput:
+        """From a checkpoint's or run's config (older checkpoints: legacy padding)."""
+        model = config.get("model", {})
+        return cls(spacing=tuple(float(s) for s in config["spacing"]),
+                   intensity=dict(config["intensity"]),
+                   patch_size=tuple(int(p) for p in config["patch_size"]),
+                   spatial_dims=int(model.get("spatial_dims", 3)),
+                   context_slices=int(model.get("context_slices", 0)),
+                   padding=config.get("padding", LEGACY_PADDING))
+
+    def to_config(self) -> dict:
+        """The keys a checkpoint stores (plain JSON types); from_config reads them back."""
+        return {"spacing": list(self.spacing), "intensity": dict(self.intensity),
+                "patch_size": list(self.patch_size), "padding": self.padding,
+                "orientation": ORIENTATION}
+
+    def working_grid(self, keys: Sequence[str] = ("image",)) -> list:
+        """Reorient to RAS and resample to the working spacing (images linear, labels nearest)."""
+        modes = ["bilinear" if k == "image" else "nearest" for k in keys]
+        return [Orientationd(keys, axcodes=ORIENTATION, labels=None),
+                Spacingd(keys, pixdim=self.spacing, mode=modes, dtype=np.float32)]
+
+    def normalize(self, keys: Sequence[str] = ("image",)) -> ScaleIntensityRanged:
+        """nnU-Net's CT normalisation as one linear map: clip to [lo, hi], then z-score."""
+        lo, hi = self.intensity["clip"]
+        return ScaleIntensityRanged(keys, a_min=lo, a_max=hi, b_min=self.normalized(lo),
+                                    b_max=self.normalized(hi), clip=True)
+
+    def normalized(self, hu: float) -> float:
+        """An HU value as the network sees it."""
+        lo, hi = self.intensity["clip"]
+        return (min(max(hu, lo), hi) - self.intensity["mean"]) / self.intensity["std"]
+
+    @property
+    def pad_value(self) -> float:
+        """The normalised value the sliding window pads with: air, as training pads."""
+        return 0.0 if self.padding == LEGACY_PADDING else self.normalized(AIR_HU)
+
+    @property
+    def sample_size(self) -> tuple[int, ...]:
+        """What training crops: the patch in 3D; in 2D an in-plane patch 1+2K slices thick."""
+        if self.spatial_dims == 3:
+            return tuple(self.patch_size)
+        return (*self.patch_size[:2], 1 + 2 * self.context_slices)
+
+    @property
+    def window(self) -> tuple[int, ...]:
+        """Sliding-window size: the patch in 3D; in 2D its in-plane size over all slices (-1)."""
+        if self.spatial_dims == 3:
+            return tuple(self.patch_size)
+        return (*self.patch_size[:2], -1)
+
+    def pad_to_sample(self) -> list:
+        """Training's padding of cases smaller than a sample: images with air, labels with 0.
+
+        Done on raw HU before normalisation, which maps AIR_HU to exactly `pad_value`.
+        """
+        return [SpatialPadd("image", self.sample_size, mode="constant", value=AIR_HU),
+                SpatialPadd("label", self.sample_size, mode="constant", value=0)]
