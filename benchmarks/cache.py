@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from medseg.manifest import load_manifest
+from medseg.network_input import NetworkInput
 from medseg.synth import write_synthetic_dataset
 from medseg.transforms import CLASS_LOCATIONS, training_cache_transforms
 
@@ -39,7 +40,9 @@ def nbytes(value) -> int:
 
 
 def cache_bytes(cases: list[dict], spacing, num_classes: int, class_locations) -> dict:
-    transforms = training_cache_transforms(spacing, num_classes, class_locations)
+    spec = NetworkInput(tuple(spacing), {"clip": [-1000.0, 500.0], "mean": 50.0, "std": 200.0},
+                        (16, 16, 16))  # a patch smaller than any phantom: nothing padded
+    transforms = training_cache_transforms(spec, num_classes, class_locations)
     start = time.perf_counter()
     items = [transforms(dict(case)) for case in cases]
     seconds = time.perf_counter() - start

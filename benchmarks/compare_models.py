@@ -37,7 +37,9 @@ def run_model(name: str, dims: int, out: Path, iterations: int, batch_size: int 
     heldout = ensure_dataset(out / "data" / "heldout", HELDOUT_CASES, seed=1).parent
     run = out / f"{name}_{dims}d"
     epochs = math.ceil(iterations / ITERS_PER_EPOCH)
+    # The demo recipe's grid and patch for every model (docs/models.md); intensity is planned.
     config = TrainConfig(manifest=str(train_manifest), output=str(run), model=name,
+                         spacing=(4.0, 4.0, 4.0), patch_size=(80, 64, 48),
                          spatial_dims=dims, context_slices=context_slices, epochs=epochs,
                          iters_per_epoch=ITERS_PER_EPOCH, batch_size=batch_size,
                          val_every=epochs)

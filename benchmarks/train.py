@@ -19,6 +19,7 @@ from monai.losses import DiceCELoss
 from monai.transforms import ClassesToIndicesd
 
 from medseg.models import build_model
+from medseg.network_input import NetworkInput
 from medseg.phantoms import make_phantom
 from medseg.runtime import tune_allocator
 from medseg.transforms import training_sample_transforms
@@ -52,8 +53,9 @@ def loader_rate(patches: int, augment: str) -> float:
         item = {"image": MetaTensor(p.image[None].astype(np.float32)),
                 "label": MetaTensor(p.label[None])}
         items.append(ClassesToIndicesd("label", num_classes=CLASSES)(item))
-    intensity = {"clip": [-1000.0, 300.0], "mean": 50.0, "std": 200.0}
-    sample = training_sample_transforms(intensity, PATCH, CLASSES, augment=augment)
+    intensity = {"clip": [-1000.0, 500.0], "mean": 50.0, "std": 200.0}
+    sample = training_sample_transforms(NetworkInput((2.0, 2.0, 2.0), intensity, PATCH), CLASSES,
+                                        augment=augment)
     sample.set_random_state(seed=0)
     sample(items[0])  # warm-up
     start = time.perf_counter()

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from medseg.errors import MedsegError
 from medseg.manifest import load_labels
 
@@ -109,3 +111,15 @@ def totalsegmentator_map(classmap: Path) -> dict:
     labels = {0: "background", **{int(k): v for k, v in raw.items()}}
     named = canonical_labels(labels, str(classmap))
     return {"labels": {str(k): named[k] for k in sorted(named)}}
+
+
+def remap_by_name(mask: np.ndarray, source: dict[int, str], target: dict[int, str]) -> np.ndarray:
+    """A mask's ids moved from one label map to another by organ name (uint8); organs the
+    target lacks become background. E.g. a TotalSegmentator mask onto a data set's labels."""
+    source, target = canonical_labels(source, "source labels"), canonical_labels(target,
+                                                                                "target labels")
+    target_ids = {name: i for i, name in target.items()}
+    lookup = np.zeros(max(max(source), int(mask.max())) + 1, dtype=np.uint8)
+    for source_id, name in source.items():
+        lookup[source_id] = target_ids.get(name, 0)
+    return lookup[np.asarray(mask).astype(np.intp)]

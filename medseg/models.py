@@ -62,6 +62,7 @@ def build_model(name: str, in_channels: int, out_channels: int, spatial_dims: in
     return PadToMultiple(net, net.stride)
 
 
-def volume_model(model: nn.Module, spatial_dims: int, context_slices: int = 0) -> nn.Module:
+def volume_model(model: nn.Module, spatial_dims: int, context_slices: int = 0,
+                 pad_value: float | None = None) -> nn.Module:
     """A model that maps (B, 1, X, Y, Z) volumes to logits: 2D models run slice by slice."""
-    return model if spatial_dims == 3 else SliceWise(model, context_slices)
+    return model if spatial_dims == 3 else SliceWise(model, context_slices, pad_value=pad_value)

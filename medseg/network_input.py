@@ -16,7 +16,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from monai.transforms import Orientationd, ScaleIntensityRanged, Spacingd, SpatialPadd
+from monai.transforms import (
+    BorderPadd,
+    Orientationd,
+    ScaleIntensityRanged,
+    Spacingd,
+    SpatialPadd,
+)
 
 AIR_HU = -1024.0  # what a scan is padded with: outside the patient there is air
 ORIENTATION = "RAS"
@@ -90,10 +96,20 @@ class NetworkInput:
             return tuple(self.patch_size)
         return (*self.patch_size[:2], -1)
 
+    @property
+    def end_slice_padding(self) -> float | None:
+        """2.5D: what lies beyond a volume's end slices as their neighbours (None: repeated)."""
+        return None if self.padding == LEGACY_PADDING else self.pad_value
+
     def pad_to_sample(self) -> list:
         """Training's padding of cases smaller than a sample: images with air, labels with 0.
 
-        Done on raw HU before normalisation, which maps AIR_HU to exactly `pad_value`.
+        In 2.5D, K air slices also go before the first and after the last slice, so end slices
+        are trained with the neighbours inference gives them. Done on raw HU before
+        normalisation, which maps AIR_HU to exactly `pad_value`.
         """
-        return [SpatialPadd("image", self.sample_size, mode="constant", value=AIR_HU),
+        ends = [] if self.spatial_dims == 3 or not self.context_slices else [
+            BorderPadd("image", (0, 0, self.context_slices), mode="constant", value=AIR_HU),
+            BorderPadd("label", (0, 0, self.context_slices), mode="constant", value=0)]
+        return [*ends, SpatialPadd("image", self.sample_size, mode="constant", value=AIR_HU),
                 SpatialPadd("label", self.sample_size, mode="constant", value=0)]

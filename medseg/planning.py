@@ -18,6 +18,7 @@ import numpy as np
 from medseg.errors import MedsegError
 from medseg.manifest import check_case_files, load_manifest
 from medseg.metrics import voxel_spacing
+from medseg.scan_checks import AIR_BELOW_HU
 
 ANISOTROPY_RATIO = 3.0  # nnU-Net: beyond this, the coarse axis keeps a finer target spacing
 # Training memory of the default U-Net, bytes per patch voxel per base-channel (activations,
@@ -37,7 +38,6 @@ SPACING_STEP = 1.25  # how fast the CPU plan coarsens the working spacing
 # Iodine in the arterial phase takes the aorta to 250-450 HU: a clip below that would make it
 # look like unenhanced soft tissue to a model trained on another phase.
 CONTRAST_CEILING_HU = 500.0
-AIR_BELOW_HU = -500.0  # a CT in Hounsfield units has air (lungs, bowel gas, outside the body)
 MIN_STD = 1e-3  # a constant foreground must not divide by zero
 
 
@@ -259,16 +259,21 @@ PLANNED = ("spacing", "patch_size", "batch_size", "intensity")
 def apply_plan(config, plan: dict, plan_path: str | None = None):
     """A config (dataclass) with every planned setting it leaves unset (None) taken from plan.
 
-    The plan's network topology applies only to the model it was planned for, and only when
-    the config sets no channels or strides of its own.
+    The default network's topology is planned for the final patch and spacing (which the
+    recipe or command line may have set), for 3D runs of the model the plan is for, and only
+    when the config sets no channels or strides of its own.
     """
     updates = {k: plan[k] for k in PLANNED if k in plan and getattr(config, k) is None}
     for key in ("spacing", "patch_size"):
         if key in updates:
             updates[key] = tuple(updates[key])
-    own = {"channels", "strides"} & set(config.model_kwargs)
-    if plan.get("model") == config.model and "model_kwargs" in plan and not own:
-        updates["model_kwargs"] = {**config.model_kwargs, **plan["model_kwargs"]}
     if plan_path:
         updates["plan"] = plan_path
-    return dataclasses.replace(config, **updates)
+    config = dataclasses.replace(config, **updates)
+    own = {"channels", "strides"} & set(config.model_kwargs)
+    planned = plan.get("model_kwargs", {}).get("channels")
+    if plan.get("model") == config.model and planned and not own and config.spatial_dims == 3:
+        levels = pooling_strides(config.patch_size, config.spacing)
+        config = dataclasses.replace(config, model_kwargs={**config.model_kwargs,
+                                                           **unet_kwargs(levels, planned[0])})
+    return config

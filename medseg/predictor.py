@@ -81,7 +81,8 @@ class Predictor:
         self.options = options or InferOptions()
         self.device = resolve_device(self.options.device)
         self.labels, self.spec, self.spatial_dims = dict(labels), spec, spec.spatial_dims
-        model = volume_model(network, spec.spatial_dims, spec.context_slices)
+        model = volume_model(network, spec.spatial_dims, spec.context_slices,
+                             spec.end_slice_padding)
         self.members = [_Member(model, spec)]
         return self
 
@@ -108,7 +109,7 @@ class Predictor:
                               f"({first_line(exc)}); use the checkpoint its own run wrote, or "
                               "retrain") from None
         # 2D models see windows that span all slices, so each slice gets its true neighbours.
-        model = volume_model(net, spec.spatial_dims, spec.context_slices)
+        model = volume_model(net, spec.spatial_dims, spec.context_slices, spec.end_slice_padding)
         return _Member(model.to(self.device).eval(), spec)
 
     @property

@@ -24,6 +24,7 @@ log = logging.getLogger("medseg")
 SPACING_RANGE_MM = (0.01, 50.0)
 # CT spans about -1000 HU (air) to over 1000 HU (bone); a narrower range is a normalised copy.
 NORMALISED_RANGE = 50.0
+AIR_BELOW_HU = -500.0  # a CT in HU has air somewhere: lungs, bowel gas, around the body
 
 
 def check_geometry(affine: np.ndarray, path: Path, what: str) -> None:
@@ -82,6 +83,11 @@ def check_intensities(volume: torch.Tensor, path: Path) -> None:
         log.warning("%s: intensities %.4g..%.4g do not look like CT in Hounsfield units (air is "
                     "-1000); medseg normalises HU itself, so give it the original scan", path,
                     lo, hi)
+    elif lo > AIR_BELOW_HU:
+        log.warning("%s: no voxel below %g HU (lowest %.4g), so no air: if these are not "
+                    "Hounsfield units (stored values without their rescale slope and "
+                    "intercept, an offset), convert them; a field of view inside the body is "
+                    "fine", path, AIR_BELOW_HU, lo)
 
 
 def check_label(volume: torch.Tensor, path: Path) -> None:

@@ -141,11 +141,15 @@ def cache_key(transforms) -> str:
     return hashlib.sha256(settings.encode()).hexdigest()[:16]
 
 
+# Notes about scans smaller than a patch name this many cases, then count the rest.
+NAMED_NOTES = 5
+
+
 def check_training_data(cases: list[dict], items: Sequence[dict], labels: dict[int, str],
                         spec: NetworkInput) -> None:
     """One line per finding, naming the case: labels outside the map are errors; scans smaller
     than a patch (padded, as inference pads) and classes no case contains are notes."""
-    present = set()
+    present, small = set(), []
     for case, item in zip(cases, items):
         found = torch.unique(item["label"]).tolist()
         if max(found) >= len(labels) or min(found) < 0:
@@ -155,9 +159,14 @@ def check_training_data(cases: list[dict], items: Sequence[dict], labels: dict[i
         short = [f"{n} < {p} along axis {a}" for a, (n, p)
                  in enumerate(zip(item["working_shape"], spec.sample_size)) if n < p]
         if short:
-            log.warning("%s: smaller than a patch at %s mm (%s); padded with air, its label "
-                        "with background, as inference pads it", case["image"],
-                        "x".join(f"{s:g}" for s in spec.spacing), ", ".join(short))
+            small.append((case["image"], ", ".join(short)))
+    grid = "x".join(f"{s:g}" for s in spec.spacing)
+    for image, short in small[:NAMED_NOTES]:
+        log.warning("%s: smaller than a patch at %s mm (%s); padded with air, its label with "
+                    "background, as inference pads it", image, grid, short)
+    if len(small) > NAMED_NOTES:
+        log.warning("%d more training cases are smaller than a patch at %s mm; padded the same "
+                    "way", len(small) - NAMED_NOTES, grid)
     for label_id, name in labels.items():
         if label_id not in present:
             log.warning("class %r (%d) is in no training case; it is kept, and its validation "

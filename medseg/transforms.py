@@ -11,7 +11,6 @@ import torch
 from monai.transforms import (
     ClassesToIndicesd,
     Compose,
-    CropForegroundd,
     EnsureTyped,
     MapTransform,
     RandAdjustContrastd,
@@ -29,8 +28,6 @@ from monai.transforms import (
 from medseg.io import load_scan
 from medseg.network_input import NetworkInput
 from medseg.scan_checks import check_same_grid
-
-BODY_HU = -500.0  # voxels above this are the patient, below is air around them
 
 
 class LoadScand(MapTransform):
@@ -64,13 +61,17 @@ CLASS_LOCATIONS = 10_000
 
 def training_cache_transforms(spec: NetworkInput, num_classes: int,
                               class_locations: int | None = CLASS_LOCATIONS) -> Compose:
-    """The deterministic, cacheable part of training: geometry, body crop, padding to at least
-    a sample (air and background, as inference pads), class locations."""
+    """The deterministic, cacheable part of training: geometry, padding to at least a sample
+    (air and background, as inference pads), class locations.
+
+    The whole field of view is kept, as inference sees it. Cropping to the body first made
+    every patch wider than the body show it centred between equal bands of padding, while a
+    scan puts it wherever the table was: a model fitted that way on the real case scored Dice
+    0.62 against 0.89 once the patch exceeded the body front to back.
+    """
     return Compose([
         *geometry_transforms(spec),
         RecordShaped("image"),
-        CropForegroundd(("image", "label"), source_key="image", select_fn=lambda x: x > BODY_HU,
-                        margin=2, allow_smaller=True),
         *spec.pad_to_sample(),
         EnsureTyped("label", dtype=torch.uint8),
         ClassesToIndicesd("label", num_classes=num_classes, max_samples_per_class=class_locations),

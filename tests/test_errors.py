@@ -192,6 +192,7 @@ def test_a_blank_scan_is_refused(tmp_path, value):
     ("normalised", np.random.default_rng(1).random(SHAPE, dtype=np.float32), True),
     ("z_scored", np.random.default_rng(2).normal(0, 1, SHAPE).astype(np.float32), True),
     ("no_intercept", (ct() + 1024).astype(np.uint16), True),  # raw detector values, HU + 1024
+    ("offset", (ct() + 600).astype(np.int16), True),  # some stored values below 0, no air
     ("hounsfield", ct(), False),
 ])
 def test_intensities_that_are_not_hounsfield_units_warn_but_load(tmp_path, warnings_seen, name,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from medseg.errors import MedsegError
@@ -101,3 +102,12 @@ def test_ambiguous_or_unknown_label_maps_are_clear_errors(tmp_path):
         load_label_map("btvc")
     with pytest.raises(MedsegError, match="share no organ name"):
         match_label_maps({1: "liver"}, {1: "heart"})
+
+
+def test_remap_by_name_moves_ids_between_maps_and_drops_organs_the_target_lacks():
+    from medseg.labels import remap_by_name
+
+    totalseg = {1: "spleen", 2: "kidney_right", 5: "liver", 52: "aorta", 90: "brain"}
+    ours = {0: "background", 1: "liver", 2: "spleen", 3: "right_kidney", 4: "aorta"}
+    mask = np.array([[0, 1, 2], [5, 52, 90]], dtype=np.uint8)
+    assert remap_by_name(mask, totalseg, ours).tolist() == [[0, 2, 3], [1, 4, 0]]

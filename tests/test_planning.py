@@ -136,8 +136,13 @@ def test_the_plans_network_is_only_for_its_own_model_and_never_over_given_channe
             "intensity": {"clip": [-1000, 500], "mean": 0, "std": 1}, "model": "unet3d",
             "model_kwargs": {"channels": [16, 32], "strides": [[2, 2, 1]]}}
     default = apply_plan(TrainConfig("m.json", "out"), plan)
-    assert default.model_kwargs == plan["model_kwargs"] and default.patch_size == (96, 96, 12)
+    assert default.patch_size == (96, 96, 12)
+    assert default.model_kwargs == {"channels": [16, 32, 64, 128, 256],
+                                    "strides": [[2, 2, 2], [2, 2, 1], [2, 2, 1], [2, 2, 1]]}
     other = apply_plan(TrainConfig("m.json", "out", model="fcn", spacing=(4, 4, 4)), plan)
     assert other.model_kwargs == {} and other.spacing == (4, 4, 4)
+    # A patch set by hand gets the topology planned for it: 8 slices are pooled once.
+    thin = apply_plan(TrainConfig("m.json", "out", patch_size=(64, 64, 8)), plan)
+    assert thin.model_kwargs["strides"] == [[2, 2, 2], [2, 2, 1], [2, 2, 1], [2, 2, 1]]
     own = apply_plan(TrainConfig("m.json", "out", model_kwargs={"channels": (8, 16, 32)}), plan)
     assert own.model_kwargs == {"channels": (8, 16, 32)}

@@ -10,20 +10,26 @@ import torch.nn.functional as F
 class SliceWise(nn.Module):
     """Map (B, 1, X, Y, Z) volumes to (B, C, X, Y, Z) logits with a 2D network, slice by slice.
 
-    Slice z is fed with slices z-K..z+K as channels (K = context_slices; the volume's end slices
-    are repeated at its borders), as training fed them. Slices go through in batches.
+    Slice z is fed with slices z-K..z+K as channels (K = context_slices). Beyond the volume's
+    ends the neighbours are pad_value (air, as training pads them; medseg.network_input), or
+    repeated end slices where pad_value is None (checkpoints from before that definition).
+    Slices go through in batches.
     """
 
-    def __init__(self, net: nn.Module, context_slices: int = 0, slices_per_batch: int = 32):
+    def __init__(self, net: nn.Module, context_slices: int = 0, slices_per_batch: int = 32,
+                 pad_value: float | None = None):
         super().__init__()
         self.net, self.context_slices = net, context_slices
-        self.slices_per_batch = slices_per_batch
+        self.slices_per_batch, self.pad_value = slices_per_batch, pad_value
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
         """Logits for every slice of every volume in the batch."""
         b, _, x, y, z = volume.shape
         k = self.context_slices
-        padded = F.pad(volume, (k, k, 0, 0, 0, 0), mode="replicate")
+        if self.pad_value is None:
+            padded = F.pad(volume, (k, k, 0, 0, 0, 0), mode="replicate")
+        else:
+            padded = F.pad(volume, (k, k, 0, 0, 0, 0), value=self.pad_value)
         stacks = padded[:, 0].unfold(-1, 2 * k + 1, 1)  # (B, X, Y, Z, 2K+1)
         stacks = stacks.permute(0, 3, 4, 1, 2).reshape(b * z, 2 * k + 1, x, y)
         logits = torch.cat([self.net(part) for part in stacks.split(self.slices_per_batch)])
