@@ -43,6 +43,7 @@ from medseg.predictor import OVERLAP, InferOptions, Predictor
 from medseg.runtime import PRECISIONS, autocast, resolve_device, training_precision
 from medseg.transforms import (
     AUGMENTATIONS,
+    CLASS_LOCATIONS,
     training_cache_transforms,
     training_sample_transforms,
     validation_cache_transforms,
@@ -118,27 +119,27 @@ def network_input(cfg: TrainConfig) -> NetworkInput:
                         context_slices=cfg.context_slices)
 
 
-def cache_cases(cases: list[dict], transforms, cache_dir: str | None = None) -> Sequence[dict]:
+def cache_cases(cases: list[dict], transforms, cache_dir: str | None = None,
+                key: str = "cases") -> Sequence[dict]:
     """Load and transform every case once.
 
     Without cache_dir the cases stay in memory (CacheDataset). With cache_dir they stay on disk
-    only (PersistentDataset, read with weights_only=True, like checkpoints) and are read back
-    for every patch: memory then holds a case per loader worker whatever the data set's size,
-    and later runs with the same input definition skip loading and resampling.
+    only (PersistentDataset, read with weights_only=True, like checkpoints), in a folder named
+    by `key`, and are read back for every patch: memory then holds a case per loader worker
+    whatever the data set's size, and later runs with the same key skip loading and resampling.
     """
     if cache_dir:
-        folder = Path(cache_dir) / cache_key(transforms)
-        return PersistentDataset(cases, transforms, cache_dir=folder)
+        return PersistentDataset(cases, transforms, cache_dir=Path(cache_dir) / key)
     # All deterministic transforms, so it hands out the cached cases without copying.
     return CacheDataset(cases, transforms, num_workers=1, progress=False)
 
 
-def cache_key(transforms) -> str:
-    """A folder name that changes with any setting of the cached transforms (spacing, padding)."""
-    settings = repr([(type(t).__name__, sorted((k, repr(v)) for k, v in vars(t).items()
-                                               if k != "R"))
-                     for t in transforms.flatten().transforms])
-    return hashlib.sha256(settings.encode()).hexdigest()[:16]
+def cache_key(kind: str, spec: NetworkInput, num_classes: int = 0) -> str:
+    """A cache folder name that changes with anything the cached cases depend on."""
+    settings = {"kind": kind, "classes": num_classes, "locations": CLASS_LOCATIONS,
+                **spec.to_config(), "dims": spec.spatial_dims, "context": spec.context_slices}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    return f"{kind}-{digest[:12]}"
 
 
 # Notes about scans smaller than a patch name this many cases, then count the rest.
@@ -281,10 +282,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
     spec = network_input(cfg)
     train_items = cache_cases(train_cases, training_cache_transforms(spec, num_classes),
-                              cfg.cache_dir)
+                              cfg.cache_dir, cache_key("train", spec, num_classes))
     check_training_data(train_cases, train_items, labels, spec)
-    val_items = (cache_cases(val_cases, validation_cache_transforms(spec), cfg.cache_dir)
-                 if is_main_process() else [])
+    val_items = (cache_cases(val_cases, validation_cache_transforms(spec), cfg.cache_dir,
+                             cache_key("validation", spec)) if is_main_process() else [])
     validator = Predictor.for_network(model, spec, labels, InferOptions(
         device=str(device), overlap=cfg.overlap, precision=cfg.precision))
     loader = make_loader(train_items, cfg, spec, num_classes)

@@ -145,15 +145,25 @@ def test_patches_are_mostly_foreground_and_cover_every_organ(augment):
 
 def test_disk_cache_gives_the_same_cases_and_is_reused(tiny_dataset, tmp_path):
     from medseg.manifest import load_manifest
-    from medseg.train import cache_cases
+    from medseg.network_input import NetworkInput
+    from medseg.train import cache_cases, cache_key
+    from medseg.transforms import training_cache_transforms
 
     cases, _ = load_manifest(tiny_dataset)
-    in_memory = cache_cases(cases[:1], _cache_transforms(8.0))
-    on_disk = cache_cases(cases[:1], _cache_transforms(8.0), cache_dir=str(tmp_path))
+
+    def cached(spacing, cache_dir=None):
+        spec = NetworkInput((spacing,) * 3, TINY_INTENSITY, (16, 16, 8))
+        return cache_cases(cases[:1], training_cache_transforms(spec, 10), cache_dir,
+                           cache_key("train", spec, 10))
+
+    in_memory = cached(8.0)
+    on_disk = cached(8.0, str(tmp_path))
+    on_disk[0]  # written when first read
     files = sorted(tmp_path.rglob("*"))
-    again = cache_cases(cases[:1], _cache_transforms(8.0), cache_dir=str(tmp_path))
+    again = cached(8.0, str(tmp_path))
+    again[0]
     assert len(files) == 2 and sorted(tmp_path.rglob("*")) == files  # a folder, one case
-    cache_cases(cases[:1], _cache_transforms(6.0), cache_dir=str(tmp_path))
+    cached(6.0, str(tmp_path))[0]
     assert len(list(tmp_path.iterdir())) == 2  # another spacing: not the same cached case
     for item in (on_disk[0], again[0]):
         assert torch.equal(torch.as_tensor(item["image"]), torch.as_tensor(in_memory[0]["image"]))
