@@ -124,12 +124,14 @@ def synth(outdir: Path, cases: int, seed: int, spacing, phase):
 @click.option("--ce-weight", type=click.FloatRange(min=0), help="CE term's weight [1].")
 @click.option("--epochs", type=click.IntRange(min=1), help="[default: 40]")
 @click.option("--iters-per-epoch", type=click.IntRange(min=1), help="[default: 25]")
-@click.option("--batch-size", type=click.IntRange(min=1), help="[default: 2]")
+@click.option("--batch-size", type=click.IntRange(min=1), help="[default: planned]")
 @click.option("--lr", type=float, help="Peak learning rate [default: 0.003].")
-@click.option("--spacing", callback=_parse_triple(float), help="Working spacing in mm [4,4,4].")
+@click.option("--spacing", callback=_parse_triple(float),
+              help="Working spacing in mm, e.g. 3,3,3 [default: planned from the data].")
 @click.option("--patch-size", callback=_parse_triple(int),
-              help="[default: 80,64,48]; in 2D only the first two are used.")
-@click.option("--channels", default=None, help="Encoder widths per level, e.g. 16,32,64,128,256.")
+              help="e.g. 96,96,32 [default: planned]; in 2D only the first two are used.")
+@click.option("--channels", default=None,
+              help="Encoder widths per level, e.g. 16,32,64,128,256 [unet3d: planned].")
 @click.option("--val-every", type=click.IntRange(min=1), help="Epochs between validations [5].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="[default: auto]")
 @click.option("--seed", type=int, help="[default: 0]")

@@ -46,14 +46,14 @@ def parse_labels(raw: dict, source: str, contiguous: bool = True) -> dict[int, s
 
 def load_labels(path: Path, contiguous: bool = True) -> dict[int, str]:
     """Label map from a JSON file: a dataset.json (its "labels") or a plain mapping."""
-    raw = _read_json(Path(path))
+    raw = read_json(Path(path))
     return parse_labels(raw.get("labels", raw), str(path), contiguous=contiguous)
 
 
 def load_manifest(path: Path) -> tuple[list[dict], dict[int, str]]:
     """The training cases (absolute image/label paths, plus any extra keys) and the label map."""
     path = Path(path)
-    data = _read_json(path)
+    data = read_json(path)
     for key in ("labels", "training"):
         if key not in data:
             raise MedsegError(f"{path}: missing key {key!r} (a Decathlon dataset.json needs it)")
@@ -130,7 +130,8 @@ def _nifti_header(path: Path):
                           "not NIfTI: export it again") from None
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A JSON file holding an object, or a one-line MedsegError naming it."""
     if not path.is_file():
         raise MedsegError(f"{path}: {'a folder, not a' if path.is_dir() else 'no such'} JSON "
                           "file; check the path")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import MedsegError
-from medseg.manifest import check_case_files, load_manifest
+from medseg.manifest import check_case_files, load_manifest, read_json
 from medseg.metrics import voxel_spacing
 from medseg.scan_checks import AIR_BELOW_HU
 
@@ -238,19 +238,11 @@ def plan_summary(plan: dict) -> str:
 
 def read_plan(path: Path) -> dict:
     """A plan written by `medseg plan` (or by `medseg train` into its run folder)."""
-    import json
-
     path = Path(path)
     if not path.is_file():
         raise MedsegError(f"{path}: plan not found; make one with `medseg plan --manifest ...`, "
                           "or leave --plan out and training plans by itself")
-    try:
-        plan = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MedsegError(f"{path}: not valid JSON ({exc}); make the plan again") from None
-    if not isinstance(plan, dict):
-        raise MedsegError(f"{path}: not a plan (a JSON object with spacing, patch_size, ...)")
-    return plan
+    return read_json(path)
 
 
 PLANNED = ("spacing", "patch_size", "batch_size", "intensity")

@@ -146,3 +146,16 @@ def test_the_plans_network_is_only_for_its_own_model_and_never_over_given_channe
     assert thin.model_kwargs["strides"] == [[2, 2, 2], [2, 2, 1], [2, 2, 1], [2, 2, 1]]
     own = apply_plan(TrainConfig("m.json", "out", model_kwargs={"channels": (8, 16, 32)}), plan)
     assert own.model_kwargs == {"channels": (8, 16, 32)}
+
+
+def test_a_missing_or_broken_plan_is_one_clear_line(tmp_path):
+    manifest = _dataset(tmp_path, [(2.0, 2.0, 2.0)])
+    broken = tmp_path / "broken.json"
+    broken.write_text("{spacing: 3")
+    for plan, message in ((tmp_path / "none.json", "none.json: plan not found; make one with "
+                                                   "`medseg plan"),
+                          (broken, "broken.json: not valid JSON")):
+        result = CliRunner().invoke(main, ["train", "--manifest", str(manifest), "--output",
+                                           str(tmp_path / "run"), "--plan", str(plan)])
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
