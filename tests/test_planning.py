@@ -104,6 +104,16 @@ def test_plan_of_a_hand_made_data_set(tmp_path):
     assert fractions["organ"] == pytest.approx(480 / 3840)
 
 
+def test_a_gpu_plan_keeps_nnunets_spacing_and_fills_the_memory_budget(tmp_path):
+    manifest = _dataset(tmp_path, [(0.5, 0.5, 1.0), (0.5, 0.5, 1.0), (0.5, 0.5, 1.0)])
+    cpu = make_plan(manifest, device="cpu")
+    gpu = make_plan(manifest, device="cuda", memory_gb=1.0)
+    assert gpu["spacing"] == [0.5, 0.5, 1.0] and gpu["model_kwargs"]["channels"][0] == 32
+    # 20 x 16 x 12 voxels: the whole median scan is one patch, and 1 GB holds 8 of them.
+    assert gpu["patch_size"] == [20, 16, 12] and gpu["batch_size"] == 8
+    assert cpu["model_kwargs"]["channels"][0] == 16 and cpu["batch_size"] == 2
+
+
 def test_plan_command_writes_beside_the_manifest_and_train_uses_it(tmp_path):
     manifest = _dataset(tmp_path, [(1.0, 1.0, 2.0), (2.0, 2.0, 2.0), (3.0, 3.0, 2.0)])
     result = CliRunner().invoke(main, ["plan", "--manifest", str(manifest), "--device", "cpu"])
