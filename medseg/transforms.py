@@ -113,11 +113,11 @@ class RandOrganContrastd(RandomizableTransform, MapTransform):
         if not self._do_transform:
             return out
         image_key, label_key = self.keys
-        label = torch.as_tensor(out[label_key]).long()
-        organs = [c for c in torch.unique(label).tolist() if c > 0]
-        offsets = torch.zeros(max(organs, default=0) + 1)
-        for organ in organs:
-            offsets[organ] = float(self.R.uniform(*self.offsets_hu))
+        label = out[label_key].as_subclass(torch.Tensor).long()  # plain tensors: MetaTensor
+        counts = torch.bincount(label.flatten())  # indexing is ~10x slower
+        offsets = torch.zeros(len(counts))
+        for organ in torch.nonzero(counts[1:]).flatten().tolist():
+            offsets[organ + 1] = float(self.R.uniform(*self.offsets_hu))
         out[image_key] = out[image_key] + offsets[label].to(out[image_key].dtype)
         return out
 
