@@ -69,10 +69,11 @@ class _ProgressSafeHandler(logging.StreamHandler):
 def _prepare_runtime() -> None:
     from medseg.runtime import tune_allocator
 
-    handler = _ProgressSafeHandler()
-    handler.setFormatter(logging.Formatter("warning: %(message)s"))
     logger = logging.getLogger("medseg")
-    logger.addHandler(handler)
+    if not any(isinstance(h, _ProgressSafeHandler) for h in logger.handlers):  # once a process
+        handler = _ProgressSafeHandler()
+        handler.setFormatter(logging.Formatter("warning: %(message)s"))
+        logger.addHandler(handler)
     logger.propagate = False
     tune_allocator()
 
@@ -154,11 +155,14 @@ def synth(outdir: Path, cases: int, seed: int, spacing, phase):
 @click.option("--fold", type=click.IntRange(min=0), help="Validate on this fold of --folds.")
 @click.option("--folds", type=click.IntRange(min=2), help="Folds for --fold [default: 5].")
 @click.option("--resume", is_flag=True, help="Continue OUTPUT's run from its last.pt.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the run OUTPUT holds (its checkpoints and logs) with a new one.")
 @click.option("--nproc", default=1, type=click.IntRange(min=1),
               help="Processes (one per GPU) training with DDP, launched with torchrun.")
 @user_errors
 def train(recipe, channels, upsample, deep_supervision, squared_dice, include_background,
-          class_weights, dice_weight, ce_weight, resume, nproc, compile_model, **options):
+          class_weights, dice_weight, ce_weight, resume, overwrite, nproc, compile_model,
+          **options):
     """Train a segmentation model; writes best.pt, last.pt, log.csv and config.json to OUTPUT."""
     if nproc > 1:
         _relaunch_with_torchrun(nproc)
@@ -179,7 +183,7 @@ def train(recipe, channels, upsample, deep_supervision, squared_dice, include_ba
         if given:  # replaces the recipe's own model_kwargs / loss_kwargs
             overrides[key] = given
     config = build_config(recipe, overrides)
-    result = run_training(config, resume=resume)
+    result = run_training(config, resume=resume, overwrite=overwrite)
     from medseg.distributed import is_main_process
 
     if is_main_process():
@@ -209,15 +213,20 @@ def _parse_numbers(text: str | None, kind, option: str):
                    "spacing, a smaller network), a GPU plan fills --memory-gb.")
 @click.option("--memory-gb", type=click.FloatRange(min=0.5),
               help="GPU memory budget for one training step [default: 80% of the GPU's].")
+@click.option("--overwrite", is_flag=True, help="Replace a plan already at the output path.")
 @user_errors
-def plan(manifest, output, device, memory_gb):
+def plan(manifest, output, device, memory_gb, overwrite):
     """Fingerprint a data set and plan training: spacing, normalisation, patch, batch, network."""
+    from medseg.errors import MedsegError
     from medseg.manifest import write_json
     from medseg.planning import PLAN_NAME, make_plan, plan_summary
     from medseg.runtime import resolve_device
 
-    result = make_plan(manifest, device=resolve_device(device).type, memory_gb=memory_gb)
     target = output or Path(manifest).parent / PLAN_NAME
+    if os.path.lexists(target) and not overwrite:
+        raise MedsegError(f"{target}: a plan (or another file) is already there; pass "
+                          "--overwrite to replace it, or --output to write elsewhere")
+    result = make_plan(manifest, device=resolve_device(device).type, memory_gb=memory_gb)
     write_json(result, target)
     click.echo(f"{plan_summary(result)}; wrote {target}")
 

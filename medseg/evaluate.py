@@ -21,7 +21,14 @@ import numpy as np
 from tqdm import tqdm
 
 from medseg.errors import MedsegError
-from medseg.io import atomic_output, case_name, check_writable, list_scans, load_mask
+from medseg.io import (
+    atomic_output,
+    case_name,
+    check_apart,
+    check_writable,
+    list_scans,
+    load_mask,
+)
 from medseg.labels import LabelMatch, match_label_maps
 from medseg.manifest import write_json
 from medseg.metrics import (
@@ -316,6 +323,8 @@ def evaluate_folders(pred_dir: Path, ref_dir: Path, out_dir: Path, labels: dict[
     `labels` is the reference label map, and the prediction's too unless `pred_labels` is given.
     """
     match = match_label_maps(labels, labels if pred_labels is None else pred_labels)
+    check_apart(pred_dir, out_dir, "predictions")
+    check_apart(ref_dir, out_dir, "references")
     check_writable(out_dir)
     pairs, missing, extra = match_cases(Path(pred_dir), Path(ref_dir))
     results = evaluate_pairs(pairs, match, tolerance_mm, resample, workers, progress)

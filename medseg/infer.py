@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
 from medseg.distributed import all_gather, local_device, rank_and_world
 from medseg.errors import MedsegError, OutputError, find_medseg_error
-from medseg.io import case_name, check_writable, list_scans, load_scan, save_nifti
+from medseg.io import (
+    case_name,
+    check_apart,
+    check_writable,
+    list_scans,
+    load_scan,
+    save_nifti,
+)
 from medseg.memory import check_inference_memory
 from medseg.metrics import voxel_spacing
-from medseg.predictor import InferOptions, Predictor
+from medseg.predictor import MODEL_ID_PREFIX, InferOptions, Predictor
 
 
 @dataclass
@@ -44,9 +53,14 @@ def infer_cases(checkpoints, inputs: Path, out_dir: Path,
     options = options or InferOptions()
     rank, world = rank_and_world()
     options.device = local_device(options.device)
-    scans = shard_for_rank(list_scans(Path(inputs)), rank, world)
+    check_apart(inputs, out_dir)
+    every_scan = list_scans(Path(inputs))
+    check_unique_outputs(every_scan, Path(inputs), out_dir)
     check_writable(out_dir)
     predictor = Predictor(checkpoints, options)
+    if not options.overwrite:
+        check_existing_masks(every_scan, out_dir, predictor.model_id)
+    scans = shard_for_rank(every_scan, rank, world)
     # Closed also when a case stops the batch, so the error starts on a line of its own.
     with tqdm(scans, desc="infer" if world == 1 else f"infer rank {rank}", unit="case") as progress:
         return [segment_case(predictor, scan, out_dir, options, progress) for scan in progress]
@@ -56,7 +70,7 @@ def segment_case(predictor: Predictor, scan_path: Path, out_dir: Path, options: 
                  progress) -> CaseResult:
     """Segment one scan and write its mask (and probabilities) atomically."""
     target = output_path(scan_path, out_dir)
-    if target.exists() and not options.overwrite:
+    if not options.overwrite and mask_author(target) == predictor.model_id:
         return CaseResult(scan_path, target, "skipped")
     start = time.perf_counter()
     try:
@@ -68,7 +82,8 @@ def segment_case(predictor: Predictor, scan_path: Path, out_dir: Path, options: 
             save_nifti(np.moveaxis(probabilities, 0, -1), affine,
                        Path(out_dir) / f"{case_name(scan_path)}_probabilities.nii.gz",
                        like=scan_path)
-        save_nifti(mask, affine, target, like=scan_path)  # the mask last: it marks "done"
+        # The mask last: it marks "done", and its header says which model made it.
+        save_nifti(mask, affine, target, like=scan_path, description=predictor.model_id)
     except Exception as exc:  # noqa: BLE001 - one bad case must not stop a batch
         error = find_medseg_error(exc)
         if isinstance(error, OutputError):
@@ -80,6 +95,43 @@ def segment_case(predictor: Predictor, scan_path: Path, out_dir: Path, options: 
     seconds = time.perf_counter() - start
     progress.set_postfix_str(f"{case_name(scan_path)} {seconds:.1f}s")
     return CaseResult(scan_path, target, "done", seconds)
+
+
+def check_unique_outputs(scans: list[Path], inputs: Path, out_dir: Path) -> None:
+    """Refuse, before any work, scans whose masks would share a name (a.nii, a.nii.gz, a.nrrd,
+    a DICOM folder a/, a_0000.nii.gz): one would silently replace or hide the others."""
+    by_mask: dict[str, list[str]] = {}
+    for scan in scans:
+        by_mask.setdefault(output_path(scan, out_dir).name, []).append(
+            scan.name + ("/" if scan.is_dir() else ""))
+    clashes = [f"{', '.join(names)} -> {mask}" for mask, names in by_mask.items()
+               if len(names) > 1]
+    if clashes:
+        raise MedsegError(f"{inputs}: scans would share a mask name ({'; '.join(clashes)}); "
+                          "rename them so that each case name is unique")
+
+
+def mask_author(path: Path) -> str | None:
+    """The model id a medseg mask records in its header; None for no file or another file."""
+    if not path.is_file():
+        return None
+    try:
+        text = bytes(nib.load(str(path)).header["descrip"]).rstrip(b"\0").decode()
+    except Exception:  # noqa: BLE001 - any unreadable or foreign file is simply not ours
+        return None
+    return text if text.startswith(MODEL_ID_PREFIX) else None
+
+
+def check_existing_masks(scans: list[Path], out_dir: Path, model_id: str) -> None:
+    """Without --overwrite, a mask already there must be this model's (then the case is skipped
+    as finished); any other file of that name is refused before any work."""
+    foreign = [output_path(scan, out_dir) for scan in scans]
+    foreign = [p for p in foreign if os.path.lexists(p) and mask_author(p) != model_id]
+    if foreign:
+        shown = ", ".join(p.name for p in foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise MedsegError(f"{out_dir}: already holds {len(foreign)} file(s) that this model did "
+                          f"not write ({shown}); pass --overwrite to replace them, or choose "
+                          "another output folder")
 
 
 def check_fits_predictor(scan, path: Path, predictor: Predictor, options: InferOptions) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import logging
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -221,13 +222,52 @@ def check_writable(folder: Path) -> None:
         raise _output_error(folder, OSError(errno.EACCES, os.strerror(errno.EACCES)))
 
 
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISLNK, "a symbolic link"))
+
+
+def check_replaceable(path: Path) -> None:
+    """Refuse to replace anything but a regular file of this user's: a folder, a device, a
+    FIFO, a link, or another user's file stays as it is."""
+    try:
+        info = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    kind = next((name for test, name in _KINDS if test(info.st_mode)), None)
+    if kind is not None:
+        raise OutputError(f"{path}: is {kind}, not a file medseg writes; refusing to replace it: "
+                          "choose another output path")
+    if info.st_uid != os.getuid():
+        raise OutputError(f"{path}: belongs to another user (uid {info.st_uid}); refusing to "
+                          "replace it: choose another output path")
+
+
+def check_apart(inputs: Path, output: Path, what: str = "input") -> None:
+    """Refuse an output that is, contains or lies inside an input: writing there would replace
+    the input's files, or put outputs where the next run reads inputs."""
+    source, target = Path(inputs).resolve(), Path(output).resolve()
+    if source == target:
+        relation = "is"
+    elif target.is_relative_to(source):
+        relation = "lies inside"
+    elif source.is_relative_to(target):
+        relation = "contains"
+    else:
+        return
+    raise MedsegError(f"{output}: the output folder {relation} the {what} {inputs}; outputs would "
+                      f"overwrite or mix with it: choose an output folder apart from the {what}")
+
+
 @contextlib.contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds.
 
-    A full disk or a refused write raises OutputError; the temporary file is removed either way.
+    Only a regular file of this user's is ever replaced (check_replaceable). A full disk or a
+    refused write raises OutputError; the temporary file is removed either way.
     """
     path = Path(path)
+    check_replaceable(path)
     # The temp name ends like the target so writers that go by suffix (nibabel: .gz) still work.
     suffix = ".part" + (scan_suffix(path) or path.suffix)
     try:
@@ -252,8 +292,12 @@ def atomic_output(path: Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
-def save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, like: Path | None = None) -> None:
-    """Write array atomically as NIfTI; with a NIfTI `like`, keep its qform and sform exactly."""
+def save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, like: Path | None = None,
+               description: str | None = None) -> None:
+    """Write array atomically as NIfTI; with a NIfTI `like`, keep its qform and sform exactly.
+
+    `description` goes into the header's descrip field (80 bytes), e.g. which model wrote it.
+    """
     if like is not None and scan_suffix(Path(like)) in NIFTI_SUFFIXES:
         header = nib.load(str(like)).header
         image = nib.Nifti1Image(array, None, header=header.copy())
@@ -265,5 +309,7 @@ def save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, like: Path | N
         image.set_sform(affine, code=1)
     image.set_data_dtype(array.dtype)
     image.header.set_slope_inter(1.0, 0.0)
+    if description is not None:
+        image.header["descrip"] = description.encode()[:80]
     with atomic_output(path) as tmp:
         nib.save(image, str(tmp))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from monai.transforms import Compose
 
-from medseg.checkpoint import INFERENCE_KEYS, load_checkpoint
+from medseg.checkpoint import INFERENCE_KEYS, load_checkpoint, resolve_checkpoint
 from medseg.errors import MedsegError, first_line
 from medseg.models import build_model, volume_model
 from medseg.network_input import NetworkInput
@@ -55,6 +56,20 @@ class _Member:
     spec: NetworkInput
 
 
+MODEL_ID_PREFIX = "medseg model "
+
+
+def model_id(checkpoints: list[Path]) -> str:
+    """Names the model (its checkpoint files' contents); masks record it in their header, so a
+    rerun skips only masks this very model finished."""
+    digest = hashlib.sha256()
+    for path in checkpoints:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return MODEL_ID_PREFIX + digest.hexdigest()[:16]
+
+
 class Predictor:
     """One or more trained models (an ensemble averages their probabilities).
 
@@ -69,6 +84,7 @@ class Predictor:
         configs = [load_checkpoint(p, needs=INFERENCE_KEYS) | {"path": p} for p in paths]
         self.labels = {int(k): v for k, v in configs[0]["config"]["labels"].items()}
         self.spec = NetworkInput.from_config(configs[0]["config"])
+        self.model_id = model_id([resolve_checkpoint(p) for p in paths])
         self.members = [self._load_member(c) for c in configs]
         # 3 if any member sees volumes: then a single-slice scan cannot be segmented.
         self.spatial_dims = max(m.spec.spatial_dims for m in self.members)
@@ -81,6 +97,7 @@ class Predictor:
         self.options = options or InferOptions()
         self.device = resolve_device(self.options.device)
         self.labels, self.spec, self.spatial_dims = dict(labels), spec, spec.spatial_dims
+        self.model_id = f"{MODEL_ID_PREFIX}in-memory"
         model = volume_model(network, spec.spatial_dims, spec.context_slices,
                              spec.end_slice_padding)
         self.members = [_Member(model, spec)]

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import math
+import shutil
 import time
 import warnings
 from collections.abc import Sequence
@@ -34,7 +35,7 @@ from medseg.distributed import (
 )
 from medseg.errors import MedsegError
 from medseg.figures import training_curves
-from medseg.io import check_writable
+from medseg.io import check_replaceable, check_writable
 from medseg.losses import build_loss
 from medseg.manifest import check_case_files, load_manifest, write_json
 from medseg.models import build_model
@@ -255,14 +256,19 @@ def in_channels(cfg: TrainConfig) -> int:
     return 1 + 2 * cfg.context_slices if cfg.spatial_dims == 2 else 1
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Run one training job (one rank of it under torchrun); writes best.pt, last.pt, log.csv."""
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Run one training job (one rank of it under torchrun); writes best.pt, last.pt, log.csv.
+
+    A folder that holds a run is continued (resume) or replaced (overwrite), never silently
+    mixed with a new one.
+    """
     start = time.perf_counter()
     out = Path(cfg.output)
     cases, labels = load_manifest(Path(cfg.manifest))
     num_classes = len(labels)
     check_config(cfg, num_classes)
     check_writable(out)
+    claim_run_folder(out, resume, overwrite)
     for case in cases:
         check_case_files(case)
     device = resolve_device(local_device(cfg.device))
@@ -326,6 +332,29 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     report_ranks(model, loader, cfg.seed)
     shutdown()
     return {"best_val_dice": best, "seconds": time.perf_counter() - start}
+
+
+# What a run writes into its folder; any of them there means the folder holds a run.
+RUN_FILES = ("best.pt", "last.pt", "log.csv", "config.json", "split.json", "plan.json",
+             "training_curves.png")
+
+
+def claim_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """A run folder is started empty, continued with resume, or replaced with overwrite."""
+    if resume and overwrite:
+        raise MedsegError("--resume continues a run and --overwrite replaces it: give one of them")
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if resume or not found:
+        return
+    if not overwrite:
+        raise MedsegError(f"{out}: holds a training run ({', '.join(found)}); add --resume to "
+                          "continue it, or --overwrite to start again and replace it")
+    if is_main_process():
+        print(f"replacing the training run in {out}", flush=True)
+        for name in found:
+            check_replaceable(out / name)
+            (out / name).unlink()
+        shutil.rmtree(out / "tensorboard", ignore_errors=True)
 
 
 def planned_config(cfg: TrainConfig, device: torch.device) -> tuple[TrainConfig, dict | None]:

@@ -1,0 +1,161 @@
+"""Nothing a user types destroys data: inputs are never outputs, runs are never clobbered,
+colliding names are refused, and only regular files of the user's own are ever replaced."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import traceback
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import TINY_TRAIN_ARGS, write_nifti
+from test_cli import assert_clean_failure
+from test_errors import ct, tiny_checkpoint
+
+from cli import main
+
+
+def run_cli(*args) -> subprocess.CompletedProcess:
+    """`medseg ARGS` in this process (a fresh process costs seconds of imports), reported like
+    test_cli.run_cli: an exception that escaped the CLI shows as a traceback in stderr."""
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "Traceback: " + "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, stderr)
+
+
+def fingerprints(folder: Path) -> dict[str, str]:
+    """Every file under folder and a digest of its bytes."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def scans(tmp_path) -> Path:
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for name in ("a", "b"):
+        write_nifti(folder / f"{name}.nii.gz", ct())
+    return folder
+
+
+@pytest.mark.parametrize("output, relation", [(".", "is"), ("masks", "lies inside")])
+def test_infer_never_writes_into_its_input_folder(scans, tmp_path, output, relation):
+    before = fingerprints(scans)
+    proc = run_cli("infer", "--model", tiny_checkpoint(tmp_path / "m.pt"), "--input", scans,
+                   "--output", scans / output, "--overwrite", "--device", "cpu")
+    assert_clean_failure(proc, f"the output folder {relation} the input")
+    assert fingerprints(scans) == before and not (scans / "masks").exists()
+
+
+def test_infer_refuses_an_output_folder_that_holds_its_input_file(scans, tmp_path):
+    before = fingerprints(scans)
+    proc = run_cli("infer", "--model", tiny_checkpoint(tmp_path / "m.pt"), "--input",
+                   scans / "a.nii.gz", "--output", scans, "--overwrite", "--device", "cpu")
+    assert_clean_failure(proc, "the output folder contains the input")
+    assert fingerprints(scans) == before
+
+
+def test_evaluate_refuses_to_write_into_its_predictions(scans, tmp_path):
+    proc = run_cli("evaluate", "--pred", scans, "--ref", scans, "--output", scans / "eval",
+                   "--labels", "btcv")
+    assert_clean_failure(proc, "the output folder lies inside the predictions")
+    assert not (scans / "eval").exists()
+
+
+def test_scans_whose_masks_would_share_a_name_are_refused_as_a_batch(tmp_path):
+    import SimpleITK as sitk
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    write_nifti(folder / "a.nii", ct(seed=1))
+    write_nifti(folder / "a.nii.gz", ct(seed=2))
+    sitk.WriteImage(sitk.GetImageFromArray(ct(seed=3)), str(folder / "a.nrrd"))
+    write_nifti(folder / "c_0000.nii.gz", ct(seed=4))
+    write_nifti(folder / "c.nii.gz", ct(seed=5))
+    proc = run_cli("infer", "--model", tiny_checkpoint(tmp_path / "m.pt"), "--input", folder,
+                   "--output", tmp_path / "out", "--device", "cpu")
+    assert_clean_failure(proc, "a.nii, a.nii.gz, a.nrrd -> a.nii.gz",
+                         "c.nii.gz, c_0000.nii.gz -> c.nii.gz", "rename them")
+    assert not (tmp_path / "out").exists()
+
+
+def test_only_this_models_finished_masks_are_skipped(scans, tmp_path):
+    out = tmp_path / "out"
+    first, second = tiny_checkpoint(tmp_path / "m1.pt"), tmp_path / "m2.pt"
+    args = ["--input", scans, "--output", out, "--device", "cpu"]
+    assert run_cli("infer", "--model", first, *args).returncode == 0
+    again = run_cli("infer", "--model", first, *args)
+    assert again.returncode == 0 and "0 done, 2 skipped" in again.stdout
+    tiny_checkpoint(second, intensity={"clip": [-500.0, 500.0], "mean": 0.0, "std": 50.0})
+    written = fingerprints(out)
+    other = run_cli("infer", "--model", second, *args)
+    assert_clean_failure(other, "already holds 2 file(s) that this model did not write",
+                         "--overwrite")
+    assert fingerprints(out) == written
+    (out / "a.nii.gz").unlink()
+    write_nifti(out / "a.nii.gz", np.zeros((4, 4, 4), np.uint8))  # someone else's file
+    foreign = run_cli("infer", "--model", first, *args)
+    assert_clean_failure(foreign, "already holds 1 file(s) that this model did not write "
+                                  "(a.nii.gz)")
+    replaced = run_cli("infer", "--model", second, *args, "--overwrite")
+    assert replaced.returncode == 0 and "2 done" in replaced.stdout
+
+
+def test_train_refuses_to_clobber_a_finished_run_and_replaces_it_only_when_asked(
+        tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--manifest", tiny_dataset, "--output", run, *TINY_TRAIN_ARGS]
+    assert run_cli(*args).returncode == 0
+    before = fingerprints(run)
+    proc = run_cli(*args)
+    assert_clean_failure(proc, "holds a training run", "--resume", "--overwrite")
+    assert fingerprints(run) == before
+    assert_clean_failure(run_cli(*args, "--resume", "--overwrite"), "give one of them")
+    replaced = run_cli(*args, "--overwrite")
+    assert replaced.returncode == 0 and f"replacing the training run in {run}" in replaced.stdout
+    assert len((run / "log.csv").read_text().splitlines()) == 2  # one run's epoch, not two
+    assert len(list((run / "tensorboard").iterdir())) == 1  # one event file, not two runs'
+
+
+def test_plan_refuses_an_existing_file_without_overwrite(tiny_dataset, tmp_path):
+    target = tmp_path / "plan.json"
+    target.write_text("{}")
+    assert_clean_failure(run_cli("plan", "--manifest", tiny_dataset, "--output", target),
+                         "already there", "--overwrite")
+    assert target.read_text() == "{}"
+    proc = run_cli("plan", "--manifest", tiny_dataset, "--output", target, "--overwrite")
+    assert proc.returncode == 0 and "spacing" in json.loads(target.read_text())
+
+
+def test_writes_never_replace_a_fifo_a_folder_or_another_users_file(tiny_run, tmp_path):
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    assert_clean_failure(run_cli("report", tiny_run, "--output", fifo),
+                         "is a FIFO, not a file medseg writes")
+    assert fifo.is_fifo()
+    folder = tmp_path / "folder.png"
+    (folder / "inside").mkdir(parents=True)
+    proc = run_cli("report", tiny_run, "--output", folder)  # click refuses it as it parses
+    assert proc.returncode == 2 and "is a directory" in proc.stderr
+    assert "Traceback" not in proc.stderr and (folder / "inside").is_dir()
+    from medseg.errors import OutputError
+    from medseg.io import atomic_output
+
+    with pytest.raises(OutputError, match="folder.png: is a folder, not a file medseg writes"):
+        with atomic_output(folder):
+            pass
+    assert (folder / "inside").is_dir()
+    if os.getuid() == 0:  # only root can give a file away
+        theirs = tmp_path / "theirs.png"
+        theirs.write_bytes(b"not ours")
+        os.chown(theirs, 12345, 12345)
+        assert_clean_failure(run_cli("report", tiny_run, "--output", theirs),
+                             "belongs to another user (uid 12345)")
+        assert theirs.read_bytes() == b"not ours"
