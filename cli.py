@@ -8,18 +8,43 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import sys
 from pathlib import Path
 
 import click
 
+from medseg.limits import MAX_OVERLAP, MAX_PATCH, SYNTH_SPACING_MM, WORKING_SPACING_MM
+
 EXIT_USER_ERROR = 2
 EXIT_CASES_FAILED = 1
 EXIT_INTERRUPTED = 130
 
 
-def _parse_triple(kind):
+class GivenPath(click.Path):
+    """A path that must not be empty: click would read '' as the current folder."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("is empty; give a file or folder path", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class Finite(click.FloatRange):
+    """A number in a range that is also finite: click's FloatRange lets NaN and infinity by."""
+
+    name = "finite number"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+def _parse_triple(kind, lo, hi):
+    """A callback for 'x,y,z': three finite numbers of `kind` from lo to hi."""
     def parse(ctx, param, value):
         if value is None:
             return None
@@ -28,8 +53,9 @@ def _parse_triple(kind):
         except ValueError:
             raise click.BadParameter(f"expected three comma-separated numbers, got {value!r}") \
                 from None
-        if len(parts) != 3 or any(p <= 0 for p in parts):
-            raise click.BadParameter(f"expected three positive numbers like 3,3,3, got {value!r}")
+        if len(parts) != 3 or not all(math.isfinite(p) and lo <= p <= hi for p in parts):
+            raise click.BadParameter(f"expected three numbers from {lo:g} to {hi:g} like "
+                                     f"{kind(3)},{kind(3)},{kind(3)}, got {value!r}")
         return parts
 
     return parse
@@ -85,10 +111,10 @@ def main():
 
 
 @main.command()
-@click.argument("outdir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("outdir", type=GivenPath(file_okay=False, path_type=Path))
 @click.option("--cases", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--spacing", callback=_parse_triple(float), default=None,
+@click.option("--spacing", callback=_parse_triple(float, *SYNTH_SPACING_MM), default=None,
               help="Fix the voxel spacing in mm (x,y,z); by default it varies per case.")
 @click.option("--phase", type=click.Choice(["non-contrast", "arterial", "portal-venous"]),
               help="Fix the contrast phase; by default it varies per case.")
@@ -102,11 +128,11 @@ def synth(outdir: Path, cases: int, seed: int, spacing, phase):
 
 
 @main.command()
-@click.option("--pipeline", "recipe", type=click.Path(path_type=Path),
+@click.option("--pipeline", "recipe", type=GivenPath(path_type=Path),
               help="A recipe (pipelines/*.yaml) of settings; options given here override it.")
-@click.option("--manifest", type=click.Path(path_type=Path),
+@click.option("--manifest", type=GivenPath(path_type=Path),
               help="Decathlon dataset.json with 'labels' and 'training'.")
-@click.option("--output", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--output", type=GivenPath(file_okay=False, path_type=Path))
 # Unset options fall back to TrainConfig's defaults, so they are defined in one place.
 @click.option("--model", help="unet, unet3d, fcn, dilated, deeplabv3, deeplabv3plus or pspnet "
                               "(docs/models.md) [default: unet3d].")
@@ -121,15 +147,16 @@ def synth(outdir: Path, cases: int, seed: int, spacing, phase):
 @click.option("--squared-dice", is_flag=True, help="Soft Dice with squared denominators.")
 @click.option("--include-background", is_flag=True, help="Count the background in Dice too.")
 @click.option("--class-weights", help="One weight per class, background first, e.g. 0.5,1,2.")
-@click.option("--dice-weight", type=click.FloatRange(min=0), help="Dice term's weight [1].")
-@click.option("--ce-weight", type=click.FloatRange(min=0), help="CE term's weight [1].")
+@click.option("--dice-weight", type=Finite(min=0), help="Dice term's weight [1].")
+@click.option("--ce-weight", type=Finite(min=0), help="CE term's weight [1].")
 @click.option("--epochs", type=click.IntRange(min=1), help="[default: 40]")
 @click.option("--iters-per-epoch", type=click.IntRange(min=1), help="[default: 25]")
 @click.option("--batch-size", type=click.IntRange(min=1), help="[default: planned]")
-@click.option("--lr", type=float, help="Peak learning rate [default: 0.003].")
-@click.option("--spacing", callback=_parse_triple(float),
+@click.option("--lr", type=Finite(min=0, min_open=True),
+              help="Peak learning rate [default: 0.003].")
+@click.option("--spacing", callback=_parse_triple(float, *WORKING_SPACING_MM),
               help="Working spacing in mm, e.g. 3,3,3 [default: planned from the data].")
-@click.option("--patch-size", callback=_parse_triple(int),
+@click.option("--patch-size", callback=_parse_triple(int, 1, MAX_PATCH),
               help="e.g. 96,96,32 [default: planned]; in 2D only the first two are used.")
 @click.option("--channels", default=None,
               help="Encoder widths per level, e.g. 16,32,64,128,256 [unet3d: planned].")
@@ -147,10 +174,10 @@ def synth(outdir: Path, cases: int, seed: int, spacing, phase):
               help="torch.compile the network (slow start, faster steps on GPUs).")
 @click.option("--workers", "num_workers", type=click.IntRange(min=0),
               help="Data-loading processes [default: 0].")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--cache-dir", type=GivenPath(file_okay=False, path_type=Path),
               help="Keep resampled cases on disk here instead of in memory (for data sets "
                    "larger than RAM), and reuse them in later runs.")
-@click.option("--plan", type=click.Path(path_type=Path),
+@click.option("--plan", type=GivenPath(path_type=Path),
               help="A plan from `medseg plan` [default: plan.json beside the manifest, if any].")
 @click.option("--fold", type=click.IntRange(min=0), help="Validate on this fold of --folds.")
 @click.option("--folds", type=click.IntRange(min=2), help="Folds for --fold [default: 5].")
@@ -172,7 +199,7 @@ def train(recipe, channels, upsample, deep_supervision, squared_dice, include_ba
 
     overrides = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
     overrides["compile"] = compile_model
-    model_kwargs = {"channels": _parse_numbers(channels, int, "--channels"),
+    model_kwargs = {"channels": _parse_numbers(channels, int, "--channels", minimum=1),
                     "upsample": upsample, "deep_supervision": deep_supervision or None}
     loss_kwargs = {"squared_pred": squared_dice or None,
                    "include_background": include_background or None,
@@ -191,27 +218,30 @@ def train(recipe, channels, upsample, deep_supervision, squared_dice, include_ba
                    f"in {result['seconds']:.0f}s; checkpoints in {config.output}")
 
 
-def _parse_numbers(text: str | None, kind, option: str):
+def _parse_numbers(text: str | None, kind, option: str, minimum: float = 0):
     """'16,32,64' -> (16, 32, 64); None stays None."""
     if text is None:
         return None
     try:
-        return tuple(kind(v) for v in text.split(","))
+        numbers = tuple(kind(v) for v in text.split(","))
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}",
-                                 param_hint=option) from None
+        numbers = ()
+    if not numbers or not all(math.isfinite(n) and n >= minimum for n in numbers):
+        raise click.BadParameter(f"expected comma-separated finite numbers of at least "
+                                 f"{minimum:g}, got {text!r}", param_hint=option)
+    return numbers
 
 
 @main.command()
-@click.option("--manifest", required=True, type=click.Path(path_type=Path))
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--manifest", required=True, type=GivenPath(path_type=Path))
+@click.option("--output", type=GivenPath(dir_okay=False, path_type=Path),
               help="Where to write the plan [default: plan.json beside the manifest, which "
                    "`medseg train` then uses].")
 @click.option("--device", default="auto", show_default=True,
               type=click.Choice(["auto", "cpu", "cuda"]),
               help="The device training will use: a CPU plan keeps steps affordable (coarser "
                    "spacing, a smaller network), a GPU plan fills --memory-gb.")
-@click.option("--memory-gb", type=click.FloatRange(min=0.5),
+@click.option("--memory-gb", type=Finite(min=0.5),
               help="GPU memory budget for one training step [default: 80% of the GPU's].")
 @click.option("--overwrite", is_flag=True, help="Replace a plan already at the output path.")
 @user_errors
@@ -233,13 +263,13 @@ def plan(manifest, output, device, memory_gb, overwrite):
 
 @main.command()
 @click.option("--model", "checkpoints", required=True, multiple=True,
-              type=click.Path(path_type=Path),
+              type=GivenPath(path_type=Path),
               help="A run folder (uses best.pt) or a checkpoint file; repeat to ensemble folds.")
-@click.option("--input", "inputs", required=True, type=click.Path(path_type=Path),
+@click.option("--input", "inputs", required=True, type=GivenPath(path_type=Path),
               help="A scan (NIfTI, NRRD, MHA), a DICOM series folder, or a folder of them.")
-@click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--output", required=True, type=GivenPath(file_okay=False, path_type=Path))
 @click.option("--overwrite", is_flag=True, help="Redo cases whose mask already exists.")
-@click.option("--overlap", type=click.FloatRange(0, 0.95),
+@click.option("--overlap", type=Finite(0, MAX_OVERLAP),
               help="Fraction by which sliding windows overlap [default: 0.5].")
 @click.option("--sw-batch-size", default=2, show_default=True, type=click.IntRange(min=1))
 @click.option("--tta", is_flag=True,
@@ -248,7 +278,7 @@ def plan(manifest, output, device, memory_gb, overwrite):
               type=click.Choice(["auto", "bf16", "fp16", "fp32"]),
               help="auto: bf16 on CUDA, fp32 on CPU.")
 @click.option("--keep-largest", is_flag=True, help="Keep each organ's largest component only.")
-@click.option("--min-volume", default=0.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--min-volume", default=0.0, show_default=True, type=Finite(min=0),
               help="Remove components smaller than this many mm3.")
 @click.option("--save-probabilities", is_flag=True,
               help="Also write CASE_probabilities.nii.gz (uint8, probability x 255).")
@@ -299,10 +329,10 @@ def _relaunch_with_torchrun(nproc: int) -> None:
 
 
 @main.command()
-@click.option("--pred", required=True, type=click.Path(path_type=Path),
+@click.option("--pred", required=True, type=GivenPath(path_type=Path),
               help="Predicted masks: a file or a folder (cases matched to --ref by name).")
-@click.option("--ref", required=True, type=click.Path(path_type=Path), help="Reference masks.")
-@click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--ref", required=True, type=GivenPath(path_type=Path), help="Reference masks.")
+@click.option("--output", required=True, type=GivenPath(file_okay=False, path_type=Path))
 @click.option("--labels", "labels_spec", default=None,
               help="Label map for both sides: a JSON file (dataset.json or {name: id}) or a "
                    "shipped map (synthetic, btcv, amos, flare22, totalseg_v2); default: "
@@ -311,7 +341,7 @@ def _relaunch_with_torchrun(nproc: int) -> None:
               help="Label map of the references (file or shipped name); overrides --labels.")
 @click.option("--pred-labels", "pred_spec", default=None,
               help="Label map of the predictions; organs are paired with the references by name.")
-@click.option("--nsd-tolerance", default=2.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--nsd-tolerance", default=2.0, show_default=True, type=Finite(min=0),
               help="Normalised surface Dice tolerance in mm.")
 @click.option("--resample-pred", is_flag=True,
               help="Resample predictions on another grid onto the reference grid (nearest "
@@ -337,8 +367,8 @@ def evaluate(pred, ref, output, labels_spec, ref_spec, pred_spec, nsd_tolerance,
 
 
 @main.command()
-@click.argument("rundir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.argument("rundir", type=GivenPath(file_okay=False, path_type=Path))
+@click.option("--output", type=GivenPath(dir_okay=False, path_type=Path), default=None,
               help="PNG to write [default: RUNDIR/training_curves.png].")
 @user_errors
 def report(rundir, output):

@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, first_line
 from medseg.io import atomic_output
 from medseg.metrics import label_boxes, union_box, voxel_spacing
 
@@ -131,8 +131,12 @@ def read_training_log(path: Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.exists():
         raise MedsegError(f"{path}: not found; is this a run folder written by `medseg train`?")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise MedsegError(f"{path}: not a medseg training log (not CSV text: {first_line(exc)}); "
+                          "point at the run folder `medseg train` wrote") from None
     if not rows or not {"epoch", "loss"} <= rows[0].keys():
         raise MedsegError(f"{path}: no epochs logged (expected columns epoch, loss, ...)")
     try:

@@ -45,6 +45,9 @@ def list_scans(path: Path) -> list[Path]:
     path = Path(path)
     if not path.exists():
         raise MedsegError(f"{path}: no such file or folder; check the path")
+    if not (path.is_file() or path.is_dir()):
+        raise MedsegError(f"{path}: neither a file nor a folder (a FIFO, device or socket); give "
+                          "a scan file or a folder of scans")
     if path.is_file():
         _check_scan_file(path)
         return [path]
@@ -214,7 +217,10 @@ def _output_error(path: Path, exc: OSError) -> OutputError:
 def check_writable(folder: Path) -> None:
     """Fail before any work if outputs could not be written to `folder` (created later)."""
     folder = Path(folder).absolute()
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    try:
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+    except OSError as exc:  # e.g. ENAMETOOLONG: exists() raises for such names
+        raise _output_error(folder, exc) from None
     if not existing.is_dir():
         raise OutputError(f"{folder}: cannot write output here ({existing} is a file); choose "
                           "another output folder")

@@ -29,11 +29,15 @@ def parse_labels(raw: dict, source: str, contiguous: bool = True) -> dict[int, s
     for key, value in raw.items():
         key_s, value_s = str(key), str(value)
         if _INTEGER.fullmatch(key_s):
-            labels[int(key_s)] = value_s
+            label_id, name = int(key_s), value_s
         elif _INTEGER.fullmatch(value_s):
-            labels[int(value_s)] = key_s
+            label_id, name = int(value_s), key_s
         else:
             raise MedsegError(f"{source}: label entry {key!r}: {value!r} has no integer id")
+        if label_id in labels:  # "1" and "01": the second would silently rename the organ
+            raise MedsegError(f"{source}: label id {label_id} is given twice ({labels[label_id]!r} "
+                              f"and {name!r}); keep one entry per id")
+        labels[label_id] = name
     if 0 not in labels:
         labels[0] = "background"
     ids = sorted(labels)
@@ -139,6 +143,9 @@ def read_json(path: Path) -> dict:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MedsegError(f"{path}: not valid JSON ({exc}); fix it there") from None
+    except RecursionError:
+        raise MedsegError(f"{path}: nested too deeply to be a data set or plan; fix the "
+                          "file") from None
     if not isinstance(data, dict):
         raise MedsegError(f"{path}: expected a JSON object at the top level, like "
                           "{\"labels\": ..., \"training\": [...]}")

@@ -39,7 +39,7 @@ def load_recipe(path: Path) -> dict:
             raise MedsegError(f"{path}: unknown setting {key!r}{hint}; valid settings: "
                               f"{', '.join(valid)}")
     for key in TUPLE_FIELDS:
-        if key in data:
+        if key in data and isinstance(data[key], list):  # others: refused by name in training
             data[key] = tuple(data[key])
     return data
 

@@ -36,6 +36,7 @@ from medseg.distributed import (
 from medseg.errors import MedsegError
 from medseg.figures import training_curves
 from medseg.io import check_replaceable, check_writable
+from medseg.limits import MAX_OVERLAP, MAX_PATCH, WORKING_SPACING_MM
 from medseg.losses import build_loss
 from medseg.manifest import check_case_files, load_manifest, write_json
 from medseg.models import build_model
@@ -234,15 +235,62 @@ def learning_rate(cfg: TrainConfig, step: int, total: int) -> float:
     return cfg.lr * (1 - step / total) ** 0.9
 
 
+# Numeric settings: (whole number?, lowest, highest, lowest excluded?). None: unbounded.
+NUMBER_RULES = {
+    "epochs": (True, 1, None, False), "iters_per_epoch": (True, 1, None, False),
+    "batch_size": (True, 1, None, False), "val_every": (True, 1, None, False),
+    "warmup_iters": (True, 0, None, False), "num_workers": (True, 0, None, False),
+    "seed": (True, None, None, False), "folds": (True, 2, None, False),
+    "fold": (True, 0, None, False), "spatial_dims": (True, 2, 3, False),
+    "context_slices": (True, 0, None, False),
+    "lr": (False, 0, None, True), "weight_decay": (False, 0, None, False),
+    "val_fraction": (False, 0, 1, True), "overlap": (False, 0, MAX_OVERLAP, False),
+    "affine_prob": (False, 0, 1, False), "contrast_prob": (False, 0, 1, False),
+}
+
+
+def check_number(name: str, value, whole: bool, lo, hi, lo_open: bool = False) -> None:
+    """A setting must be a (whole) number, finite, within [lo, hi] (lo excluded if lo_open)."""
+    kinds = (int,) if whole else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise MedsegError(f"{name}: expected {'a whole number' if whole else 'a number'}, got "
+                          f"{value!r}; fix it in the recipe or on the command line")
+    too_low = lo is not None and (value <= lo if lo_open else value < lo)
+    if not math.isfinite(value) or too_low or (hi is not None and value > hi):
+        bounds = f"{'above' if lo_open else 'at least'} {lo}" if lo is not None else ""
+        bounds += (" and " if bounds and hi is not None else "") + (
+            f"at most {hi}" if hi is not None else "")
+        raise MedsegError(f"{name}: {value!r} is not a finite number {bounds}; fix it in the "
+                          "recipe or on the command line")
+
+
+def check_triple(name: str, value, whole: bool, lo, hi) -> None:
+    """spacing and patch_size: three numbers from lo to hi (or unset, to be planned)."""
+    if value is None:
+        return
+    if not isinstance(value, (tuple, list)) or len(value) != 3:
+        raise MedsegError(f"{name}: expected three numbers like [3, 3, 3], got {value!r}")
+    for part in value:
+        check_number(name, part, whole, lo, hi)
+
+
 def check_config(cfg: TrainConfig, num_classes: int) -> None:
-    """Reject settings that would fail deep inside MONAI with a cryptic message."""
-    if cfg.epochs < 1 or cfg.iters_per_epoch < 1 or (cfg.batch_size or 1) < 1:
-        raise MedsegError("epochs, iterations per epoch and batch size must be at least 1")
+    """Reject settings that would fail deep inside MONAI with a cryptic message, or make a run
+    that cannot learn (a NaN learning rate), naming the setting."""
+    for name, rule in NUMBER_RULES.items():
+        if getattr(cfg, name) is not None:
+            check_number(name, getattr(cfg, name), *rule)
+    check_triple("spacing", cfg.spacing, False, *WORKING_SPACING_MM)
+    check_triple("patch_size", cfg.patch_size, True, 1, MAX_PATCH)
     choices = {"augment": AUGMENTATIONS, "schedule": ("poly", "cosine"),
                "optimizer": ("adamw", "sgd"), "precision": PRECISIONS}
     for key, valid in choices.items():
         if getattr(cfg, key) not in valid:
             raise MedsegError(f"{key} {getattr(cfg, key)!r}: choose one of {', '.join(valid)}")
+    for key in ("model_kwargs", "loss_kwargs"):
+        if not isinstance(getattr(cfg, key), dict):
+            raise MedsegError(f"{key}: expected a mapping like {{channels: [16, 32]}}, got "
+                              f"{getattr(cfg, key)!r}")
     if cfg.context_slices and cfg.spatial_dims != 2:
         raise MedsegError("context slices are for 2D models: add --dims 2, or drop them")
     weights = cfg.loss_kwargs.get("class_weights")
@@ -268,6 +316,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     num_classes = len(labels)
     check_config(cfg, num_classes)
     check_writable(out)
+    if cfg.cache_dir:
+        check_writable(Path(cfg.cache_dir))
     claim_run_folder(out, resume, overwrite)
     for case in cases:
         check_case_files(case)
