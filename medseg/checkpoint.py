@@ -14,6 +14,7 @@ from medseg.errors import MedsegError, first_line
 from medseg.io import atomic_output
 
 FORMAT = 1
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6
 CHECKPOINT_NAMES = ("best.pt", "last.pt")
 # What inference reads from a checkpoint's config (medseg.predictor).
 INFERENCE_KEYS = ("labels", "spacing", "model", "patch_size", "intensity")
@@ -55,15 +56,25 @@ def load_checkpoint(path: Path, needs: tuple[str, ...] = ()) -> dict:
     `needs`: config keys the caller reads; a checkpoint without one of them is refused by name.
     """
     path = resolve_checkpoint(path)
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == ZIP_MAGIC
+    if not is_zip:
+        raise MedsegError(f"{path}: not a checkpoint (torch.save writes zip archives, this is "
+                          "another kind of file); pass a run folder of `medseg train` or its "
+                          "best.pt")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch's own message suggests loading with weights_only=False: exactly what not to do.
         found = re.search(r"GLOBAL (\S+)", str(exc))
-        code = f" ({found.group(1)})" if found else ""
-        raise MedsegError(f"{path}: refused, it holds pickled code{code} that loading would run; "
-                          "use only checkpoints written by `medseg train`") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        if found is None:
+            raise MedsegError(f"{path}: not a medseg checkpoint (torch cannot read it as saved "
+                              "tensors); pass a run folder of `medseg train` or its best.pt"
+                              ) from None
+        raise MedsegError(f"{path}: refused, it holds pickled code ({found.group(1)}) that "
+                          "loading would run; use only checkpoints written by `medseg train`"
+                          ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, ValueError) as exc:
         raise MedsegError(f"{path}: not a readable checkpoint ({first_line(exc)}); it is "
                           "truncated or damaged: copy it again, or use the run's other "
                           "checkpoint") from None

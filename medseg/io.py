@@ -61,9 +61,21 @@ def list_scans(path: Path) -> list[Path]:
     return scans
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
 def _check_scan_file(path: Path) -> None:
-    """Refuse a file that is no scan format medseg reads, before anything is loaded."""
-    if scan_suffix(path):
+    """Refuse a file that is no scan format medseg reads, or a NIfTI whose compression
+    contradicts its name, before anything is loaded."""
+    suffix = scan_suffix(path)
+    if suffix in NIFTI_SUFFIXES:
+        with open(path, "rb") as f:
+            gzipped = f.read(2) == GZIP_MAGIC
+        if gzipped != (suffix == ".nii.gz"):
+            right = ".nii.gz" if gzipped else ".nii"
+            raise MedsegError(f"{path}: named {suffix} but {'' if gzipped else 'not '}"
+                              f"gzip-compressed; rename it to end in {right}")
+    if suffix:
         return
     with open(path, "rb") as f:
         is_dicom = f.read(132)[128:] == b"DICM"  # the DICOM preamble's magic word

@@ -59,7 +59,41 @@ def _dicom_series_files(folder: Path, series_name: str = "") -> tuple[str, ...]:
     else:
         # a de-identified series may have an empty SeriesInstanceUID, which GDCM reports as ""
         series_name = series_ids[0]
-    return tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_name))
+    files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_name))
+    _check_left_out(folder, files)
+    return files
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    """A .dcm name, or the DICOM preamble's magic word."""
+    if path.suffix.lower() == ".dcm":
+        return True
+    with open(path, "rb") as f:
+        return f.read(132)[128:] == b"DICM"
+
+
+def _check_left_out(folder: Path, files: Sequence[str]) -> None:
+    """GDCM leaves slices it cannot parse out of a series, silently: a damaged one is named.
+
+    Only files that carry this series' UID count: another object in the folder (an RTSTRUCT,
+    a DICOMDIR) is left alone.
+    """
+    kept = {Path(name).resolve() for name in files}
+    others = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")
+              and p.resolve() not in kept and _looks_like_dicom(p)]
+    if not others or not files:
+        return
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(files[0])
+    reader.ReadImageInformation()
+    uid = reader.GetMetaData("0020|000e").strip() if reader.HasMetaDataKey("0020|000e") else ""
+    if not uid:
+        return
+    ours = [str(p) for p in others if uid.encode() in p.read_bytes()[:1 << 16]]
+    damaged = _first_unreadable(ours)
+    if damaged is not None:
+        raise ValueError(f"cannot read {folder}: its slice {Path(damaged[0]).name} is damaged "
+                         f"({damaged[1]}); remove that file or export the series again")
 
 
 @contextlib.contextmanager
@@ -111,6 +145,17 @@ def _check_slice_positions(folder: Path, files: Sequence[str]) -> None:
         )
 
 
+def _first_unreadable(files: Sequence[str]) -> tuple[str, str] | None:
+    """The first slice file that cannot be read alone, and why (only after a series failed)."""
+    for name in files:
+        try:
+            with _itk_warnings_hidden():
+                sitk.ReadImage(name)
+        except RuntimeError as err:
+            return name, _sitk_reason(err)
+    return None
+
+
 def _read_one(path: Path, series_name: str, **kwargs: Any) -> sitk.Image:
     """Read one file, or one DICOM series folder, into a SimpleITK image."""
     if not path.exists():
@@ -127,6 +172,11 @@ def _read_one(path: Path, series_name: str, **kwargs: Any) -> sitk.Image:
         with _itk_warnings_hidden():
             image = sitk.ReadImage(list(files), **kwargs)
     except RuntimeError as err:
+        damaged = _first_unreadable(files)
+        if damaged is not None:
+            raise ValueError(f"cannot read {path}: its slice {Path(damaged[0]).name} is damaged "
+                             f"({damaged[1]}); remove that file or export the series "
+                             "again") from err
         raise ValueError(f"cannot read {path}: {_sitk_reason(err)}") from err
     # ITK marks uneven slice steps; only then are the slices' headers read a second time.
     if image.HasMetaDataKey(NON_UNIFORM_SAMPLING):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -79,3 +80,13 @@ def test_a_medseg_0_1_checkpoint_still_predicts(tmp_path):
     bare.eval()
     with torch.no_grad():
         torch.testing.assert_close(predictor.model(x), bare(x))
+
+
+def test_a_file_that_is_no_checkpoint_is_called_that_not_pickled_code(tmp_path):
+    (tmp_path / "notes.pt").write_text("hello, not a checkpoint\n")
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    (tmp_path / "array.npy").rename(tmp_path / "array.pt")
+    for name in ("notes.pt", "array.pt"):
+        with pytest.raises(MedsegError, match=f"{name}: not a checkpoint \\(torch.save writes "
+                                              "zip archives"):
+            load_checkpoint(tmp_path / name)

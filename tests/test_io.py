@@ -133,3 +133,40 @@ def test_outputs_get_ordinary_permissions_not_owner_only(tmp_path):
     os.umask(umask)
     mode = stat.S_IMODE((tmp_path / "mask.nii.gz").stat().st_mode)
     assert mode == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("name, gzipped, advice", [("plain.nii.gz", False, "not gzip-compressed; "
+                                                    "rename it to end in .nii"),
+                                                   ("packed.nii", True, "gzip-compressed; rename "
+                                                    "it to end in .nii.gz")])
+def test_a_nifti_whose_compression_contradicts_its_name_is_named_precisely(tmp_path, name,
+                                                                          gzipped, advice):
+    source = tmp_path / ("s.nii.gz" if gzipped else "s.nii")
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4)), str(source))
+    source.rename(tmp_path / name)
+    with pytest.raises(MedsegError, match=f"{name}: named .* but {advice}"):
+        load_scan(tmp_path / name)
+
+
+def test_a_damaged_slice_of_a_dicom_series_is_named(tmp_path):
+    from conftest import write_dicom_series
+
+    series = tmp_path / "series"
+    write_dicom_series(series, "1.2.3.4", [0.0, 2.0, 4.0, 6.0])
+    victim = sorted(series.iterdir())[2]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) - 20])  # pixel data cut short
+    with pytest.raises(MedsegError, match=f"its slice {victim.name} is damaged"):
+        load_scan(series)
+
+
+def test_another_dicom_object_beside_a_series_is_left_alone(tmp_path):
+    from conftest import write_dicom_series
+
+    series = tmp_path / "series"
+    write_dicom_series(series, "1.2.3.4", [0.0, 2.0, 4.0])
+    write_dicom_series(tmp_path / "other", "1.2.3.9", [0.0])
+    other = next((tmp_path / "other").iterdir())
+    other.write_bytes(other.read_bytes()[:200])  # damaged, but not of this series
+    other.rename(series / "other.dcm")
+    assert load_scan(series).shape == (1, 3, 4, 3)
