@@ -86,12 +86,39 @@ def _check_scan_file(path: Path) -> None:
                       "point at the scan itself")
 
 
+def stored_header(path: Path):
+    """A NIfTI header as the file holds it: nibabel's loader quietly fixes some fields (a
+    zero pixdim becomes 1), which hides what is wrong with the header."""
+    header_class = type(nib.load(str(path)).header)
+    with nib.openers.ImageOpener(str(path)) as f:
+        return header_class.from_fileobj(f, check=False)
+
+
 def _reader_for(path: Path):
     """MONAI reader for a path: nibabel for NIfTI, SimpleITK for the rest (and DICOM folders)."""
     if scan_suffix(path) in NIFTI_SUFFIXES:
         from monai.data import NibabelReader
 
-        return NibabelReader()
+        from medseg.nifti_header import trusted_affine
+
+        class NiftiReader(NibabelReader):
+            """nibabel, with the header's transform chosen (and warned about) once per file.
+
+            From the header as stored: MONAI's reader "corrects" headers whose pixdim and
+            sform disagree, silently, sometimes by putting the qform in the sform's place.
+            """
+
+            def read(self, data, **kwargs):
+                chosen = trusted_affine(stored_header(path), path)
+                images = super().read(data, **kwargs)
+                for image in images if isinstance(images, (list, tuple)) else [images]:
+                    image.medseg_affine = chosen
+                return images
+
+            def _get_affine(self, img):
+                return np.array(getattr(img, "medseg_affine", img.affine), copy=True)
+
+        return NiftiReader()
     from medseg.sitk_reader import SimpleITKReader
 
     return SimpleITKReader()
@@ -310,6 +337,18 @@ def atomic_output(path: Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def _forms_match(header, affine: np.ndarray) -> bool:
+    """Whether every transform the header sets is `affine` (so every reader agrees on it)."""
+    from medseg.nifti_header import FORMS_AGREE_MM, forms_disagree
+
+    try:
+        forms = [header.get_sform(coded=True), header.get_qform(coded=True)]
+    except Exception:  # noqa: BLE001 - a NaN quaternion: not a form to keep
+        return False
+    return all(form is not None and forms_disagree(form, affine) <= FORMS_AGREE_MM
+               for form, code in forms if code > 0)
+
+
 def save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, like: Path | None = None,
                description: str | None = None) -> None:
     """Write array atomically as NIfTI; with a NIfTI `like`, keep its qform and sform exactly.
@@ -321,6 +360,9 @@ def save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, like: Path | N
         image = nib.Nifti1Image(array, None, header=header.copy())
         image.set_qform(header.get_qform(), code=int(header["qform_code"]))
         image.set_sform(header.get_sform(), code=int(header["sform_code"]))
+        if not _forms_match(image.header, affine):  # an ambiguous header: make it one map
+            image.set_qform(affine, code=max(1, int(header["qform_code"])))
+            image.set_sform(affine, code=max(1, int(header["sform_code"])))
     else:
         image = nib.Nifti1Image(array, affine)
         image.set_qform(affine, code=1)

@@ -8,6 +8,7 @@ affines in RAS+), so that downstream transforms treat these files exactly like N
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,6 +20,8 @@ from monai.config import PathLike
 from monai.data.image_reader import ImageReader, _copy_compatible_dict, _stack_images
 from monai.data.utils import orientation_ras_lps
 from monai.utils import ImageMetaKey, MetaKeys, SpaceKeys, ensure_tuple
+
+log = logging.getLogger("medseg")
 
 __all__ = ["SimpleITKReader", "SUFFIXES"]
 
@@ -181,7 +184,20 @@ def _read_one(path: Path, series_name: str, **kwargs: Any) -> sitk.Image:
     # ITK marks uneven slice steps; only then are the slices' headers read a second time.
     if image.HasMetaDataKey(NON_UNIFORM_SAMPLING):
         _check_slice_positions(path, files)
+    _warn_if_not_ct(path, files[0])
     return image
+
+
+def _warn_if_not_ct(folder: Path, first_slice: str) -> None:
+    """medseg's models see CT in Hounsfield units; an MR or PET series gets one line."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(first_slice)
+    reader.ReadImageInformation()
+    modality = reader.GetMetaData("0008|0060").strip() if reader.HasMetaDataKey("0008|0060") \
+        else ""
+    if modality and modality != "CT":
+        log.warning("%s: a DICOM %s series, not CT: medseg's models are trained on CT in "
+                    "Hounsfield units, so their masks of it may mean nothing", folder, modality)
 
 
 class SimpleITKReader(ImageReader):

@@ -87,7 +87,7 @@ def test_save_nifti_keeps_qform_and_sform_of_the_reference(tmp_path):
     ref_img = nib.Nifti1Image(np.zeros((3, 4, 5), np.int16), None)
     qform = np.array([[-0.7, 0, 0, 90], [0, -0.7, 0, 80], [0, 0, 3, -40], [0, 0, 0, 1]])
     sform = qform.copy()
-    sform[:3, 3] += 0.25  # deliberately different, as some scanners write them
+    sform[:3, 3] += 0.004  # float noise between the two, as some scanners write them
     ref_img.set_qform(qform, code=1)
     ref_img.set_sform(sform, code=2)
     ref = tmp_path / "ref.nii.gz"
@@ -100,6 +100,23 @@ def test_save_nifti_keeps_qform_and_sform_of_the_reference(tmp_path):
     assert int(out.header["qform_code"]) == 1 and int(out.header["sform_code"]) == 2
     assert out.get_data_dtype() == np.uint8
     np.testing.assert_array_equal(np.asarray(out.dataobj), mask)
+
+
+def test_save_nifti_gives_a_mask_of_an_ambiguous_reference_one_geometry(tmp_path):
+    """Forms 0.25 mm apart are two geometries: the mask carries the one medseg used in both."""
+    ref_img = nib.Nifti1Image(np.zeros((3, 4, 5), np.int16), None)
+    qform = np.array([[-0.7, 0, 0, 90], [0, -0.7, 0, 80], [0, 0, 3, -40], [0, 0, 0, 1]])
+    sform = qform.copy()
+    sform[:3, 3] += 0.25
+    ref_img.set_qform(qform, code=1)
+    ref_img.set_sform(sform, code=2)
+    nib.save(ref_img, str(tmp_path / "ref.nii.gz"))
+    save_nifti(np.zeros((3, 4, 5), np.uint8), sform, tmp_path / "mask.nii.gz",
+               like=tmp_path / "ref.nii.gz")
+    out = nib.load(str(tmp_path / "mask.nii.gz")).header
+    np.testing.assert_allclose(out.get_qform(), sform, atol=1e-5)
+    np.testing.assert_allclose(out.get_sform(), sform, atol=1e-5)
+    assert int(out["qform_code"]) == 1 and int(out["sform_code"]) == 2
 
 
 def test_load_mask_keeps_the_file_dtype_and_agrees_with_load_scan(tmp_path):
