@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import locale
+import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -21,6 +22,18 @@ def real_data() -> Path:
     if not REAL_DATA.is_dir():
         pytest.skip(f"real CT samples not found at {REAL_DATA}")
     return REAL_DATA
+
+
+@pytest.fixture
+def warnings_seen():
+    """Warnings medseg logs (the CLI turns off propagation to the root logger, so caplog can't)."""
+    records: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger("medseg")
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import os
 import re
 import signal
@@ -71,18 +70,6 @@ def tiny_checkpoint(path: Path, spatial_dims: int = 3, **config) -> Path:
     save_checkpoint(path, build_model("unet3d", 1, len(LABELS), spatial_dims=spatial_dims,
                                       **kwargs), settings)
     return path
-
-
-@pytest.fixture
-def warnings_seen():
-    """Warnings medseg logs (the CLI turns off propagation to the root logger, so caplog can't)."""
-    records: list[str] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda record: records.append(record.getMessage())
-    logger = logging.getLogger("medseg")
-    logger.addHandler(handler)
-    yield records
-    logger.removeHandler(handler)
 
 
 def visible(folder: Path) -> list[str]:

@@ -4,7 +4,6 @@ line saying what medseg used, and masks that ITK and nibabel read alike."""
 from __future__ import annotations
 
 import locale
-import logging
 
 import nibabel as nib
 import numpy as np
@@ -19,17 +18,6 @@ from medseg.predictor import InferOptions
 
 SFORM = np.array([[-1.0, 0, 0, 40], [0, -1.0, 0, 30], [0, 0, 2.0, -10], [0, 0, 0, 1]])
 QFORM = np.array([[1.0, 0, 0, -20], [0, 1.0, 0, -25], [0, 0, 2.0, -10], [0, 0, 0, 1]])
-
-
-@pytest.fixture
-def warnings_seen():
-    records: list[str] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda record: records.append(record.getMessage())
-    logger = logging.getLogger("medseg")
-    logger.addHandler(handler)
-    yield records
-    logger.removeHandler(handler)
 
 
 def nifti(path, sform=None, s_code=1, qform=None, q_code=1, pixdim=None):
