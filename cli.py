@@ -248,11 +248,14 @@ def _parse_numbers(text: str | None, kind, option: str, minimum: float = 0):
 def plan(manifest, output, device, memory_gb, overwrite):
     """Fingerprint a data set and plan training: spacing, normalisation, patch, batch, network."""
     from medseg.errors import MedsegError
-    from medseg.manifest import write_json
+    from medseg.io import check_not_input
+    from medseg.manifest import load_manifest, write_json
     from medseg.planning import PLAN_NAME, make_plan, plan_summary
     from medseg.runtime import resolve_device
 
     target = output or Path(manifest).parent / PLAN_NAME
+    cases, _ = load_manifest(manifest)
+    check_not_input(target, [manifest, *(Path(c[k]) for c in cases for k in ("image", "label"))])
     if os.path.lexists(target) and not overwrite:
         raise MedsegError(f"{target}: a plan (or another file) is already there; pass "
                           "--overwrite to replace it, or --output to write elsewhere")
@@ -374,8 +377,11 @@ def evaluate(pred, ref, output, labels_spec, ref_spec, pred_spec, nsd_tolerance,
 def report(rundir, output):
     """Draw training curves (loss, per-organ validation Dice) from RUNDIR/log.csv as a PNG."""
     from medseg.figures import training_curves
+    from medseg.io import check_not_input
 
-    path = training_curves(rundir / "log.csv", output or rundir / "training_curves.png")
+    target = output or rundir / "training_curves.png"
+    check_not_input(target, [rundir / "log.csv"])
+    path = training_curves(rundir / "log.csv", target)
     click.echo(f"wrote {path}")
 
 

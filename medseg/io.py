@@ -304,6 +304,15 @@ def check_apart(inputs: Path, output: Path, what: str = "input") -> None:
                       f"overwrite or mix with it: choose an output folder apart from the {what}")
 
 
+def check_not_input(output: Path, inputs: list[Path]) -> None:
+    """Refuse an output file that is one of the command's own inputs (--overwrite or not)."""
+    target = Path(output).resolve()
+    for source in inputs:
+        if Path(source).resolve() == target:
+            raise MedsegError(f"{output}: is an input of this command ({source}); writing there "
+                              "would destroy it: choose another output path")
+
+
 @contextlib.contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds.

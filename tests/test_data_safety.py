@@ -159,3 +159,14 @@ def test_writes_never_replace_a_fifo_a_folder_or_another_users_file(tiny_run, tm
         assert_clean_failure(run_cli("report", tiny_run, "--output", theirs),
                              "belongs to another user (uid 12345)")
         assert theirs.read_bytes() == b"not ours"
+
+
+def test_plan_and_report_never_write_over_their_own_inputs(tiny_dataset, tiny_run, tmp_path):
+    manifest_bytes = tiny_dataset.read_bytes()
+    proc = run_cli("plan", "--manifest", tiny_dataset, "--output", tiny_dataset, "--overwrite")
+    assert_clean_failure(proc, "is an input of this command")
+    assert tiny_dataset.read_bytes() == manifest_bytes
+    log_bytes = (tiny_run / "log.csv").read_bytes()
+    proc = run_cli("report", tiny_run, "--output", tiny_run / "log.csv")
+    assert_clean_failure(proc, "is an input of this command")
+    assert (tiny_run / "log.csv").read_bytes() == log_bytes
