@@ -63,7 +63,7 @@ def measured(*args, **kwargs):  # peak RSS of caching and training, before valid
     peaks.append(int(status.split()[0]) * 1024)
     return validate(*args, **kwargs)
 T.validate = measured
-T.train(T.TrainConfig(**json.loads(sys.argv[1])))
+T.train(T.TrainConfig(**json.loads(sys.argv[1])), overwrite=True)
 print(peaks[0])
 """
 

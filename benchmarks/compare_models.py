@@ -43,7 +43,7 @@ def run_model(name: str, dims: int, out: Path, iterations: int, batch_size: int 
                          spatial_dims=dims, context_slices=context_slices, epochs=epochs,
                          iters_per_epoch=ITERS_PER_EPOCH, batch_size=batch_size,
                          val_every=epochs)
-    trained = train(config)
+    trained = train(config, overwrite=True)  # its own folder, rerun
     start = time.perf_counter()
     infer_cases(run, heldout / "imagesTr", run / "predictions", InferOptions(overwrite=True))
     infer_seconds = (time.perf_counter() - start) / HELDOUT_CASES

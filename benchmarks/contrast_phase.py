@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.demo import DEMO_RECIPE
 from medseg.phantoms import PHASES
 from medseg.runtime import tune_allocator
 
-DEMO_RECIPE = Path(__file__).resolve().parents[1] / "pipelines" / "demo_synthetic.yaml"
 HELDOUT_CASES, HELDOUT_SEED, TRAIN_SEED = 6, 1, 0
 
 
@@ -61,7 +61,7 @@ def train_model(name: str, manifest: Path, out: Path, epochs: int) -> Path:
     config = build_config(DEMO_RECIPE, settings)
     print(f"{name}: clip {config.intensity['clip'] if config.intensity else 'planned'}, "
           f"contrast augmentation p={config.contrast_prob}", flush=True)
-    train(config)
+    train(config, overwrite=True)  # its own folder, rerun
     return out / name
 
 

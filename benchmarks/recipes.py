@@ -27,6 +27,7 @@ from pathlib import Path
 
 from benchmarks.tables import organ_dice_table
 from medseg.demo import (
+    DEMO_RECIPE,
     DEMO_TEST_CASES,
     DEMO_TEST_SEED,
     DEMO_TRAIN_CASES,
@@ -35,7 +36,6 @@ from medseg.demo import (
 )
 from medseg.runtime import tune_allocator
 
-DEMO_RECIPE = Path(__file__).resolve().parents[1] / "pipelines" / "demo_synthetic.yaml"
 ITERS_PER_EPOCH = 25
 VARIANTS: dict[str, dict] = {
     # The foundation's recipe: fp32 and 40 epochs, as before bf16 became the default here.
@@ -89,7 +89,7 @@ def run_variant(variant: str, data: Path, out: Path, budget: float | None,
     elif budget is not None:
         length = {"epochs": max(1, round(budget / step / ITERS_PER_EPOCH))}
     config = config_for(variant, manifest, run, cache, **length)
-    trained = train(config)
+    trained = train(config, overwrite=True)  # its own folder, rerun
     epochs = config.epochs
     with open(run / "log.csv", newline="") as f:
         loop_seconds = float(list(csv.DictReader(f))[-1]["seconds"])
