@@ -408,19 +408,22 @@ def claim_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
 
 
 def planned_config(cfg: TrainConfig, device: torch.device) -> tuple[TrainConfig, dict | None]:
-    """The config with every unset planned setting filled: from cfg.plan if given, else from a
-    plan made now from the data (printed in one line); returns the plan too."""
+    """The config with every unset planned setting filled: from cfg.plan if given, and what
+    that leaves unset from a plan made now from the data (printed in one line); returns the
+    plan used too."""
     from medseg.planning import PLANNED, apply_plan, make_plan, plan_summary, read_plan
 
-    if cfg.plan:
-        plan = read_plan(Path(cfg.plan))
-    elif any(getattr(cfg, key) is None for key in PLANNED):
-        plan = make_plan(Path(cfg.manifest), device=device.type, seed=cfg.seed)
+    plan = read_plan(Path(cfg.plan)) if cfg.plan else None
+    if plan is not None:
+        cfg = apply_plan(cfg, plan)
+    if any(getattr(cfg, key) is None for key in PLANNED):  # no plan, or one lacking keys
+        made = make_plan(Path(cfg.manifest), device=device.type, seed=cfg.seed)
         if is_main_process():
-            print(plan_summary(plan), flush=True)
-    else:
+            print(plan_summary(made), flush=True)
+        cfg = apply_plan(cfg, made)
+        plan = {**made, **(plan or {})}
+    if plan is None:
         return cfg, None
-    cfg = apply_plan(cfg, plan)
     overridden = [k for k in PLANNED if k in plan and getattr(cfg, k) != _as_config(plan[k])]
     if overridden and is_main_process():
         print(f"plan: {', '.join(overridden)} set by the recipe or command line", flush=True)

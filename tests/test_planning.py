@@ -169,3 +169,16 @@ def test_a_missing_or_broken_plan_is_one_clear_line(tmp_path):
                                            str(tmp_path / "run"), "--plan", str(plan)])
         assert result.exit_code == 2 and message in result.output, result.output
         assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_a_plan_file_lacking_settings_is_completed_from_the_data(tmp_path):
+    manifest = _dataset(tmp_path, [(2.0, 2.0, 2.0), (2.0, 2.0, 2.0)])
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({"spacing": [4.0, 4.0, 4.0]}))
+    result = CliRunner().invoke(main, ["train", "--manifest", str(manifest), "--output",
+                                       str(tmp_path / "run"), "--plan", str(partial),
+                                       "--epochs", "1", "--iters-per-epoch", "1"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["spacing"] == [4.0, 4.0, 4.0]  # the file's
+    assert config["patch_size"] and config["intensity"]["clip"] == [40.0, 500.0]  # the data's
