@@ -176,6 +176,19 @@ def check_training_data(cases: list[dict], items: Sequence[dict], labels: dict[i
                         "Dice is NaN, not 0", name, label_id)
 
 
+def prepare_cases(cfg: TrainConfig, spec: NetworkInput, train_cases: list[dict],
+                  val_cases: list[dict], labels: dict[int, str]):
+    """Cached, checked training cases as a loader of patches; validation cases (rank 0 only)
+    on the working grid, as inference will see them."""
+    num_classes = len(labels)
+    train_items = cache_cases(train_cases, training_cache_transforms(spec, num_classes),
+                              cfg.cache_dir, cache_key("train", spec, num_classes))
+    check_training_data(train_cases, train_items, labels, spec)
+    val_items = (cache_cases(val_cases, validation_cache_transforms(spec), cfg.cache_dir,
+                             cache_key("validation", spec)) if is_main_process() else [])
+    return make_loader(train_items, cfg, spec, num_classes), val_items
+
+
 def make_loader(items: Sequence[dict], cfg: TrainConfig, spec: NetworkInput, num_classes: int):
     """An epoch's worth of batches (iters_per_epoch) of random class-balanced patches."""
     dataset = Dataset(items, training_sample_transforms(
@@ -337,14 +350,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
               f"device {device}, {world} rank(s)")
 
     spec = network_input(cfg)
-    train_items = cache_cases(train_cases, training_cache_transforms(spec, num_classes),
-                              cfg.cache_dir, cache_key("train", spec, num_classes))
-    check_training_data(train_cases, train_items, labels, spec)
-    val_items = (cache_cases(val_cases, validation_cache_transforms(spec), cfg.cache_dir,
-                             cache_key("validation", spec)) if is_main_process() else [])
+    loader, val_items = prepare_cases(cfg, spec, train_cases, val_cases, labels)
     validator = Predictor.for_network(model, spec, labels, InferOptions(
         device=str(device), overlap=cfg.overlap, precision=cfg.precision))
-    loader = make_loader(train_items, cfg, spec, num_classes)
 
     optimizer = make_optimizer(model, cfg)
     # fp16 needs loss scaling against underflow; with any other precision the scaler is a no-op.
