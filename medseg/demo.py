@@ -67,8 +67,7 @@ def run_demo(out: Path, epochs: int, iters_per_epoch: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", type=Path, default=Path("runs/demo"))
-    # 46 x 25 bf16 iterations take the time 40 x 25 fp32 ones did on a 2-core CPU with native
-    # bf16, for held-out Dice 0.893 instead of 0.880 (docs/training.md).
+    # Epochs and their length come from pipelines/demo_synthetic.yaml unless given here.
     parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--iters-per-epoch", type=int, default=None, help="default: the recipe's")
     args = parser.parse_args()

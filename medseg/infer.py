@@ -58,20 +58,20 @@ def infer_cases(checkpoints, inputs: Path, out_dir: Path,
     check_unique_outputs(every_scan, Path(inputs), out_dir)
     check_writable(out_dir)
     predictor = Predictor(checkpoints, options)
-    if not options.overwrite:
-        check_existing_masks(every_scan, out_dir, predictor.model_id)
+    finished = set() if options.overwrite else finished_masks(every_scan, out_dir,
+                                                                predictor.model_id)
     scans = shard_for_rank(every_scan, rank, world)
     # Closed also when a case stops the batch, so the error starts on a line of its own.
     with tqdm(scans, desc="infer" if world == 1 else f"infer rank {rank}", unit="case") as progress:
-        return [segment_case(predictor, scan, out_dir, options, progress) for scan in progress]
+        return [CaseResult(scan, output_path(scan, out_dir), "skipped") if scan in finished
+                else segment_case(predictor, scan, out_dir, options, progress)
+                for scan in progress]
 
 
 def segment_case(predictor: Predictor, scan_path: Path, out_dir: Path, options: InferOptions,
                  progress) -> CaseResult:
     """Segment one scan and write its mask (and probabilities) atomically."""
     target = output_path(scan_path, out_dir)
-    if not options.overwrite and mask_author(target) == predictor.model_id:
-        return CaseResult(scan_path, target, "skipped")
     start = time.perf_counter()
     try:
         scan = load_scan(scan_path)
@@ -122,16 +122,18 @@ def mask_author(path: Path) -> str | None:
     return text if text.startswith(MODEL_ID_PREFIX) else None
 
 
-def check_existing_masks(scans: list[Path], out_dir: Path, model_id: str) -> None:
-    """Without --overwrite, a mask already there must be this model's (then the case is skipped
-    as finished); any other file of that name is refused before any work."""
-    foreign = [output_path(scan, out_dir) for scan in scans]
-    foreign = [p for p in foreign if os.path.lexists(p) and mask_author(p) != model_id]
+def finished_masks(scans: list[Path], out_dir: Path, model_id: str) -> set[Path]:
+    """The scans whose mask this model already finished (skipped without --overwrite); any
+    other file at a mask's path is refused before any work."""
+    existing = {scan: output_path(scan, out_dir) for scan in scans}
+    existing = {scan: path for scan, path in existing.items() if os.path.lexists(path)}
+    foreign = [path for path in existing.values() if mask_author(path) != model_id]
     if foreign:
         shown = ", ".join(p.name for p in foreign[:5]) + (" ..." if len(foreign) > 5 else "")
         raise MedsegError(f"{out_dir}: already holds {len(foreign)} file(s) that this model did "
                           f"not write ({shown}); pass --overwrite to replace them, or choose "
                           "another output folder")
+    return set(existing)
 
 
 def check_fits_predictor(scan, path: Path, predictor: Predictor, options: InferOptions) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from medseg.errors import MedsegError, OutputError, first_line
+from medseg.nifti_header import FORMS_AGREE_MM, forms_disagree, trusted_affine
 from medseg.scan_checks import check_geometry, check_intensities, check_label
 
 log = logging.getLogger("medseg")
@@ -98,8 +99,6 @@ def _reader_for(path: Path):
     """MONAI reader for a path: nibabel for NIfTI, SimpleITK for the rest (and DICOM folders)."""
     if scan_suffix(path) in NIFTI_SUFFIXES:
         from monai.data import NibabelReader
-
-        from medseg.nifti_header import trusted_affine
 
         class NiftiReader(NibabelReader):
             """nibabel, with the header's transform chosen (and warned about) once per file.
@@ -348,8 +347,6 @@ def atomic_output(path: Path) -> Iterator[Path]:
 
 def _forms_match(header, affine: np.ndarray) -> bool:
     """Whether every transform the header sets is `affine` (so every reader agrees on it)."""
-    from medseg.nifti_header import FORMS_AGREE_MM, forms_disagree
-
     try:
         forms = [header.get_sform(coded=True), header.get_qform(coded=True)]
     except Exception:  # noqa: BLE001 - a NaN quaternion: not a form to keep

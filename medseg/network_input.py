@@ -29,7 +29,6 @@ ORIENTATION = "RAS"
 # Checkpoints written before padding was part of the definition: training padded by repeating
 # the edge, inference with the normalised value 0. Inference keeps doing the latter for them.
 LEGACY_PADDING = "zero"
-PADDINGS = ("air", LEGACY_PADDING)
 
 
 @dataclass(frozen=True)

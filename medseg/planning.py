@@ -18,7 +18,7 @@ import numpy as np
 from medseg.errors import MedsegError
 from medseg.manifest import check_case_files, load_manifest, read_json
 from medseg.metrics import voxel_spacing
-from medseg.scan_checks import AIR_BELOW_HU
+from medseg.scan_checks import AIR_BELOW_HU, check_label_ids
 
 ANISOTROPY_RATIO = 3.0  # nnU-Net: beyond this, the coarse axis keeps a finer target spacing
 # Training memory of the default U-Net, bytes per patch voxel per base-channel (activations,
@@ -63,29 +63,37 @@ def ct_normalization(foreground_hu: np.ndarray,
 def case_fingerprint(case: dict, num_classes: int, rng: np.random.Generator,
                      samples: int = 10_000) -> dict:
     """RAS spacing and shape, a sample of labelled-voxel HU, class voxel counts, lowest HU."""
-    from monai.transforms import Orientation
-
     from medseg.transforms import LoadScand
 
     loaded = LoadScand(("image", "label"))({"image": case["image"], "label": case["label"]})
-    image = Orientation(axcodes="RAS", labels=None)(loaded["image"])
     hu = np.asarray(loaded["image"][0])
-    labels = np.asarray(loaded["label"][0]).astype(np.int64)
-    if labels.max() >= num_classes:
-        raise MedsegError(f"{case['label']}: label values up to {labels.max()} fall outside the "
-                          f"label map (0..{num_classes - 1}); fix the label, or the manifest's "
-                          "labels (is the image listed as the label?)")
+    labels = np.asarray(loaded["label"][0]).astype(np.uint8)  # whole ids 0..255 (check_label)
+    counts = np.bincount(labels.ravel(), minlength=num_classes)
+    check_label_ids(np.flatnonzero(counts).tolist(), num_classes, case["label"])
     foreground = hu[labels > 0]
     if foreground.size > samples:
         foreground = rng.choice(foreground, samples, replace=False)
+    shape, spacing = ras_shape_and_spacing(hu.shape, np.asarray(loaded["image"].affine))
     return {
         "image": case["image"],
-        "spacing": [float(s) for s in voxel_spacing(np.asarray(image.affine))],
-        "shape": [int(n) for n in image.shape[1:]],
+        "spacing": spacing,
+        "shape": shape,
         "foreground_hu": foreground,
         "min_hu": float(hu.min()),
-        "class_voxels": np.bincount(labels.ravel(), minlength=num_classes).tolist(),
+        "class_voxels": counts.tolist(),
     }
+
+
+def ras_shape_and_spacing(shape, affine: np.ndarray) -> tuple[list[int], list[float]]:
+    """A grid's shape and voxel spacing in RAS axis order, read off its affine (no data moved)."""
+    from nibabel.orientations import io_orientation
+
+    ras_axis = io_orientation(affine)[:, 0].astype(int)  # the RAS axis each stored axis becomes
+    spacing = voxel_spacing(affine)
+    ras_shape, ras_spacing = [0] * 3, [0.0] * 3
+    for axis, ras in enumerate(ras_axis):
+        ras_shape[ras], ras_spacing[ras] = int(shape[axis]), float(spacing[axis])
+    return ras_shape, ras_spacing
 
 
 def target_spacing(spacings: np.ndarray) -> list[float]:

@@ -73,6 +73,14 @@ def _as_image_axes(shape, affine, image_affine) -> tuple[tuple[int, ...], np.nda
     return tuple(shape[int(i)] for i in order), reordered
 
 
+def check_label_ids(found: list[int], num_classes: int, path: Path) -> None:
+    """A label's values must be ids of the label map: 0..num_classes-1."""
+    if max(found) >= num_classes or min(found) < 0:
+        raise MedsegError(f"{path}: label values {found} fall outside the label map "
+                          f"(0..{num_classes - 1}); fix the label, or the manifest's labels (is "
+                          "an image listed as the label?)")
+
+
 def check_intensities(volume: torch.Tensor, path: Path) -> None:
     """A blank scan is an error; intensities that are not CT in HU get a warning."""
     lo, hi = (float(v) for v in torch.aminmax(volume))

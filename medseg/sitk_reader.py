@@ -69,10 +69,7 @@ def _dicom_series_files(folder: Path, series_name: str = "") -> tuple[str, ...]:
 
 def _looks_like_dicom(path: Path) -> bool:
     """A .dcm name, or the DICOM preamble's magic word."""
-    if path.suffix.lower() == ".dcm":
-        return True
-    with open(path, "rb") as f:
-        return f.read(132)[128:] == b"DICM"
+    return path.suffix.lower() == ".dcm" or _head(path, 132)[128:] == b"DICM"
 
 
 def _check_left_out(folder: Path, files: Sequence[str]) -> None:
@@ -86,13 +83,10 @@ def _check_left_out(folder: Path, files: Sequence[str]) -> None:
               and p.resolve() not in kept and _looks_like_dicom(p)]
     if not others or not files:
         return
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(files[0])
-    reader.ReadImageInformation()
-    uid = reader.GetMetaData("0020|000e").strip() if reader.HasMetaDataKey("0020|000e") else ""
+    uid = _slice_tags(files[0], "0020|000e")["0020|000e"]
     if not uid:
         return
-    ours = [str(p) for p in others if uid.encode() in p.read_bytes()[:1 << 16]]
+    ours = [str(p) for p in others if uid.encode() in _head(p)]
     damaged = _first_unreadable(ours)
     if damaged is not None:
         raise ValueError(f"cannot read {folder}: its slice {Path(damaged[0]).name} is damaged "
@@ -114,17 +108,30 @@ NON_UNIFORM_SAMPLING = "ITK_non_uniform_sampling_deviation"  # set by ImageSerie
 SLICE_STEP_TOLERANCE = 1.5
 
 
+def _slice_tags(name: str, *tags: str) -> dict[str, str]:
+    """Some tags of one slice file, read from its header only ('' where a tag is missing)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(name)
+    reader.ReadImageInformation()
+    return {tag: reader.GetMetaData(tag).strip() if reader.HasMetaDataKey(tag) else ""
+            for tag in tags}
+
+
+def _head(path: Path, size: int = 1 << 16) -> bytes:
+    """A file's first bytes, where a DICOM header's tags are."""
+    with open(path, "rb") as f:
+        return f.read(size)
+
+
 def _slice_positions(files: Sequence[str]) -> np.ndarray | None:
     """Each slice's position along the slice normal (mm), or None where the tags are missing."""
     positions = []
     for name in files:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(name)
-        reader.ReadImageInformation()
-        if not (reader.HasMetaDataKey("0020|0032") and reader.HasMetaDataKey("0020|0037")):
+        tags = _slice_tags(name, "0020|0032", "0020|0037")
+        if not all(tags.values()):
             return None
-        origin = [float(v) for v in reader.GetMetaData("0020|0032").split("\\")]
-        cosines = [float(v) for v in reader.GetMetaData("0020|0037").split("\\")]
+        origin = [float(v) for v in tags["0020|0032"].split("\\")]
+        cosines = [float(v) for v in tags["0020|0037"].split("\\")]
         positions.append(float(np.dot(np.cross(cosines[:3], cosines[3:]), origin)))
     return np.sort(np.asarray(positions))
 
@@ -190,11 +197,7 @@ def _read_one(path: Path, series_name: str, **kwargs: Any) -> sitk.Image:
 
 def _warn_if_not_ct(folder: Path, first_slice: str) -> None:
     """medseg's models see CT in Hounsfield units; an MR or PET series gets one line."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(first_slice)
-    reader.ReadImageInformation()
-    modality = reader.GetMetaData("0008|0060").strip() if reader.HasMetaDataKey("0008|0060") \
-        else ""
+    modality = _slice_tags(first_slice, "0008|0060")["0008|0060"]
     if modality and modality != "CT":
         log.warning("%s: a DICOM %s series, not CT: medseg's models are trained on CT in "
                     "Hounsfield units, so their masks of it may mean nothing", folder, modality)

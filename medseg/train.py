@@ -43,6 +43,7 @@ from medseg.models import build_model
 from medseg.network_input import NetworkInput
 from medseg.predictor import OVERLAP, InferOptions, Predictor
 from medseg.runtime import PRECISIONS, autocast, resolve_device, training_precision
+from medseg.scan_checks import check_label_ids
 from medseg.transforms import (
     AUGMENTATIONS,
     CLASS_LOCATIONS,
@@ -155,9 +156,7 @@ def check_training_data(cases: list[dict], items: Sequence[dict], labels: dict[i
     present, small = set(), []
     for case, item in zip(cases, items):
         found = torch.unique(item["label"]).tolist()
-        if max(found) >= len(labels) or min(found) < 0:
-            raise MedsegError(f"{case['label']}: label values {found} fall outside the label map "
-                              f"(0..{len(labels) - 1}); fix the label, or the manifest's labels")
+        check_label_ids(found, len(labels), case["label"])
         present.update(found)
         short = [f"{n} < {p} along axis {a}" for a, (n, p)
                  in enumerate(zip(item["working_shape"], spec.sample_size)) if n < p]

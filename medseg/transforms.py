@@ -79,7 +79,7 @@ def training_cache_transforms(spec: NetworkInput, num_classes: int,
 
 
 class RecordShaped(MapTransform):
-    """Keep the scan's size on the working grid (before crop and padding) as "working_shape"."""
+    """Keep the scan's size on the working grid (before padding) as "working_shape"."""
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         out = dict(data)

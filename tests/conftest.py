@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import locale
 import logging
+import subprocess
+import traceback
 from pathlib import Path
 
 import nibabel as nib
@@ -22,6 +24,20 @@ def real_data() -> Path:
     if not REAL_DATA.is_dir():
         pytest.skip(f"real CT samples not found at {REAL_DATA}")
     return REAL_DATA
+
+
+def run_cli_here(*args) -> subprocess.CompletedProcess:
+    """`medseg ARGS` in this process (a fresh one costs seconds of imports), reported like a
+    subprocess: an exception that escaped the CLI shows as a traceback in stderr."""
+    from click.testing import CliRunner
+
+    from cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "Traceback: " + "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, stderr)
 
 
 @pytest.fixture

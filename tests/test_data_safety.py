@@ -6,28 +6,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import traceback
 from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from conftest import TINY_TRAIN_ARGS, write_nifti
+from conftest import run_cli_here as run_cli
 from test_cli import assert_clean_failure
 from test_errors import ct, tiny_checkpoint
-
-from cli import main
-
-
-def run_cli(*args) -> subprocess.CompletedProcess:
-    """`medseg ARGS` in this process (a fresh process costs seconds of imports), reported like
-    test_cli.run_cli: an exception that escaped the CLI shows as a traceback in stderr."""
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    stderr = result.stderr
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        stderr += "Traceback: " + "".join(traceback.format_exception(result.exception))
-    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, stderr)
 
 
 def fingerprints(folder: Path) -> dict[str, str]:

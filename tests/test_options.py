@@ -11,12 +11,9 @@ import os
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from conftest import write_nifti
+from conftest import run_cli_here, write_nifti
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from cli import main
 
 SETTINGS = settings(max_examples=40, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -52,14 +49,13 @@ def commands(tmp):
 
 
 def invoke(args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), \
-        f"traceback for {args}: {result.exception!r}"
+    result = run_cli_here(*args)
+    assert "Traceback" not in result.stderr, f"traceback for {args}: {result.stderr}"
     return result
 
 
 def assert_one_clear_error(result, *fragments):
-    assert result.exit_code == 2, result.output
+    assert result.returncode == 2, result.stdout + result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.lower().startswith("error:")]
     assert len(errors) == 1, result.stderr

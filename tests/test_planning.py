@@ -182,3 +182,17 @@ def test_a_plan_file_lacking_settings_is_completed_from_the_data(tmp_path):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["spacing"] == [4.0, 4.0, 4.0]  # the file's
     assert config["patch_size"] and config["intensity"]["clip"] == [40.0, 500.0]  # the data's
+
+
+def test_ras_shape_and_spacing_are_read_off_the_affine_as_nibabel_reorients():
+    import nibabel as nib
+
+    from medseg.planning import ras_shape_and_spacing
+
+    affine = np.array([[0.0, 0.0, -2.5, 10], [-0.8, 0.0, 0.0, 5], [0.0, 0.7, 0.0, -3],
+                       [0, 0, 0, 1]])  # stored axes: A->P, S, R->L
+    image = nib.Nifti1Image(np.zeros((30, 20, 10), np.int16), affine)
+    canonical = nib.as_closest_canonical(image)  # the oracle: nibabel moves the data
+    shape, spacing = ras_shape_and_spacing(image.shape, affine)
+    assert shape == list(canonical.shape)
+    np.testing.assert_allclose(spacing, canonical.header.get_zooms())
