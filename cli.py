@@ -121,7 +121,7 @@ def main():
 @user_errors
 def synth(outdir: Path, cases: int, seed: int, spacing, phase):
     """Write a synthetic abdominal CT data set (imagesTr, labelsTr, dataset.json)."""
-    from medseg.synth import write_synthetic_dataset
+    from medseg.data.synth import write_synthetic_dataset
 
     manifest = write_synthetic_dataset(outdir, cases, seed=seed, spacing=spacing, phase=phase)
     click.echo(f"wrote {cases} cases and {manifest}")
@@ -194,8 +194,8 @@ def train(recipe, channels, upsample, deep_supervision, squared_dice, include_ba
     if nproc > 1:
         _relaunch_with_torchrun(nproc)
     _prepare_runtime()
-    from medseg.recipes import build_config
-    from medseg.train import train as run_training
+    from medseg.training.loop import train as run_training
+    from medseg.training.recipes import build_config
 
     overrides = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
     overrides["compile"] = compile_model
@@ -247,11 +247,11 @@ def _parse_numbers(text: str | None, kind, option: str, minimum: float = 0):
 @user_errors
 def plan(manifest, output, device, memory_gb, overwrite):
     """Fingerprint a data set and plan training: spacing, normalisation, patch, batch, network."""
+    from medseg.data.io import check_not_input
+    from medseg.data.manifest import load_manifest, write_json
     from medseg.errors import MedsegError
-    from medseg.io import check_not_input
-    from medseg.manifest import load_manifest, write_json
-    from medseg.planning import PLAN_NAME, make_plan, plan_summary
     from medseg.runtime import resolve_device
+    from medseg.training.planning import PLAN_NAME, make_plan, plan_summary
 
     target = output or Path(manifest).parent / PLAN_NAME
     cases, _ = load_manifest(manifest)
@@ -295,8 +295,8 @@ def infer(checkpoints, inputs, output, nproc, min_volume, **options):
     if nproc > 1:
         _relaunch_with_torchrun(nproc)
     _prepare_runtime()
-    from medseg.infer import gather_results, infer_cases, rank_and_world
-    from medseg.predictor import InferOptions
+    from medseg.inference.batch import gather_results, infer_cases, rank_and_world
+    from medseg.inference.predictor import InferOptions
 
     given = {k: v for k, v in options.items() if v is not None}  # unset: InferOptions' default
     settings = InferOptions(min_volume_mm3=min_volume, **given)
@@ -356,8 +356,8 @@ def _relaunch_with_torchrun(nproc: int) -> None:
 def evaluate(pred, ref, output, labels_spec, ref_spec, pred_spec, nsd_tolerance, resample_pred,
              workers, no_figures):
     """Dice, IoU, HD95, NSD and volumes per organ: per_case.csv, summary.json, report.md/.html."""
-    from medseg.evaluate import evaluate_folders, markdown_table
-    from medseg.labels import load_label_map
+    from medseg.data.labels import load_label_map
+    from medseg.evaluation.evaluate import evaluate_folders, markdown_table
 
     default = labels_spec or (None if ref_spec and pred_spec else _default_labels(ref))
     ref_labels = load_label_map(ref_spec or default)
@@ -376,8 +376,8 @@ def evaluate(pred, ref, output, labels_spec, ref_spec, pred_spec, nsd_tolerance,
 @user_errors
 def report(rundir, output):
     """Draw training curves (loss, per-organ validation Dice) from RUNDIR/log.csv as a PNG."""
-    from medseg.figures import training_curves
-    from medseg.io import check_not_input
+    from medseg.data.io import check_not_input
+    from medseg.evaluation.figures import training_curves
 
     target = output or rundir / "training_curves.png"
     check_not_input(target, [rundir / "log.csv"])

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medseg.manifest import load_manifest
-from medseg.network_input import NetworkInput
-from medseg.synth import write_synthetic_dataset
-from medseg.transforms import CLASS_LOCATIONS, training_cache_transforms
+from medseg.data.manifest import load_manifest
+from medseg.data.network_input import NetworkInput
+from medseg.data.synth import write_synthetic_dataset
+from medseg.data.transforms import CLASS_LOCATIONS, training_cache_transforms
 
 
 def nbytes(value) -> int:
@@ -55,7 +55,7 @@ def cache_bytes(cases: list[dict], spacing, num_classes: int, class_locations) -
 
 TRAIN = """
 import json, sys
-import medseg.train as T
+import medseg.training.loop as T
 peaks, validate = [], T.validate
 def measured(*args, **kwargs):  # peak RSS of caching and training, before validation's own
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent through exec.

@@ -27,11 +27,11 @@ ITERS_PER_EPOCH = 25
 def run_model(name: str, dims: int, out: Path, iterations: int, batch_size: int = 2,
               context_slices: int = 0) -> dict:
     """Train one model, segment the held-out cases, and return its figures."""
-    from medseg.evaluate import evaluate_folders
-    from medseg.infer import infer_cases
-    from medseg.manifest import load_labels
-    from medseg.predictor import InferOptions
-    from medseg.train import TrainConfig, train
+    from medseg.data.manifest import load_labels
+    from medseg.evaluation.evaluate import evaluate_folders
+    from medseg.inference.batch import infer_cases
+    from medseg.inference.predictor import InferOptions
+    from medseg.training.loop import TrainConfig, train
 
     train_manifest = ensure_dataset(out / "data" / "train", TRAIN_CASES, seed=0)
     heldout = ensure_dataset(out / "data" / "heldout", HELDOUT_CASES, seed=1).parent

@@ -8,7 +8,7 @@ Two models train on the same phantoms, all in one contrast phase, with the demo 
 - "before": the normalisation and augmentation medseg had (clip at the foreground's 0.5 and
   99.5 percentiles, no contrast augmentation);
 - "after": the current defaults (the clip's top raised to at least 500 HU, per-organ HU shifts
-  with probability 0.3, `medseg.transforms.RandOrganContrastd`).
+  with probability 0.3, `medseg.data.transforms.RandOrganContrastd`).
 Each segments 6 held-out phantoms drawn in every phase from the same seeds (same anatomy,
 phase changed only), and the script prints per-organ Dice per phase and model, and one
 Markdown table. Results go to OUTPUT/results.json; a model already there is skipped.
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.data.phantoms import PHASES
 from medseg.demo import DEMO_RECIPE
-from medseg.phantoms import PHASES
 from medseg.runtime import tune_allocator
 
 HELDOUT_CASES, HELDOUT_SEED, TRAIN_SEED = 6, 1, 0
@@ -31,7 +31,7 @@ HELDOUT_CASES, HELDOUT_SEED, TRAIN_SEED = 6, 1, 0
 
 def phase_dataset(folder: Path, cases: int, seed: int, phase: str) -> Path:
     """Phantoms all in one phase (reused when already written)."""
-    from medseg.synth import write_synthetic_dataset
+    from medseg.data.synth import write_synthetic_dataset
 
     manifest = folder / "dataset.json"
     if not manifest.exists():
@@ -41,8 +41,8 @@ def phase_dataset(folder: Path, cases: int, seed: int, phase: str) -> Path:
 
 def percentile_only_intensity(manifest: Path) -> dict:
     """The former normalisation: foreground percentiles, no contrast ceiling."""
-    from medseg.manifest import load_manifest
-    from medseg.planning import case_fingerprint, ct_normalization
+    from medseg.data.manifest import load_manifest
+    from medseg.training.planning import case_fingerprint, ct_normalization
 
     cases, labels = load_manifest(manifest)
     rng = np.random.default_rng(0)
@@ -52,8 +52,8 @@ def percentile_only_intensity(manifest: Path) -> dict:
 
 def train_model(name: str, manifest: Path, out: Path, epochs: int) -> Path:
     """Train one model with the demo recipe ("before": the former intensity handling)."""
-    from medseg.recipes import build_config
-    from medseg.train import train
+    from medseg.training.loop import train
+    from medseg.training.recipes import build_config
 
     settings = {"manifest": str(manifest), "output": str(out / name), "epochs": epochs}
     if name == "before":
@@ -67,10 +67,10 @@ def train_model(name: str, manifest: Path, out: Path, epochs: int) -> Path:
 
 def heldout_dice(run: Path, heldout: Path, out: Path) -> dict:
     """Per-organ mean Dice of the run's masks on one held-out set."""
-    from medseg.evaluate import evaluate_folders
-    from medseg.infer import infer_cases
-    from medseg.manifest import load_labels
-    from medseg.predictor import InferOptions
+    from medseg.data.manifest import load_labels
+    from medseg.evaluation.evaluate import evaluate_folders
+    from medseg.inference.batch import infer_cases
+    from medseg.inference.predictor import InferOptions
 
     infer_cases(run, heldout.parent / "imagesTr", out, InferOptions(overwrite=True))
     summary = evaluate_folders(out, heldout.parent / "labelsTr", out / "evaluation",

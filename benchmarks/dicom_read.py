@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from medseg.io import load_scan
-from medseg.sitk_reader import _dicom_series_files, _slice_positions
+from medseg.data.io import load_scan
+from medseg.data.sitk_reader import _dicom_series_files, _slice_positions
 
 REAL_SERIES = Path(__file__).resolve().parents[2] / "shared/data/real/petct_dicom/dicom"
 

@@ -26,9 +26,9 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from medseg.evaluate import evaluate_case
-from medseg.labels import load_label_map, match_label_maps
-from medseg.metrics import hd95_mm, label_boxes, nsd, overlap_metrics, union_box
+from medseg.data.labels import load_label_map, match_label_maps
+from medseg.evaluation.evaluate import evaluate_case
+from medseg.evaluation.metrics import hd95_mm, label_boxes, nsd, overlap_metrics, union_box
 
 SPACING = (0.78125, 0.78125, 1.0)
 # BTCV organs in patient mm around the volume centre: ("ellipsoid", centre, semi-axes) or

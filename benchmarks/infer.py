@@ -98,8 +98,8 @@ def canonical_pipeline(checkpoint: Path, scan: Path, out_dir: Path, overlap: flo
         Spacingd,
     )
 
-    from medseg.checkpoint import load_checkpoint
-    from medseg.models import build_model
+    from medseg.nets.checkpoint import load_checkpoint
+    from medseg.nets.registry import build_model
 
     start = time.perf_counter()
     payload = load_checkpoint(checkpoint)
@@ -142,8 +142,8 @@ def canonical_pipeline(checkpoint: Path, scan: Path, out_dir: Path, overlap: flo
 
 def write_reference_scan(work: Path, seed: int) -> Path:
     """The reference case: one phantom at 0.8 x 0.8 x 2.5 mm (about 430 x 330 x 90 voxels)."""
-    from medseg.io import save_nifti
-    from medseg.phantoms import make_phantom
+    from medseg.data.io import save_nifti
+    from medseg.data.phantoms import make_phantom
 
     path = work / "inputs" / f"phantom_{seed}.nii.gz"
     if not path.exists():
@@ -170,8 +170,8 @@ def fit_volume(image, affine, shape: tuple[int, int, int], air: float):
 
 def write_large_scan(work: Path, slices: int, seed: int) -> Path:
     """A 512 x 512 x slices CT-like volume: a 0.8 x 0.8 x 1.25 mm phantom, padded and tiled."""
-    from medseg.io import save_nifti
-    from medseg.phantoms import AIR_HU, make_phantom
+    from medseg.data.io import save_nifti
+    from medseg.data.phantoms import AIR_HU, make_phantom
 
     path = work / "inputs" / f"large_{slices}_{seed}.nii.gz"
     if not path.exists():
@@ -186,8 +186,8 @@ def write_random_checkpoint(path: Path, seed: int) -> Path:
     """A 14-class (background + BTCV organs) checkpoint with random weights, demo settings."""
     import torch
 
-    from medseg.checkpoint import save_checkpoint
-    from medseg.models import build_model
+    from medseg.nets.checkpoint import save_checkpoint
+    from medseg.nets.registry import build_model
 
     torch.manual_seed(seed)
     model = build_model(LARGE_MODEL["name"], 1, 1 + len(BTCV_ORGANS), **LARGE_MODEL["kwargs"])
@@ -411,15 +411,16 @@ def estimate_line(case: Case, config: dict, runs: dict[str, list[Run]]) -> str:
     """medseg's up-front memory estimate (what `infer` refuses scans by) against the peak."""
     import nibabel as nib
 
-    from medseg.memory import inference_bytes
-    from medseg.metrics import voxel_spacing
+    from medseg.evaluation.metrics import voxel_spacing
+    from medseg.inference.memory import inference_bytes
 
     header = nib.load(str(case.scan))
     need, _ = inference_bytes(header.shape[:3], voxel_spacing(header.affine), config["spacing"],
                               len(config["labels"]))
     medseg = summarise(runs.get("medseg", []))
     peak = f"{medseg.peak_gb:.2f} GB" if medseg else "no successful run"
-    return f"medseg.memory's estimate for this scan: {need / 1e9:.2f} GB; measured peak: {peak}"
+    return (f"medseg.inference.memory's estimate for this scan: {need / 1e9:.2f} GB; "
+            f"measured peak: {peak}")
 
 
 def target_lines(case: Case, runs: dict[str, list[Run]], slices: int | None) -> list[str]:
@@ -448,8 +449,8 @@ def prepare_case(args: argparse.Namespace, work: Path) -> Case:
         return Case(name, scan, checkpoint, pipelines, TARGET_PEAK_GB.get(args.large))
     import nibabel as nib
 
-    from medseg.checkpoint import resolve_checkpoint
     from medseg.errors import MedsegError
+    from medseg.nets.checkpoint import resolve_checkpoint
 
     try:
         resolve_checkpoint(args.model)
@@ -472,7 +473,7 @@ def prepare_case(args: argparse.Namespace, work: Path) -> Case:
 
 def compare(args: argparse.Namespace, work: Path) -> None:
     """Prepare the case, run both pipelines, compare their masks and print every figure."""
-    from medseg.checkpoint import load_checkpoint
+    from medseg.nets.checkpoint import load_checkpoint
 
     case = prepare_case(args, work)
     config = load_checkpoint(case.checkpoint)["config"]

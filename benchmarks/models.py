@@ -38,7 +38,7 @@ def measure(name: str, dims: int, repeats: int) -> dict:
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
-    from medseg.models import build_model
+    from medseg.nets.registry import build_model
     from medseg.runtime import tune_allocator
 
     tune_allocator()  # as the CLI does
@@ -78,7 +78,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(args.one[0], int(args.one[1]), args.repeats)))
         return
-    from medseg.models import MODELS
+    from medseg.nets.registry import MODELS
 
     rows = []
     for name in args.models.split(",") if args.models else MODELS:

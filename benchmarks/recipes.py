@@ -48,7 +48,7 @@ VARIANTS: dict[str, dict] = {
 
 def config_for(variant: str, manifest: Path, output: Path, cache: Path, **settings):
     """The demo recipe with the variant's changes and this run's data, output and length."""
-    from medseg.recipes import build_config
+    from medseg.training.recipes import build_config
 
     overrides = {**VARIANTS[variant], "manifest": str(manifest), "output": str(output),
                  "cache_dir": str(cache), "iters_per_epoch": ITERS_PER_EPOCH, **settings}
@@ -58,7 +58,7 @@ def config_for(variant: str, manifest: Path, output: Path, cache: Path, **settin
 def seconds_per_iteration(variant: str, manifest: Path, out: Path, cache: Path) -> float:
     """Four short epochs; the fastest of epochs 2 and 3 per step (caching, warm-up and the final
     validation excluded; the fastest is the least disturbed by anything else running)."""
-    from medseg.train import train
+    from medseg.training.loop import train
 
     run = out / "calibration" / variant
     shutil.rmtree(run, ignore_errors=True)
@@ -73,11 +73,11 @@ def run_variant(variant: str, data: Path, out: Path, budget: float | None,
                 iterations: int | None = None) -> dict:
     """Calibrate, train for the budget or the iterations (neither: the recipe's own epochs),
     segment and evaluate the held-out phantoms."""
-    from medseg.evaluate import evaluate_folders
-    from medseg.infer import infer_cases
-    from medseg.manifest import load_labels
-    from medseg.predictor import InferOptions
-    from medseg.train import train
+    from medseg.data.manifest import load_labels
+    from medseg.evaluation.evaluate import evaluate_folders
+    from medseg.inference.batch import infer_cases
+    from medseg.inference.predictor import InferOptions
+    from medseg.training.loop import train
 
     manifest, heldout = data / "train" / "dataset.json", data / "heldout"
     cache = out / "cache"

@@ -18,11 +18,11 @@ from monai.data import MetaTensor
 from monai.losses import DiceCELoss
 from monai.transforms import ClassesToIndicesd
 
-from medseg.models import build_model
-from medseg.network_input import NetworkInput
-from medseg.phantoms import make_phantom
+from medseg.data.network_input import NetworkInput
+from medseg.data.phantoms import make_phantom
+from medseg.data.transforms import training_sample_transforms
+from medseg.nets.registry import build_model
 from medseg.runtime import tune_allocator
-from medseg.transforms import training_sample_transforms
 
 PATCH, BATCH, CLASSES = (128, 128, 128), 2, 10
 

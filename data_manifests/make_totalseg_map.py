@@ -3,7 +3,7 @@
     python data_manifests/make_totalseg_map.py \
         ../shared/data/real/petct_dicom/totalseg_classmap_total_v2.json
 
-Names go through medseg.labels.canonical_name (kidney_right -> right_kidney, ...), so a
+Names go through medseg.data.labels.canonical_name (kidney_right -> right_kidney, ...), so a
 TotalSegmentator mask can be compared by name with BTCV, AMOS or FLARE22 labels.
 """
 
@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from medseg.labels import LABEL_MAP_DIR, totalsegmentator_map
+from medseg.data.labels import LABEL_MAP_DIR, totalsegmentator_map
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:

@@ -19,7 +19,7 @@ DEMO_TRAIN_SEED, DEMO_TEST_SEED = 0, 1
 
 def ensure_dataset(folder: Path, cases: int, seed: int) -> Path:
     """Generate the synthetic set once; a rerun reuses it (same seed, same files)."""
-    from medseg.synth import write_synthetic_dataset
+    from medseg.data.synth import write_synthetic_dataset
 
     manifest = folder / "dataset.json"
     if not manifest.exists():
@@ -29,12 +29,12 @@ def ensure_dataset(folder: Path, cases: int, seed: int) -> Path:
 
 def run_demo(out: Path, epochs: int, iters_per_epoch: int) -> dict:
     """The whole vertical slice: synth -> train -> infer -> evaluate."""
-    from medseg.evaluate import evaluate_folders, markdown_table
-    from medseg.infer import infer_cases
-    from medseg.manifest import load_labels
-    from medseg.predictor import InferOptions
-    from medseg.recipes import build_config
-    from medseg.train import train
+    from medseg.data.manifest import load_labels
+    from medseg.evaluation.evaluate import evaluate_folders, markdown_table
+    from medseg.inference.batch import infer_cases
+    from medseg.inference.predictor import InferOptions
+    from medseg.training.loop import train
+    from medseg.training.recipes import build_config
 
     timings, start = {}, time.perf_counter()
     train_manifest = ensure_dataset(out / "data" / "train", DEMO_TRAIN_CASES, DEMO_TRAIN_SEED)

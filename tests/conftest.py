@@ -55,7 +55,7 @@ def warnings_seen():
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """Three coarse phantoms in Decathlon layout; returns the dataset.json path."""
-    from medseg.synth import write_synthetic_dataset
+    from medseg.data.synth import write_synthetic_dataset
 
     out = tmp_path_factory.mktemp("tiny_dataset")
     return write_synthetic_dataset(out, 3, seed=7, spacing=TINY_SPACING, workers=1,
@@ -134,7 +134,7 @@ def real_case(real_data, tmp_path_factory) -> Path:
     Decathlon data set (the series linked in); returns the dataset.json path."""
     import json
 
-    from medseg.labels import remap_by_name, totalsegmentator_map
+    from medseg.data.labels import remap_by_name, totalsegmentator_map
 
     folder = tmp_path_factory.mktemp("real_case")
     source = real_data / "petct_dicom"

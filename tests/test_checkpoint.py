@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from medseg.errors import MedsegError
-from medseg.models import build_model
+from medseg.nets.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from medseg.nets.registry import build_model
 
 
 def test_round_trip_restores_weights_and_settings(tmp_path):
@@ -65,8 +65,8 @@ def test_truncated_or_foreign_files_are_clear_errors(tmp_path):
 
 def test_a_medseg_0_1_checkpoint_still_predicts(tmp_path):
     # 0.1 saved MONAI's U-Net unwrapped, with no spatial_dims or context_slices in its config.
-    from medseg.models import monai_residual_unet
-    from medseg.predictor import InferOptions, Predictor
+    from medseg.inference.predictor import InferOptions, Predictor
+    from medseg.nets.registry import monai_residual_unet
 
     bare = monai_residual_unet(3, 1, 2, channels=(4, 8), strides=(2,))
     config = {"model": {"name": "unet3d", "kwargs": {"channels": [4, 8], "strides": [2]},

@@ -131,8 +131,8 @@ def test_writes_never_replace_a_fifo_a_folder_or_another_users_file(tiny_run, tm
     proc = run_cli("report", tiny_run, "--output", folder)  # click refuses it as it parses
     assert proc.returncode == 2 and "is a directory" in proc.stderr
     assert "Traceback" not in proc.stderr and (folder / "inside").is_dir()
+    from medseg.data.io import atomic_output
     from medseg.errors import OutputError
-    from medseg.io import atomic_output
 
     with pytest.raises(OutputError, match="folder.png: is a folder, not a file medseg writes"):
         with atomic_output(folder):

@@ -26,18 +26,18 @@ from test_cli import assert_clean_failure, run_cli
 
 from cli import main
 from medseg import __version__
-from medseg.checkpoint import load_checkpoint, save_checkpoint
+from medseg.data.io import check_writable, list_scans, load_scan
+from medseg.data.manifest import load_manifest
+from medseg.data.transforms import LoadScand
 from medseg.errors import MedsegError, OutputError
-from medseg.evaluate import load_label_volume
-from medseg.infer import check_fits_predictor, infer_cases
-from medseg.io import check_writable, list_scans, load_scan
-from medseg.manifest import load_manifest
-from medseg.memory import check_inference_memory, inference_bytes
-from medseg.models import build_model
-from medseg.planning import ct_normalization, make_plan
-from medseg.predictor import InferOptions, Predictor
-from medseg.train import resume_from
-from medseg.transforms import LoadScand
+from medseg.evaluation.evaluate import load_label_volume
+from medseg.inference.batch import check_fits_predictor, infer_cases
+from medseg.inference.memory import check_inference_memory, inference_bytes
+from medseg.inference.predictor import InferOptions, Predictor
+from medseg.nets.checkpoint import load_checkpoint, save_checkpoint
+from medseg.nets.registry import build_model
+from medseg.training.loop import resume_from
+from medseg.training.planning import ct_normalization, make_plan
 
 LABELS = {"0": "background", "1": "liver", "2": "spleen"}
 SHAPE = (12, 10, 8)
@@ -265,7 +265,8 @@ def test_memory_estimate_grows_with_the_working_grid_and_refuses_over_budget():
 
 def test_infer_refuses_a_scan_too_large_for_memory_and_writes_nothing(tmp_path, monkeypatch):
     scan = write_nifti(tmp_path / "big.nii.gz", ct())
-    monkeypatch.setattr("medseg.memory.available_bytes", lambda: 10_000)  # a 10 kB machine
+    # a 10 kB machine
+    monkeypatch.setattr("medseg.inference.memory.available_bytes", lambda: 10_000)
     results = infer_cases(tiny_checkpoint(tmp_path / "m.pt"), scan, tmp_path / "out",
                           InferOptions(device="cpu"))
     assert [r.status for r in results] == ["failed"]
@@ -496,7 +497,7 @@ def test_a_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, 
     def full_disk(file, mode="r", *args, **kwargs):  # the temporary file lands on a full disk
         return real_open("/dev/full", mode) if ".part" in str(file) else real_open(file, mode)
 
-    monkeypatch.setattr("medseg.checkpoint.open", full_disk, raising=False)
+    monkeypatch.setattr("medseg.nets.checkpoint.open", full_disk, raising=False)
     with pytest.raises(OutputError, match=r"last\.pt: disk full while writing \(No space left on "
                                           r"device\); nothing half-written is left: free space"):
         save_checkpoint(tmp_path / "last.pt", model, {"epoch": 2})

@@ -16,7 +16,7 @@ from conftest import write_nifti
 
 from cli import main
 from medseg.errors import MedsegError
-from medseg.evaluate import evaluate_folders, resample_nearest
+from medseg.evaluation.evaluate import evaluate_folders, resample_nearest
 
 LABELS = {0: "background", 1: "liver", 2: "spleen", 3: "pancreas"}
 
@@ -221,7 +221,7 @@ def test_totalsegmentator_reference_against_btcv_prediction_by_name(real_data, t
 
 
 def test_real_mask_written_on_the_dicom_grid_needs_resample_pred(real_data, tmp_path):
-    from medseg.io import load_scan
+    from medseg.data.io import load_scan
 
     source = real_data / "petct_dicom" / "reference_seg_totalsegmentator_v2fast.nii.gz"
     image = nib.load(str(source))

@@ -8,10 +8,8 @@ import pytest
 import torch
 from scipy.ndimage import map_coordinates
 
-from medseg.checkpoint import save_checkpoint
-from medseg.io import load_scan, save_nifti
-from medseg.models import build_model
-from medseg.predictor import (
+from medseg.data.io import load_scan, save_nifti
+from medseg.inference.predictor import (
     SPARSE_MAX_BOUNDARY,
     InferOptions,
     Predictor,
@@ -19,6 +17,8 @@ from medseg.predictor import (
     resample_labels,
     resample_to_grid,
 )
+from medseg.nets.checkpoint import save_checkpoint
+from medseg.nets.registry import build_model
 
 
 def rotation(deg_z: float, deg_x: float) -> np.ndarray:

@@ -13,12 +13,12 @@ import torch
 from click.testing import CliRunner
 
 from cli import main
-from medseg.checkpoint import save_checkpoint
+from medseg.data.io import load_scan
 from medseg.errors import MedsegError
-from medseg.io import load_scan
-from medseg.models import build_model
-from medseg.postprocess import clean_components
-from medseg.predictor import InferOptions, Predictor
+from medseg.inference.postprocess import clean_components
+from medseg.inference.predictor import InferOptions, Predictor
+from medseg.nets.checkpoint import save_checkpoint
+from medseg.nets.registry import build_model
 
 LABELS = {"0": "background", "1": "bright", "2": "dark"}
 

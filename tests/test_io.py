@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from conftest import write_nifti
 
+from medseg.data.io import atomic_output, case_name, list_scans, load_scan, save_nifti
 from medseg.errors import MedsegError
-from medseg.io import atomic_output, case_name, list_scans, load_scan, save_nifti
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -120,7 +120,7 @@ def test_save_nifti_gives_a_mask_of_an_ambiguous_reference_one_geometry(tmp_path
 
 
 def test_load_mask_keeps_the_file_dtype_and_agrees_with_load_scan(tmp_path):
-    from medseg.io import load_mask
+    from medseg.data.io import load_mask
 
     affine = np.diag([0.8, 0.9, 2.5, 1.0])
     affine[:3, 3] = [-100, 50, 20]

@@ -7,8 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from medseg.errors import MedsegError
-from medseg.labels import (
+from medseg.data.labels import (
     LABEL_MAP_DIR,
     SHIPPED_MAPS,
     canonical_name,
@@ -16,7 +15,8 @@ from medseg.labels import (
     match_label_maps,
     totalsegmentator_map,
 )
-from medseg.manifest import load_manifest
+from medseg.data.manifest import load_manifest
+from medseg.errors import MedsegError
 
 
 @pytest.mark.parametrize("spelling, name", [
@@ -105,7 +105,7 @@ def test_ambiguous_or_unknown_label_maps_are_clear_errors(tmp_path):
 
 
 def test_remap_by_name_moves_ids_between_maps_and_drops_organs_the_target_lacks():
-    from medseg.labels import remap_by_name
+    from medseg.data.labels import remap_by_name
 
     totalseg = {1: "spleen", 2: "kidney_right", 5: "liver", 52: "aorta", 90: "brain"}
     ours = {0: "background", 1: "liver", 2: "spleen", 3: "right_kidney", 4: "aorta"}

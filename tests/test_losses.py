@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from medseg.errors import MedsegError
-from medseg.losses import build_loss
+from medseg.training.losses import build_loss
 
 # Class-1 logit minus class-0 logit is ln 3 everywhere, so p1 = 0.75 and p0 = 0.25.
 LOGITS = torch.tensor([[0.0, 0.0, 0.0], [math.log(3)] * 3]).reshape(1, 2, 3, 1)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import write_nifti
 
+from medseg.data.manifest import check_case_files, load_labels, load_manifest, parse_labels
 from medseg.errors import MedsegError
-from medseg.manifest import check_case_files, load_labels, load_manifest, parse_labels
 
 
 def test_label_maps_in_both_directions_agree():
@@ -67,7 +67,7 @@ def test_image_label_mismatches_name_the_case(tmp_path):
 def test_shipped_synthetic_label_map_matches_the_phantoms():
     from pathlib import Path
 
-    from medseg.phantoms import SYNTHETIC_LABELS
+    from medseg.data.phantoms import SYNTHETIC_LABELS
 
     shipped = Path(__file__).resolve().parents[1] / "data_manifests" / "label_maps"
     assert load_labels(shipped / "synthetic.json") == SYNTHETIC_LABELS

@@ -9,7 +9,13 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from medseg.metrics import case_metrics, label_boxes, organ_metrics, voxel_spacing, voxel_volume_ml
+from medseg.evaluation.metrics import (
+    case_metrics,
+    label_boxes,
+    organ_metrics,
+    voxel_spacing,
+    voxel_volume_ml,
+)
 
 
 def metrics(ref, pred, spacing=(1.0, 1.0, 1.0), tolerance=2.0, voxel_ml=0.001) -> dict:

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from medseg.errors import MedsegError
-from medseg.losses import build_loss
-from medseg.models import MODELS, build_model, monai_residual_unet
+from medseg.nets.registry import MODELS, build_model, monai_residual_unet
 from medseg.nets.slicewise import SliceWise
 from medseg.nets.upsample import UPSAMPLERS
+from medseg.training.losses import build_loss
 
 TINY = {"channels": (4, 4, 8, 8, 16)}
 SIZES = {2: (20, 27), 3: (12, 20, 18)}  # multiples of no network's stride

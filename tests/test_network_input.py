@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import write_nifti
 
-from medseg.network_input import AIR_HU, NetworkInput
-from medseg.predictor import InferOptions, Predictor
-from medseg.transforms import RandOrganContrastd, training_cache_transforms
+from medseg.data.network_input import AIR_HU, NetworkInput
+from medseg.data.transforms import RandOrganContrastd, training_cache_transforms
+from medseg.inference.predictor import InferOptions, Predictor
 
 # Hand-computed: -1024 HU is clipped to -900, then (-900 - 50) / 200 = -4.75.
 INTENSITY = {"clip": [-900.0, 400.0], "mean": 50.0, "std": 200.0}
@@ -77,7 +77,7 @@ def test_training_and_inference_pad_a_thin_scan_with_the_same_values(tmp_path):
 
 
 def _loaded(path):
-    from medseg.io import load_scan
+    from medseg.data.io import load_scan
 
     return load_scan(path)
 
@@ -85,7 +85,7 @@ def _loaded(path):
 def test_2p5d_training_gives_end_slices_the_neighbours_inference_gives_them(tmp_path):
     """K = 2 context slices: training pads 2 air slices beyond each end, and SliceWise feeds
     the end slices air neighbours (legacy checkpoints: repeated end slices)."""
-    from medseg.models import volume_model
+    from medseg.nets.registry import volume_model
 
     spec = NetworkInput((4.0, 4.0, 4.0), INTENSITY, (8, 8, 8), spatial_dims=2, context_slices=2)
     cached = training_cache_transforms(spec, num_classes=2)(thin_case(tmp_path, slices=6))
@@ -105,7 +105,7 @@ def test_2p5d_training_gives_end_slices_the_neighbours_inference_gives_them(tmp_
 
 
 def test_checkpoints_carry_the_input_definition(tiny_run):
-    from medseg.checkpoint import load_checkpoint
+    from medseg.nets.checkpoint import load_checkpoint
 
     config = load_checkpoint(tiny_run / "best.pt")["config"]
     spec = NetworkInput.from_config(config)
@@ -132,8 +132,8 @@ def test_organ_contrast_shifts_each_organ_by_its_own_offset_and_leaves_the_rest(
 def test_a_label_stored_in_another_axis_order_is_the_same_grid(tmp_path):
     """A DICOM series reads as LPS, its NIfTI mask may be stored LAS (TotalSegmentator's):
     the same voxel centres. A shifted grid is still refused."""
+    from medseg.data.scan_checks import check_same_grid
     from medseg.errors import MedsegError
-    from medseg.scan_checks import check_same_grid
 
     affine = np.diag([0.8, 0.8, 2.0, 1.0])
     affine[:3, 3] = [-100, 20, 5]

@@ -160,8 +160,8 @@ def test_a_binary_log_is_named_as_not_a_training_log(tmp_path):
 
 
 def test_label_ids_given_twice_are_refused_not_renamed(tmp_path):
+    from medseg.data.manifest import parse_labels
     from medseg.errors import MedsegError
-    from medseg.manifest import parse_labels
 
     with pytest.raises(MedsegError, match="label id 1 is given twice \\('liver' and 'spleen'\\)"):
         parse_labels({"1": "liver", "01": "spleen"}, "labels.json")

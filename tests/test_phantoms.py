@@ -8,8 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medseg.phantoms import ORGAN_ID, SYNTHETIC_LABELS, make_phantom, random_geometry
-from medseg.synth import write_synthetic_dataset
+from medseg.data.phantoms import ORGAN_ID, SYNTHETIC_LABELS, make_phantom, random_geometry
+from medseg.data.synth import write_synthetic_dataset
 
 
 def world_centroid(phantom, organ: str) -> np.ndarray:

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from conftest import write_nifti
 
 from cli import main
-from medseg.planning import (
+from medseg.training.planning import (
     BYTES_PER_VOXEL_PER_CHANNEL,
     axis_strides,
     cpu_spacing,
@@ -20,7 +20,7 @@ from medseg.planning import (
     pooling_strides,
     target_spacing,
 )
-from medseg.recipes import build_config
+from medseg.training.recipes import build_config
 
 
 def test_target_spacing_is_the_median_unless_anisotropic():
@@ -139,8 +139,8 @@ def test_train_without_a_plan_plans_by_itself_and_says_so(tmp_path):
 
 
 def test_the_plans_network_is_only_for_its_own_model_and_never_over_given_channels():
-    from medseg.planning import apply_plan
-    from medseg.train import TrainConfig
+    from medseg.training.loop import TrainConfig
+    from medseg.training.planning import apply_plan
 
     plan = {"spacing": [3, 3, 3], "patch_size": [96, 96, 12], "batch_size": 2,
             "intensity": {"clip": [-1000, 500], "mean": 0, "std": 1}, "model": "unet3d",
@@ -187,7 +187,7 @@ def test_a_plan_file_lacking_settings_is_completed_from_the_data(tmp_path):
 def test_ras_shape_and_spacing_are_read_off_the_affine_as_nibabel_reorients():
     import nibabel as nib
 
-    from medseg.planning import ras_shape_and_spacing
+    from medseg.training.planning import ras_shape_and_spacing
 
     affine = np.array([[0.0, 0.0, -2.5, 10], [-0.8, 0.0, 0.0, 5], [0.0, 0.7, 0.0, -3],
                        [0, 0, 0, 1]])  # stored axes: A->P, S, R->L

@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
+from medseg.data.io import load_mask, load_scan
+from medseg.data.manifest import load_manifest, parse_labels
+from medseg.data.scan_checks import SPACING_RANGE_MM
 from medseg.errors import MedsegError
-from medseg.io import load_mask, load_scan
-from medseg.manifest import load_manifest, parse_labels
-from medseg.scan_checks import SPACING_RANGE_MM
 
 SETTINGS = settings(max_examples=60, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,

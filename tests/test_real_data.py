@@ -69,7 +69,7 @@ def _dice(pred: np.ndarray, ref: np.ndarray, label: int) -> float:
 def test_plan_on_the_real_case_gives_a_patch_that_fits_it(real_case):
     import SimpleITK as sitk
 
-    from medseg.planning import make_plan
+    from medseg.training.planning import make_plan
 
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(real_case.parent / "dicom")))
@@ -115,7 +115,7 @@ def _fitted_dice(manifest, output, patch) -> float:
     Measured: 0.912 with a patch inside the scan; 0.898 with 12 slices; 0.948 with 96 x 96."""
     import csv
 
-    from medseg.train import TrainConfig, train
+    from medseg.training.loop import TrainConfig, train
 
     train(TrainConfig(manifest=str(manifest), output=str(output), spacing=(6.0, 6.0, 6.0),
                       patch_size=patch, epochs=7, val_every=7, device="cpu"))

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from medseg.errors import MedsegError
-from medseg.models import build_model
-from medseg.recipes import build_config, load_recipe
+from medseg.nets.registry import build_model
+from medseg.training.recipes import build_config, load_recipe
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 

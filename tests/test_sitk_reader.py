@@ -1,4 +1,4 @@
-"""Tests of medseg.sitk_reader.SimpleITKReader against independent geometry computations."""
+"""Tests of medseg.data.sitk_reader.SimpleITKReader against independent geometry computations."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from monai.transforms import (
 )
 from monai.utils import MetaKeys, SpaceKeys
 
-from medseg.sitk_reader import SimpleITKReader
+from medseg.data.sitk_reader import SimpleITKReader
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 PETCT = REAL / "petct_dicom"

@@ -13,7 +13,7 @@ import torch
 from conftest import TINY_TRAIN_ARGS
 
 from medseg.errors import MedsegError
-from medseg.train import split_cases
+from medseg.training.loop import split_cases
 
 # Enough epochs that a kill can land in the middle of the run.
 RESUME_ARGS = [a if a != "1" else "6" for a in TINY_TRAIN_ARGS[:2]] + TINY_TRAIN_ARGS[2:]
@@ -86,13 +86,13 @@ def test_two_ddp_ranks_see_different_data_and_end_identical(tiny_dataset, tmp_pa
 
 
 def _config(**kw):
-    from medseg.train import TrainConfig
+    from medseg.training.loop import TrainConfig
 
     return TrainConfig(manifest="m", output="o", lr=0.01, **kw)
 
 
 def test_poly_and_warmup_cosine_schedules():
-    from medseg.train import learning_rate
+    from medseg.training.loop import learning_rate
 
     poly = _config()
     assert learning_rate(poly, 0, 100) == pytest.approx(0.01)
@@ -108,8 +108,8 @@ TINY_INTENSITY = {"clip": [-1000.0, 300.0], "mean": 50.0, "std": 200.0}
 
 
 def _cache_transforms(spacing: float, patch=(16, 16, 8)):
-    from medseg.network_input import NetworkInput
-    from medseg.transforms import training_cache_transforms
+    from medseg.data.network_input import NetworkInput
+    from medseg.data.transforms import training_cache_transforms
 
     return training_cache_transforms(NetworkInput((spacing,) * 3, TINY_INTENSITY, patch), 10)
 
@@ -118,7 +118,7 @@ def _phantom_item():
     from monai.data import MetaTensor
     from monai.transforms import ClassesToIndicesd
 
-    from medseg.phantoms import make_phantom
+    from medseg.data.phantoms import make_phantom
 
     p = make_phantom(5, spacing=(4.0, 4.0, 4.0), orientation="RAS")
     item = {"image": MetaTensor(p.image[None].astype(np.float32)),
@@ -128,8 +128,8 @@ def _phantom_item():
 
 @pytest.mark.parametrize("augment", ["light", "nnunet"])
 def test_patches_are_mostly_foreground_and_cover_every_organ(augment):
-    from medseg.network_input import NetworkInput
-    from medseg.transforms import training_sample_transforms
+    from medseg.data.network_input import NetworkInput
+    from medseg.data.transforms import training_sample_transforms
 
     item = _phantom_item()
     spec = NetworkInput((4, 4, 4), TINY_INTENSITY, (32, 32, 24))
@@ -144,10 +144,10 @@ def test_patches_are_mostly_foreground_and_cover_every_organ(augment):
 
 
 def test_disk_cache_gives_the_same_cases_and_is_reused(tiny_dataset, tmp_path):
-    from medseg.manifest import load_manifest
-    from medseg.network_input import NetworkInput
-    from medseg.train import cache_cases, cache_key
-    from medseg.transforms import training_cache_transforms
+    from medseg.data.manifest import load_manifest
+    from medseg.data.network_input import NetworkInput
+    from medseg.data.transforms import training_cache_transforms
+    from medseg.training.loop import cache_cases, cache_key
 
     cases, _ = load_manifest(tiny_dataset)
 
@@ -173,9 +173,9 @@ def test_disk_cache_gives_the_same_cases_and_is_reused(tiny_dataset, tmp_path):
 def test_cache_keeps_a_bounded_even_spread_of_patch_centres_per_class(tiny_dataset):
     """Every voxel's index would cost 8 bytes per voxel; the cache keeps CLASS_LOCATIONS per
     class, spread over the whole class, so patches still reach all of every organ."""
-    from medseg.manifest import load_manifest
-    from medseg.train import cache_cases
-    from medseg.transforms import CLASS_LOCATIONS
+    from medseg.data.manifest import load_manifest
+    from medseg.data.transforms import CLASS_LOCATIONS
+    from medseg.training.loop import cache_cases
 
     cases, _ = load_manifest(tiny_dataset)
     item = cache_cases(cases[:1], _cache_transforms(4.0))[0]
@@ -193,7 +193,7 @@ def test_cache_keeps_a_bounded_even_spread_of_patch_centres_per_class(tiny_datas
 
 
 def _tiny_config(manifest, output, **kw):
-    from medseg.train import TrainConfig
+    from medseg.training.loop import TrainConfig
 
     return TrainConfig(manifest=str(manifest), output=str(output), spacing=(8.0, 8.0, 8.0),
                        patch_size=(32, 32, 16), batch_size=1, iters_per_epoch=2, val_every=100,
@@ -203,7 +203,7 @@ def _tiny_config(manifest, output, **kw):
 def test_training_from_the_disk_cache_matches_training_from_memory(tiny_dataset, tmp_path):
     """--cache-dir reads cases back from disk for every patch instead of holding them; the run
     must train on exactly the same data, to the same weights."""
-    from medseg.train import train
+    from medseg.training.loop import train
 
     train(_tiny_config(tiny_dataset, tmp_path / "memory", epochs=2))
     train(_tiny_config(tiny_dataset, tmp_path / "disk", epochs=2, cache_dir=str(tmp_path / "c")))
@@ -216,7 +216,7 @@ def test_training_from_the_disk_cache_matches_training_from_memory(tiny_dataset,
 def test_fp16_loss_scaler_state_survives_an_interruption(tiny_dataset, tmp_path, monkeypatch):
     """fp16 skips steps whose scaled gradients overflow and grows the scale after a run of good
     steps; a resumed run must carry on with the saved scaler, as an uninterrupted run would."""
-    from medseg import train as training
+    from medseg.training import loop as training
 
     config = {"epochs": 3, "precision": "fp16"}
     training.train(_tiny_config(tiny_dataset, tmp_path / "straight", **config))
@@ -244,8 +244,8 @@ def test_fp16_loss_scaler_state_survives_an_interruption(tiny_dataset, tmp_path,
 
 def test_compiled_training_writes_checkpoints_that_load_without_compiling(tiny_dataset,
                                                                          tmp_path):
-    from medseg.predictor import Predictor
-    from medseg.train import train
+    from medseg.inference.predictor import Predictor
+    from medseg.training.loop import train
 
     train(_tiny_config(tiny_dataset, tmp_path / "run", epochs=1, compile=True))
     names = weights(tmp_path / "run")

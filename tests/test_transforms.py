@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from medseg.network_input import NetworkInput
-from medseg.transforms import SlicesToChannelsd
+from medseg.data.network_input import NetworkInput
+from medseg.data.transforms import SlicesToChannelsd
 
 INTENSITY = {"clip": [-1000.0, 300.0], "mean": 50.0, "std": 200.0}
 

@@ -11,7 +11,7 @@ class SliceWise(nn.Module):
     """Map (B, 1, X, Y, Z) volumes to (B, C, X, Y, Z) logits with a 2D network, slice by slice.
 
     Slice z is fed with slices z-K..z+K as channels (K = context_slices). Beyond the volume's
-    ends the neighbours are pad_value (air, as training pads them; medseg.network_input), or
+    ends the neighbours are pad_value (air, as training pads them; medseg.data.network_input), or
     repeated end slices where pad_value is None (checkpoints from before that definition).
     Slices go through in batches.
     """

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.data.manifest import load_labels
 from medseg.errors import MedsegError
-from medseg.manifest import load_labels
 
-LABEL_MAP_DIR = Path(__file__).resolve().parents[1] / "data_manifests" / "label_maps"
+LABEL_MAP_DIR = Path(__file__).resolve().parents[2] / "data_manifests" / "label_maps"
 SHIPPED_MAPS = ("synthetic", "btcv", "amos", "flare22", "totalseg_v2")
 
 # The canonical names: BTCV's 13 organs (as in label_maps/btcv.json) and AMOS's extra three.

@@ -1,8 +1,8 @@
 """Evaluation as a chain of plain functions, as in nnU-Net: pair cases by name -> load each pair on
-one grid -> per-organ metrics (medseg.metrics) -> per-organ summary -> per_case.csv, summary.json,
-report.md and report.html (medseg.report, figures from medseg.figures).
+one grid -> per-organ metrics (metrics) -> per-organ summary -> per_case.csv, summary.json,
+report.md and report.html (report, figures from figures).
 
-Reference and prediction labels are paired by organ name (medseg.labels), so the two sides may
+Reference and prediction labels are paired by organ name (medseg.data.labels), so the two sides may
 use different label maps; organs only one side can label are listed, not silently dropped.
 """
 
@@ -20,8 +20,7 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from medseg.errors import MedsegError
-from medseg.io import (
+from medseg.data.io import (
     atomic_output,
     case_name,
     check_apart,
@@ -29,16 +28,17 @@ from medseg.io import (
     list_scans,
     load_mask,
 )
-from medseg.labels import LabelMatch, match_label_maps
-from medseg.manifest import write_json
-from medseg.metrics import (
+from medseg.data.labels import LabelMatch, match_label_maps
+from medseg.data.manifest import write_json
+from medseg.errors import MedsegError
+from medseg.evaluation.metrics import (
     METRICS,
     case_metrics,
     label_boxes,
     voxel_spacing,
     voxel_volume_ml,
 )
-from medseg.report import html_report, markdown_report, markdown_table
+from medseg.evaluation.report import html_report, markdown_report, markdown_table
 
 __all__ = ["evaluate_folders", "evaluate_case", "markdown_table", "EMPTY_POLICY"]
 
@@ -292,7 +292,7 @@ def write_per_case_csv(results: list[dict], path: Path) -> None:
 def draw_figures(results: list[dict], pairs: dict[str, tuple[Path, Path]], match: LabelMatch,
                  resample: bool, out_dir: Path) -> dict:
     """Box plots per metric and overlays of the best and worst case; paths relative to out_dir."""
-    from medseg.figures import metric_boxplot, overlay_figure
+    from medseg.evaluation.figures import metric_boxplot, overlay_figure
 
     rows = [row for result in results for row in result["rows"]]
     organs = [name for name, _, _ in match.organs]

@@ -23,7 +23,17 @@ from monai.networks.utils import one_hot
 from monai.utils import set_determinism
 from tqdm import tqdm
 
-from medseg.checkpoint import load_checkpoint, save_checkpoint
+from medseg.data.io import check_replaceable, check_writable
+from medseg.data.manifest import check_case_files, load_manifest, write_json
+from medseg.data.network_input import NetworkInput
+from medseg.data.scan_checks import check_label_ids
+from medseg.data.transforms import (
+    AUGMENTATIONS,
+    CLASS_LOCATIONS,
+    training_cache_transforms,
+    training_sample_transforms,
+    validation_cache_transforms,
+)
 from medseg.distributed import (
     all_gather,
     barrier,
@@ -34,23 +44,13 @@ from medseg.distributed import (
     shutdown,
 )
 from medseg.errors import MedsegError
-from medseg.figures import training_curves
-from medseg.io import check_replaceable, check_writable
+from medseg.evaluation.figures import training_curves
+from medseg.inference.predictor import OVERLAP, InferOptions, Predictor
 from medseg.limits import MAX_OVERLAP, MAX_PATCH, WORKING_SPACING_MM
-from medseg.losses import build_loss
-from medseg.manifest import check_case_files, load_manifest, write_json
-from medseg.models import build_model
-from medseg.network_input import NetworkInput
-from medseg.predictor import OVERLAP, InferOptions, Predictor
+from medseg.nets.checkpoint import load_checkpoint, save_checkpoint
+from medseg.nets.registry import build_model
 from medseg.runtime import PRECISIONS, autocast, resolve_device, training_precision
-from medseg.scan_checks import check_label_ids
-from medseg.transforms import (
-    AUGMENTATIONS,
-    CLASS_LOCATIONS,
-    training_cache_transforms,
-    training_sample_transforms,
-    validation_cache_transforms,
-)
+from medseg.training.losses import build_loss
 
 log = logging.getLogger("medseg")
 
@@ -66,10 +66,10 @@ class TrainConfig:
     spatial_dims: int = 3  # 2: the model sees axial slices, context_slices neighbours each side
     context_slices: int = 0
     loss: str = "dice_ce"
-    loss_kwargs: dict = field(default_factory=dict)  # medseg.losses.build_loss options
+    loss_kwargs: dict = field(default_factory=dict)  # medseg.training.losses.build_loss options
     # Left unset (None), spacing, patch, batch, intensity and the default network's topology
     # come from a plan: plan.json beside the manifest, or one made from the data at the start
-    # (medseg.planning). In 2D mode only the patch's in-plane size is used.
+    # (medseg.training.planning). In 2D mode only the patch's in-plane size is used.
     spacing: tuple[float, float, float] | None = None
     patch_size: tuple[int, int, int] | None = None
     batch_size: int | None = None
@@ -418,7 +418,7 @@ def planned_config(cfg: TrainConfig, device: torch.device) -> tuple[TrainConfig,
     """The config with every unset planned setting filled: from cfg.plan if given, and what
     that leaves unset from a plan made now from the data (printed in one line); returns the
     plan used too."""
-    from medseg.planning import PLANNED, apply_plan, make_plan, plan_summary, read_plan
+    from medseg.training.planning import PLANNED, apply_plan, make_plan, plan_summary, read_plan
 
     plan = read_plan(Path(cfg.plan)) if cfg.plan else None
     if plan is not None:

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from medseg.io import save_nifti
-from medseg.manifest import write_json
-from medseg.phantoms import SYNTHETIC_LABELS, make_phantom
+from medseg.data.io import save_nifti
+from medseg.data.manifest import write_json
+from medseg.data.phantoms import SYNTHETIC_LABELS, make_phantom
 
 
 def case_seeds(seed: int, cases: int) -> list[int]:

@@ -1,6 +1,6 @@
 """Training's MONAI dictionary transforms: loading, caching, patch sampling and augmentation.
 
-What the network sees (geometry, normalisation, padding) is defined in medseg.network_input.
+What the network sees (geometry, normalisation, padding) is defined in medseg.data.network_input.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from monai.transforms import (
     RandSimulateLowResolutiond,
 )
 
-from medseg.io import load_scan
-from medseg.network_input import NetworkInput
-from medseg.scan_checks import check_same_grid
+from medseg.data.io import load_scan
+from medseg.data.network_input import NetworkInput
+from medseg.data.scan_checks import check_same_grid
 
 
 class LoadScand(MapTransform):
-    """Load scans through medseg.io.load_scan, which validates them and names the file on error.
+    """Load scans through data.io.load_scan, which validates them and names the file on error.
 
     An image and its label must share a grid; the manifest check only sees NIfTI headers, so
     other formats (NRRD, MHA, DICOM) are compared here, once loaded.

@@ -12,9 +12,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from medseg.data.io import atomic_output
 from medseg.errors import MedsegError, first_line
-from medseg.io import atomic_output
-from medseg.metrics import label_boxes, union_box, voxel_spacing
+from medseg.evaluation.metrics import label_boxes, union_box, voxel_spacing
 
 METRIC_TITLES = {"dice": "Dice", "iou": "IoU", "hd95_mm": "HD95 (mm)", "nsd": "NSD",
                  "volume_diff_ml": "volume difference, prediction - reference (ml)"}

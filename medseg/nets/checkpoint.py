@@ -10,13 +10,13 @@ from pathlib import Path
 import torch
 
 from medseg import __version__
+from medseg.data.io import atomic_output
 from medseg.errors import MedsegError, first_line
-from medseg.io import atomic_output
 
 FORMAT = 1
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6
 CHECKPOINT_NAMES = ("best.pt", "last.pt")
-# What inference reads from a checkpoint's config (medseg.predictor).
+# What inference reads from a checkpoint's config (medseg.inference.predictor).
 INFERENCE_KEYS = ("labels", "spacing", "model", "patch_size", "intensity")
 
 
@@ -85,7 +85,7 @@ def load_checkpoint(path: Path, needs: tuple[str, ...] = ()) -> dict:
         raise MedsegError(f"{path}: the checkpoint's config lacks {', '.join(missing)}; use "
                           "best.pt or last.pt of a `medseg train` run")
     if "model" in needs:
-        from medseg.models import MODELS
+        from medseg.nets.registry import MODELS
 
         name = config["model"].get("name") if isinstance(config["model"], dict) else None
         if name not in MODELS:

@@ -11,9 +11,7 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from medseg.distributed import all_gather, local_device, rank_and_world
-from medseg.errors import MedsegError, OutputError, find_medseg_error
-from medseg.io import (
+from medseg.data.io import (
     case_name,
     check_apart,
     check_writable,
@@ -21,9 +19,11 @@ from medseg.io import (
     load_scan,
     save_nifti,
 )
-from medseg.memory import check_inference_memory
-from medseg.metrics import voxel_spacing
-from medseg.predictor import MODEL_ID_PREFIX, InferOptions, Predictor
+from medseg.distributed import all_gather, local_device, rank_and_world
+from medseg.errors import MedsegError, OutputError, find_medseg_error
+from medseg.evaluation.metrics import voxel_spacing
+from medseg.inference.memory import check_inference_memory
+from medseg.inference.predictor import MODEL_ID_PREFIX, InferOptions, Predictor
 
 
 @dataclass

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.data.manifest import check_case_files, load_manifest, read_json
+from medseg.data.scan_checks import AIR_BELOW_HU, check_label_ids
 from medseg.errors import MedsegError
-from medseg.manifest import check_case_files, load_manifest, read_json
-from medseg.metrics import voxel_spacing
-from medseg.scan_checks import AIR_BELOW_HU, check_label_ids
+from medseg.evaluation.metrics import voxel_spacing
 
 ANISOTROPY_RATIO = 3.0  # nnU-Net: beyond this, the coarse axis keeps a finer target spacing
 # Training memory of the default U-Net, bytes per patch voxel per base-channel (activations,
@@ -63,7 +63,7 @@ def ct_normalization(foreground_hu: np.ndarray,
 def case_fingerprint(case: dict, num_classes: int, rng: np.random.Generator,
                      samples: int = 10_000) -> dict:
     """RAS spacing and shape, a sample of labelled-voxel HU, class voxel counts, lowest HU."""
-    from medseg.transforms import LoadScand
+    from medseg.data.transforms import LoadScand
 
     loaded = LoadScand(("image", "label"))({"image": case["image"], "label": case["label"]})
     hu = np.asarray(loaded["image"][0])

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import nibabel as nib
 
+from medseg.data.io import NIFTI_SUFFIXES, atomic_output, scan_suffix
+from medseg.data.scan_checks import check_same_grid
 from medseg.errors import MedsegError
-from medseg.io import NIFTI_SUFFIXES, atomic_output, scan_suffix
-from medseg.scan_checks import check_same_grid
 
 _INTEGER = re.compile(r"-?[0-9]+")  # not str.isdigit: it accepts '²', which int() refuses
 

@@ -15,9 +15,9 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from medseg.data.nifti_header import FORMS_AGREE_MM, forms_disagree, trusted_affine
+from medseg.data.scan_checks import check_geometry, check_intensities, check_label
 from medseg.errors import MedsegError, OutputError, first_line
-from medseg.nifti_header import FORMS_AGREE_MM, forms_disagree, trusted_affine
-from medseg.scan_checks import check_geometry, check_intensities, check_label
 
 log = logging.getLogger("medseg")
 
@@ -118,7 +118,7 @@ def _reader_for(path: Path):
                 return np.array(getattr(img, "medseg_affine", img.affine), copy=True)
 
         return NiftiReader()
-    from medseg.sitk_reader import SimpleITKReader
+    from medseg.data.sitk_reader import SimpleITKReader
 
     return SimpleITKReader()
 

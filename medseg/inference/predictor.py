@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from monai.transforms import Compose
 
-from medseg.checkpoint import INFERENCE_KEYS, load_checkpoint, resolve_checkpoint
+from medseg.data.network_input import NetworkInput
 from medseg.errors import MedsegError, first_line
-from medseg.models import build_model, volume_model
-from medseg.network_input import NetworkInput
-from medseg.postprocess import clean_components, voxels_for_volume
+from medseg.inference.postprocess import clean_components, voxels_for_volume
+from medseg.nets.checkpoint import INFERENCE_KEYS, load_checkpoint, resolve_checkpoint
+from medseg.nets.registry import build_model, volume_model
 from medseg.runtime import autocast, resolve_device
 
 log = logging.getLogger("medseg")

@@ -7,8 +7,8 @@ import difflib
 from pathlib import Path
 
 from medseg.errors import MedsegError, first_line
-from medseg.planning import PLAN_NAME, apply_plan, read_plan
-from medseg.train import TrainConfig
+from medseg.training.loop import TrainConfig
+from medseg.training.planning import PLAN_NAME, apply_plan, read_plan
 
 TUPLE_FIELDS = ("spacing", "patch_size")
 

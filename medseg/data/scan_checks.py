@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from medseg.errors import MedsegError
-from medseg.metrics import voxel_spacing
+from medseg.evaluation.metrics import voxel_spacing
 
 log = logging.getLogger("medseg")
 
