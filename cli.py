@@ -247,8 +247,8 @@ def _parse_numbers(text: str | None, kind, option: str, minimum: float = 0):
 @user_errors
 def plan(manifest, output, device, memory_gb, overwrite):
     """Fingerprint a data set and plan training: spacing, normalisation, patch, batch, network."""
-    from medseg.data.io import check_not_input
-    from medseg.data.manifest import load_manifest, write_json
+    from medseg.data.io import check_not_input, write_json
+    from medseg.data.manifest import load_manifest
     from medseg.errors import MedsegError
     from medseg.runtime import resolve_device
     from medseg.training.planning import PLAN_NAME, make_plan, plan_summary
@@ -377,7 +377,7 @@ def evaluate(pred, ref, output, labels_spec, ref_spec, pred_spec, nsd_tolerance,
 def report(rundir, output):
     """Draw training curves (loss, per-organ validation Dice) from RUNDIR/log.csv as a PNG."""
     from medseg.data.io import check_not_input
-    from medseg.evaluation.figures import training_curves
+    from medseg.training.log import training_curves
 
     target = output or rundir / "training_curves.png"
     check_not_input(target, [rundir / "log.csv"])

@@ -56,6 +56,7 @@ def cache_bytes(cases: list[dict], spacing, num_classes: int, class_locations) -
 TRAIN = """
 import json, sys
 import medseg.training.loop as T
+from medseg.training.config import TrainConfig
 peaks, validate = [], T.validate
 def measured(*args, **kwargs):  # peak RSS of caching and training, before validation's own
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent through exec.
@@ -63,7 +64,7 @@ def measured(*args, **kwargs):  # peak RSS of caching and training, before valid
     peaks.append(int(status.split()[0]) * 1024)
     return validate(*args, **kwargs)
 T.validate = measured
-T.train(T.TrainConfig(**json.loads(sys.argv[1])), overwrite=True)
+T.train(TrainConfig(**json.loads(sys.argv[1])), overwrite=True)
 print(peaks[0])
 """
 

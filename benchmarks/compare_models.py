@@ -31,7 +31,8 @@ def run_model(name: str, dims: int, out: Path, iterations: int, batch_size: int 
     from medseg.evaluation.evaluate import evaluate_folders
     from medseg.inference.batch import infer_cases
     from medseg.inference.predictor import InferOptions
-    from medseg.training.loop import TrainConfig, train
+    from medseg.training.config import TrainConfig
+    from medseg.training.loop import train
 
     train_manifest = ensure_dataset(out / "data" / "train", TRAIN_CASES, seed=0)
     heldout = ensure_dataset(out / "data" / "heldout", HELDOUT_CASES, seed=1).parent

@@ -411,7 +411,7 @@ def estimate_line(case: Case, config: dict, runs: dict[str, list[Run]]) -> str:
     """medseg's up-front memory estimate (what `infer` refuses scans by) against the peak."""
     import nibabel as nib
 
-    from medseg.evaluation.metrics import voxel_spacing
+    from medseg.data.geometry import voxel_spacing
     from medseg.inference.memory import inference_bytes
 
     header = nib.load(str(case.scan))

@@ -36,8 +36,8 @@ from medseg.inference.memory import check_inference_memory, inference_bytes
 from medseg.inference.predictor import InferOptions, Predictor
 from medseg.nets.checkpoint import load_checkpoint, save_checkpoint
 from medseg.nets.registry import build_model
-from medseg.training.loop import resume_from
 from medseg.training.planning import ct_normalization, make_plan
+from medseg.training.run_folder import resume_from
 
 LABELS = {"0": "background", "1": "liver", "2": "spleen"}
 SHAPE = (12, 10, 8)

@@ -9,12 +9,11 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
+from medseg.data.geometry import voxel_spacing, voxel_volume_ml
 from medseg.evaluation.metrics import (
     case_metrics,
     label_boxes,
     organ_metrics,
-    voxel_spacing,
-    voxel_volume_ml,
 )
 
 

@@ -139,7 +139,7 @@ def test_train_without_a_plan_plans_by_itself_and_says_so(tmp_path):
 
 
 def test_the_plans_network_is_only_for_its_own_model_and_never_over_given_channels():
-    from medseg.training.loop import TrainConfig
+    from medseg.training.config import TrainConfig
     from medseg.training.planning import apply_plan
 
     plan = {"spacing": [3, 3, 3], "patch_size": [96, 96, 12], "batch_size": 2,
@@ -187,7 +187,7 @@ def test_a_plan_file_lacking_settings_is_completed_from_the_data(tmp_path):
 def test_ras_shape_and_spacing_are_read_off_the_affine_as_nibabel_reorients():
     import nibabel as nib
 
-    from medseg.training.planning import ras_shape_and_spacing
+    from medseg.data.geometry import ras_shape_and_spacing
 
     affine = np.array([[0.0, 0.0, -2.5, 10], [-0.8, 0.0, 0.0, 5], [0.0, 0.7, 0.0, -3],
                        [0, 0, 0, 1]])  # stored axes: A->P, S, R->L

@@ -13,7 +13,7 @@ import torch
 from conftest import TINY_TRAIN_ARGS
 
 from medseg.errors import MedsegError
-from medseg.training.loop import split_cases
+from medseg.training.cases import split_cases
 
 # Enough epochs that a kill can land in the middle of the run.
 RESUME_ARGS = [a if a != "1" else "6" for a in TINY_TRAIN_ARGS[:2]] + TINY_TRAIN_ARGS[2:]
@@ -86,13 +86,13 @@ def test_two_ddp_ranks_see_different_data_and_end_identical(tiny_dataset, tmp_pa
 
 
 def _config(**kw):
-    from medseg.training.loop import TrainConfig
+    from medseg.training.config import TrainConfig
 
     return TrainConfig(manifest="m", output="o", lr=0.01, **kw)
 
 
 def test_poly_and_warmup_cosine_schedules():
-    from medseg.training.loop import learning_rate
+    from medseg.training.optim import learning_rate
 
     poly = _config()
     assert learning_rate(poly, 0, 100) == pytest.approx(0.01)
@@ -147,7 +147,7 @@ def test_disk_cache_gives_the_same_cases_and_is_reused(tiny_dataset, tmp_path):
     from medseg.data.manifest import load_manifest
     from medseg.data.network_input import NetworkInput
     from medseg.data.transforms import training_cache_transforms
-    from medseg.training.loop import cache_cases, cache_key
+    from medseg.training.cases import cache_cases, cache_key
 
     cases, _ = load_manifest(tiny_dataset)
 
@@ -175,7 +175,7 @@ def test_cache_keeps_a_bounded_even_spread_of_patch_centres_per_class(tiny_datas
     class, spread over the whole class, so patches still reach all of every organ."""
     from medseg.data.manifest import load_manifest
     from medseg.data.transforms import CLASS_LOCATIONS
-    from medseg.training.loop import cache_cases
+    from medseg.training.cases import cache_cases
 
     cases, _ = load_manifest(tiny_dataset)
     item = cache_cases(cases[:1], _cache_transforms(4.0))[0]
@@ -193,7 +193,7 @@ def test_cache_keeps_a_bounded_even_spread_of_patch_centres_per_class(tiny_datas
 
 
 def _tiny_config(manifest, output, **kw):
-    from medseg.training.loop import TrainConfig
+    from medseg.training.config import TrainConfig
 
     return TrainConfig(manifest=str(manifest), output=str(output), spacing=(8.0, 8.0, 8.0),
                        patch_size=(32, 32, 16), batch_size=1, iters_per_epoch=2, val_every=100,

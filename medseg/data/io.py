@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import stat
@@ -379,3 +380,34 @@ def save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, like: Path | N
         image.header["descrip"] = description.encode()[:80]
     with atomic_output(path) as tmp:
         nib.save(image, str(tmp))
+
+
+def read_json(path: Path) -> dict:
+    """A JSON file holding an object, or a one-line MedsegError naming it."""
+    if not path.is_file():
+        raise MedsegError(f"{path}: {'a folder, not a' if path.is_dir() else 'no such'} JSON "
+                          "file; check the path")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MedsegError(f"{path}: not valid JSON ({exc}); fix it there") from None
+    except RecursionError:
+        raise MedsegError(f"{path}: nested too deeply to be a data set or plan; fix the "
+                          "file") from None
+    if not isinstance(data, dict):
+        raise MedsegError(f"{path}: expected a JSON object at the top level, like "
+                          "{\"labels\": ..., \"training\": [...]}")
+    return data
+
+
+def write_json(data: dict, path: Path) -> None:
+    """Write JSON atomically, pretty-printed."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def save_png(figure, path: Path, dpi: int = 90) -> Path:
+    """Write a matplotlib figure as PNG atomically."""
+    with atomic_output(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=dpi)
+    return Path(path)

@@ -1,15 +1,14 @@
-"""Decathlon-format data sets (dataset.json): reading, validating and writing."""
+"""Decathlon-format data sets (dataset.json): reading and validating them."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 
 import nibabel as nib
 
-from medseg.data.io import NIFTI_SUFFIXES, atomic_output, scan_suffix
+from medseg.data.io import NIFTI_SUFFIXES, read_json, scan_suffix
 from medseg.data.scan_checks import check_same_grid
 from medseg.errors import MedsegError
 
@@ -132,27 +131,3 @@ def _nifti_header(path: Path):
     except Exception as exc:  # noqa: BLE001 - nibabel raises several types for bad headers
         raise MedsegError(f"{path}: cannot read NIfTI header ({exc}); the file is damaged or "
                           "not NIfTI: export it again") from None
-
-
-def read_json(path: Path) -> dict:
-    """A JSON file holding an object, or a one-line MedsegError naming it."""
-    if not path.is_file():
-        raise MedsegError(f"{path}: {'a folder, not a' if path.is_dir() else 'no such'} JSON "
-                          "file; check the path")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MedsegError(f"{path}: not valid JSON ({exc}); fix it there") from None
-    except RecursionError:
-        raise MedsegError(f"{path}: nested too deeply to be a data set or plan; fix the "
-                          "file") from None
-    if not isinstance(data, dict):
-        raise MedsegError(f"{path}: expected a JSON object at the top level, like "
-                          "{\"labels\": ..., \"training\": [...]}")
-    return data
-
-
-def write_json(data: dict, path: Path) -> None:
-    """Write JSON atomically, pretty-printed."""
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")

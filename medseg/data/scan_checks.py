@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medseg.data.geometry import voxel_spacing
 from medseg.errors import MedsegError
-from medseg.evaluation.metrics import voxel_spacing
 
 log = logging.getLogger("medseg")
 

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from medseg.data.io import save_nifti
-from medseg.data.manifest import write_json
+from medseg.data.io import save_nifti, write_json
 from medseg.data.phantoms import SYNTHETIC_LABELS, make_phantom
 
 

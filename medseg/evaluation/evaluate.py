@@ -20,6 +20,7 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
+from medseg.data.geometry import voxel_spacing, voxel_volume_ml
 from medseg.data.io import (
     atomic_output,
     case_name,
@@ -27,16 +28,14 @@ from medseg.data.io import (
     check_writable,
     list_scans,
     load_mask,
+    write_json,
 )
 from medseg.data.labels import LabelMatch, match_label_maps
-from medseg.data.manifest import write_json
 from medseg.errors import MedsegError
 from medseg.evaluation.metrics import (
     METRICS,
     case_metrics,
     label_boxes,
-    voxel_spacing,
-    voxel_volume_ml,
 )
 from medseg.evaluation.report import html_report, markdown_report, markdown_table
 

@@ -1,9 +1,8 @@
 """PNG figures with matplotlib's object API (Agg, no display needed): metric box plots and
-best/worst-case overlays for evaluation reports, and training curves from a run's log.csv."""
+best/worst-case overlays for evaluation reports."""
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
@@ -12,9 +11,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from medseg.data.io import atomic_output
-from medseg.errors import MedsegError, first_line
-from medseg.evaluation.metrics import label_boxes, union_box, voxel_spacing
+from medseg.data.geometry import ras_orientation, voxel_spacing
+from medseg.data.io import save_png
+from medseg.evaluation.metrics import label_boxes, union_box
 
 METRIC_TITLES = {"dice": "Dice", "iou": "IoU", "hd95_mm": "HD95 (mm)", "nsd": "NSD",
                  "volume_diff_ml": "volume difference, prediction - reference (ml)"}
@@ -23,13 +22,6 @@ OVERLAY_COLOURS = {"agree": (0.30, 0.75, 0.45), "missed": (0.25, 0.45, 1.00),
                    "spurious": (1.00, 0.55, 0.10), "other organs": (0.35, 0.35, 0.35)}
 CONTEXT_MM = 15.0  # shown around each organ's box
 VIEWS = ("axial", "coronal", "sagittal")
-
-
-def save_figure(fig: Figure, path: Path, dpi: int = 90) -> Path:
-    """Write a figure as PNG atomically."""
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
-    return Path(path)
 
 
 def metric_boxplot(rows: list[dict], metric: str, organs: list[str], path: Path) -> Path:
@@ -54,17 +46,7 @@ def metric_boxplot(rows: list[dict], metric: str, organs: list[str], path: Path)
         ax.set_xlim(-0.02, 1.02)
     ax.set_xlabel(METRIC_TITLES.get(metric, metric))
     ax.grid(axis="x", alpha=0.3)
-    return save_figure(fig, path)
-
-
-def ras_orientation(affine: np.ndarray) -> tuple[np.ndarray, tuple[float, ...]]:
-    """nibabel's orientation that turns the array axes into RAS+, and the spacing after it."""
-    ornt = nib.orientations.io_orientation(affine)
-    spacing = voxel_spacing(affine)
-    ras_spacing = [0.0] * 3
-    for axis, (target, _) in enumerate(ornt):
-        ras_spacing[int(target)] = spacing[axis]
-    return ornt, tuple(ras_spacing)
+    return save_png(fig, path)
 
 
 def agreement_image(ref: np.ndarray, pred: np.ndarray, context: np.ndarray) -> np.ndarray:
@@ -123,48 +105,4 @@ def overlay_figure(ref: np.ndarray, pred: np.ndarray, affine: np.ndarray,
             ax.set_title(f"{name} - {VIEWS[j]}", fontsize=8)
     fig.legend(handles=[Patch(color=c, label=k) for k, c in OVERLAY_COLOURS.items()],
                loc="outside lower center", ncols=4, fontsize=8)
-    return save_figure(fig, path)
-
-
-def read_training_log(path: Path) -> dict[str, np.ndarray]:
-    """The columns of a run's log.csv as float arrays; empty cells (no validation) are NaN."""
-    path = Path(path)
-    if not path.exists():
-        raise MedsegError(f"{path}: not found; is this a run folder written by `medseg train`?")
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise MedsegError(f"{path}: not a medseg training log (not CSV text: {first_line(exc)}); "
-                          "point at the run folder `medseg train` wrote") from None
-    if not rows or not {"epoch", "loss"} <= rows[0].keys():
-        raise MedsegError(f"{path}: no epochs logged (expected columns epoch, loss, ...)")
-    try:
-        return {key: np.array([float(r[key]) if r[key] not in ("", None) else math.nan
-                               for r in rows]) for key in rows[0]}
-    except ValueError as exc:
-        raise MedsegError(f"{path}: not a medseg training log ({exc})") from None
-
-
-def training_curves(log_csv: Path, path: Path) -> Path:
-    """Loss and per-organ validation Dice against epoch, as one PNG."""
-    log = read_training_log(log_csv)
-    organs = [k for k in log if k not in ("epoch", "loss", "val_mean_dice", "seconds")]
-    fig = Figure(figsize=(12, 4.5), layout="constrained")
-    loss_ax, dice_ax = fig.subplots(1, 2)
-    loss_ax.plot(log["epoch"], log["loss"], "-o", markersize=3)
-    loss_ax.set(xlabel="epoch", ylabel="training loss (Dice + CE)", title="Loss")
-    validated = ~np.isnan(log.get("val_mean_dice", np.full(len(log["epoch"]), np.nan)))
-    for organ in organs:
-        dice_ax.plot(log["epoch"][validated], log[organ][validated], "-", marker=".",
-                     linewidth=1, label=organ)
-    if validated.any():
-        dice_ax.plot(log["epoch"][validated], log["val_mean_dice"][validated], "-o", color="k",
-                     linewidth=2.5, label="mean")
-        dice_ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
-    else:
-        dice_ax.text(0.5, 0.5, "no validation yet", ha="center", transform=dice_ax.transAxes)
-    dice_ax.set(xlabel="epoch", ylabel="Dice", title="Validation Dice per organ", ylim=(0, 1))
-    for ax in (loss_ax, dice_ax):
-        ax.grid(alpha=0.3)
-    return save_figure(fig, path)
+    return save_png(fig, path)

@@ -26,16 +26,6 @@ METRICS = ("dice", "iou", "hd95_mm", "nsd", "ref_volume_ml", "pred_volume_ml", "
 BOX_MARGIN = 1
 
 
-def voxel_spacing(affine: np.ndarray) -> tuple[float, ...]:
-    """Voxel size in mm along each array axis (column norms of the affine)."""
-    return tuple(float(s) for s in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
-
-
-def voxel_volume_ml(affine: np.ndarray) -> float:
-    """Volume of one voxel in millilitres."""
-    return abs(float(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
-
-
 def label_boxes(volume: np.ndarray) -> dict[int, Box]:
     """Bounding box of every label > 0 present in a label volume, in one pass."""
     if volume.flags.f_contiguous and not volume.flags.c_contiguous:

@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
+from medseg.data.geometry import voxel_spacing
 from medseg.data.io import (
     case_name,
     check_apart,
@@ -21,7 +22,6 @@ from medseg.data.io import (
 )
 from medseg.distributed import all_gather, local_device, rank_and_world
 from medseg.errors import MedsegError, OutputError, find_medseg_error
-from medseg.evaluation.metrics import voxel_spacing
 from medseg.inference.memory import check_inference_memory
 from medseg.inference.predictor import MODEL_ID_PREFIX, InferOptions, Predictor
 

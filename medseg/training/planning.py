@@ -15,10 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.data.manifest import check_case_files, load_manifest, read_json
+from medseg.data.geometry import ras_shape_and_spacing
+from medseg.data.io import read_json
+from medseg.data.manifest import check_case_files, load_manifest
 from medseg.data.scan_checks import AIR_BELOW_HU, check_label_ids
+from medseg.distributed import is_main_process
 from medseg.errors import MedsegError
-from medseg.evaluation.metrics import voxel_spacing
+from medseg.training.config import TrainConfig
 
 ANISOTROPY_RATIO = 3.0  # nnU-Net: beyond this, the coarse axis keeps a finer target spacing
 # Training memory of the default U-Net, bytes per patch voxel per base-channel (activations,
@@ -82,18 +85,6 @@ def case_fingerprint(case: dict, num_classes: int, rng: np.random.Generator,
         "min_hu": float(hu.min()),
         "class_voxels": counts.tolist(),
     }
-
-
-def ras_shape_and_spacing(shape, affine: np.ndarray) -> tuple[list[int], list[float]]:
-    """A grid's shape and voxel spacing in RAS axis order, read off its affine (no data moved)."""
-    from nibabel.orientations import io_orientation
-
-    ras_axis = io_orientation(affine)[:, 0].astype(int)  # the RAS axis each stored axis becomes
-    spacing = voxel_spacing(affine)
-    ras_shape, ras_spacing = [0] * 3, [0.0] * 3
-    for axis, ras in enumerate(ras_axis):
-        ras_shape[ras], ras_spacing[ras] = int(shape[axis]), float(spacing[axis])
-    return ras_shape, ras_spacing
 
 
 def target_spacing(spacings: np.ndarray) -> list[float]:
@@ -256,8 +247,8 @@ def read_plan(path: Path) -> dict:
 PLANNED = ("spacing", "patch_size", "batch_size", "intensity")
 
 
-def apply_plan(config, plan: dict, plan_path: str | None = None):
-    """A config (dataclass) with every planned setting it leaves unset (None) taken from plan.
+def apply_plan(config: TrainConfig, plan: dict, plan_path: str | None = None) -> TrainConfig:
+    """A config with every planned setting it leaves unset (None) taken from plan.
 
     The default network's topology is planned for the final patch and spacing (which the
     recipe or command line may have set), for 3D runs of the model the plan is for, and only
@@ -277,3 +268,28 @@ def apply_plan(config, plan: dict, plan_path: str | None = None):
         config = dataclasses.replace(config, model_kwargs={**config.model_kwargs,
                                                            **unet_kwargs(levels, planned[0])})
     return config
+
+
+def planned_config(cfg: TrainConfig, device: str) -> tuple[TrainConfig, dict | None]:
+    """The config with every unset planned setting filled: from cfg.plan if given, and what
+    that leaves unset from a plan made now from the data (printed in one line); returns the
+    plan used too."""
+    plan = read_plan(Path(cfg.plan)) if cfg.plan else None
+    if plan is not None:
+        cfg = apply_plan(cfg, plan)
+    if any(getattr(cfg, key) is None for key in PLANNED):  # no plan, or one lacking keys
+        made = make_plan(Path(cfg.manifest), device=device, seed=cfg.seed)
+        if is_main_process():
+            print(plan_summary(made), flush=True)
+        cfg = apply_plan(cfg, made)
+        plan = {**made, **(plan or {})}
+    if plan is None:
+        return cfg, None
+    overridden = [k for k in PLANNED if k in plan and getattr(cfg, k) != _as_config(plan[k])]
+    if overridden and is_main_process():
+        print(f"plan: {', '.join(overridden)} set by the recipe or command line", flush=True)
+    return cfg, plan
+
+
+def _as_config(value):
+    return tuple(value) if isinstance(value, list) else value

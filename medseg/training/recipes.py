@@ -7,7 +7,7 @@ import difflib
 from pathlib import Path
 
 from medseg.errors import MedsegError, first_line
-from medseg.training.loop import TrainConfig
+from medseg.training.config import TrainConfig
 from medseg.training.planning import PLAN_NAME, apply_plan, read_plan
 
 TUPLE_FIELDS = ("spacing", "patch_size")
