@@ -6,6 +6,7 @@ A user mistake (MedsegError) is printed as one line with exit code 2; Ctrl-C exi
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -15,7 +16,24 @@ from pathlib import Path
 
 import click
 
-from medseg.limits import MAX_OVERLAP, MAX_PATCH, SYNTH_SPACING_MM, WORKING_SPACING_MM
+# Light modules only (no torch): the choices, defaults and registry names that --help shows.
+from medseg.choices import (
+    AUGMENTATIONS,
+    DEVICES,
+    LOSSES,
+    MAX_OVERLAP,
+    MAX_PATCH,
+    OPTIMIZERS,
+    PHASES,
+    PRECISIONS,
+    SCHEDULES,
+    SYNTH_SPACING_MM,
+    UPSAMPLING,
+    WORKING_SPACING_MM,
+)
+from medseg.inference.options import InferOptions
+from medseg.nets.registry import MODELS
+from medseg.training.config import TrainConfig
 
 EXIT_USER_ERROR = 2
 EXIT_CASES_FAILED = 1
@@ -59,6 +77,25 @@ def _parse_triple(kind, lo, hi):
         return parts
 
     return parse
+
+
+def _names(choices) -> str:
+    """'a, b or c' from a tuple or a registry's keys."""
+    names = list(choices)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _default(options_class, name: str):
+    """A dataclass field's default: TrainConfig and InferOptions are the one source."""
+    field = {f.name: f for f in dataclasses.fields(options_class)}[name]
+    return field.default_factory() if field.default is dataclasses.MISSING else field.default
+
+
+def _train_help(name: str, text: str = "") -> str:
+    """Help text ending in TrainConfig's default for the setting; None means the plan sets it."""
+    value = _default(TrainConfig, name)
+    shown = "planned from the data" if value is None else value
+    return f"{text} [default: {shown}]".lstrip()
 
 
 def user_errors(command):
@@ -116,7 +153,7 @@ def main():
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--spacing", callback=_parse_triple(float, *SYNTH_SPACING_MM), default=None,
               help="Fix the voxel spacing in mm (x,y,z); by default it varies per case.")
-@click.option("--phase", type=click.Choice(["non-contrast", "arterial", "portal-venous"]),
+@click.option("--phase", type=click.Choice(PHASES),
               help="Fix the contrast phase; by default it varies per case.")
 @user_errors
 def synth(outdir: Path, cases: int, seed: int, spacing, phase):
@@ -128,74 +165,77 @@ def synth(outdir: Path, cases: int, seed: int, spacing, phase):
 
 
 @main.command()
-@click.option("--pipeline", "recipe", type=GivenPath(path_type=Path),
+@click.option("--recipe", type=GivenPath(path_type=Path),
               help="A recipe (pipelines/*.yaml) of settings; options given here override it.")
+@click.option("--pipeline", "old_recipe", type=GivenPath(path_type=Path), hidden=True)
 @click.option("--manifest", type=GivenPath(path_type=Path),
               help="Decathlon dataset.json with 'labels' and 'training'.")
 @click.option("--output", type=GivenPath(file_okay=False, path_type=Path))
-# Unset options fall back to TrainConfig's defaults, so they are defined in one place.
-@click.option("--model", help="unet, unet3d, fcn, dilated, deeplabv3, deeplabv3plus or pspnet "
-                              "(docs/models.md) [default: unet3d].")
-@click.option("--dims", "spatial_dims", type=click.IntRange(2, 3),
-              help="3: volume patches; 2: axial slices of the same volumes [default: 3].")
-@click.option("--context-slices", type=click.IntRange(min=0),
-              help="2D: K neighbouring slices each side as extra channels (2.5D) [default: 0].")
-@click.option("--upsample", help="Decoder upsampling (unet, fcn, deeplabv3plus): transpose, "
-                                 "nearest, linear, bed_of_nails or unpool [model's default].")
+# Unset options (None) fall back to the recipe, then to TrainConfig, whose defaults help shows.
+@click.option("--network", "model",
+              help=_train_help("model", f"The architecture: {_names(MODELS)} (docs/models.md)."))
+@click.option("--model", "old_model", hidden=True)
+@click.option("--dims", "spatial_dims", type=click.IntRange(2, 3), help=_train_help(
+    "spatial_dims", "3: volume patches; 2: axial slices of the same volumes."))
+@click.option("--context-slices", type=click.IntRange(min=0), help=_train_help(
+    "context_slices", "2D: K neighbouring slices each side as extra channels (2.5D)."))
+@click.option("--upsample", help=f"Decoder upsampling (unet, fcn, deeplabv3plus): "
+                                 f"{_names(UPSAMPLING)} [default: the network's own].")
 @click.option("--deep-supervision", is_flag=True, help="unet: also supervise coarser outputs.")
-@click.option("--loss", help="ce, dice or dice_ce [default: dice_ce].")
+@click.option("--loss", help=_train_help("loss", f"{_names(LOSSES)}."))
 @click.option("--squared-dice", is_flag=True, help="Soft Dice with squared denominators.")
 @click.option("--include-background", is_flag=True, help="Count the background in Dice too.")
 @click.option("--class-weights", help="One weight per class, background first, e.g. 0.5,1,2.")
-@click.option("--dice-weight", type=Finite(min=0), help="Dice term's weight [1].")
-@click.option("--ce-weight", type=Finite(min=0), help="CE term's weight [1].")
-@click.option("--epochs", type=click.IntRange(min=1), help="[default: 40]")
-@click.option("--iters-per-epoch", type=click.IntRange(min=1), help="[default: 25]")
-@click.option("--batch-size", type=click.IntRange(min=1), help="[default: planned]")
+@click.option("--dice-weight", type=Finite(min=0), help="Scales the Dice term.")
+@click.option("--ce-weight", type=Finite(min=0), help="Scales the cross-entropy term.")
+@click.option("--epochs", type=click.IntRange(min=1), help=_train_help("epochs"))
+@click.option("--iters-per-epoch", type=click.IntRange(min=1), help=_train_help("iters_per_epoch"))
+@click.option("--batch-size", type=click.IntRange(min=1), help=_train_help("batch_size"))
 @click.option("--lr", type=Finite(min=0, min_open=True),
-              help="Peak learning rate [default: 0.003].")
+              help=_train_help("lr", "Peak learning rate."))
 @click.option("--spacing", callback=_parse_triple(float, *WORKING_SPACING_MM),
-              help="Working spacing in mm, e.g. 3,3,3 [default: planned from the data].")
-@click.option("--patch-size", callback=_parse_triple(int, 1, MAX_PATCH),
-              help="e.g. 96,96,32 [default: planned]; in 2D only the first two are used.")
-@click.option("--channels", default=None,
-              help="Encoder widths per level, e.g. 16,32,64,128,256 [unet3d: planned].")
-@click.option("--val-every", type=click.IntRange(min=1), help="Epochs between validations [5].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="[default: auto]")
-@click.option("--seed", type=int, help="[default: 0]")
-@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), help="[default: adamw]")
-@click.option("--schedule", type=click.Choice(["poly", "cosine"]), help="[default: poly]")
-@click.option("--warmup-iters", type=click.IntRange(min=0), help="[default: 0]")
-@click.option("--augment", type=click.Choice(["light", "nnunet"]), help="[default: light]")
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]),
-              help="Mixed precision: auto is bf16 on CUDA and on CPUs with native bf16, "
-                   "else fp32 [default: auto].")
+              help=_train_help("spacing", "Working spacing in mm, e.g. 3,3,3."))
+@click.option("--patch-size", callback=_parse_triple(int, 1, MAX_PATCH), help=_train_help(
+    "patch_size", "e.g. 96,96,32; in 2D only the first two are used."))
+@click.option("--channels", default=None, help="Encoder widths per level, e.g. 16,32,64,128,256 "
+                                               "[default: planned for resunet].")
+@click.option("--val-every", type=click.IntRange(min=1),
+              help=_train_help("val_every", "Epochs between validations."))
+@click.option("--device", type=click.Choice(DEVICES), help=_train_help("device"))
+@click.option("--seed", type=int, help=_train_help("seed"))
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), help=_train_help("optimizer"))
+@click.option("--schedule", type=click.Choice(SCHEDULES), help=_train_help("schedule"))
+@click.option("--warmup-iters", type=click.IntRange(min=0), help=_train_help("warmup_iters"))
+@click.option("--augment", type=click.Choice(AUGMENTATIONS), help=_train_help("augment"))
+@click.option("--precision", type=click.Choice(PRECISIONS), help=_train_help(
+    "precision", "Mixed precision: auto is bf16 on CUDA and on CPUs with native bf16, else fp32."))
 @click.option("--compile", "compile_model", is_flag=True, default=None,
               help="torch.compile the network (slow start, faster steps on GPUs).")
 @click.option("--workers", "num_workers", type=click.IntRange(min=0),
-              help="Data-loading processes [default: 0].")
+              help=_train_help("num_workers", "Data-loading processes."))
 @click.option("--cache-dir", type=GivenPath(file_okay=False, path_type=Path),
               help="Keep resampled cases on disk here instead of in memory (for data sets "
                    "larger than RAM), and reuse them in later runs.")
-@click.option("--plan", type=GivenPath(path_type=Path),
-              help="A plan from `medseg plan` [default: plan.json beside the manifest, if any].")
+@click.option("--plan", type=GivenPath(path_type=Path), help="A plan from `medseg plan` "
+              "[default: plan.json beside the manifest, if any].")
 @click.option("--fold", type=click.IntRange(min=0), help="Validate on this fold of --folds.")
-@click.option("--folds", type=click.IntRange(min=2), help="Folds for --fold [default: 5].")
+@click.option("--folds", type=click.IntRange(min=2), help=_train_help("folds", "Folds for --fold."))
 @click.option("--resume", is_flag=True, help="Continue OUTPUT's run from its last.pt.")
 @click.option("--overwrite", is_flag=True,
               help="Replace the run OUTPUT holds (its checkpoints and logs) with a new one.")
 @click.option("--nproc", default=1, type=click.IntRange(min=1),
               help="Processes (one per GPU) training with DDP, launched with torchrun.")
 @user_errors
-def train(recipe, channels, upsample, deep_supervision, squared_dice, include_background,
-          class_weights, dice_weight, ce_weight, resume, overwrite, nproc, compile_model,
-          **options):
+def train(recipe, old_recipe, old_model, channels, upsample, deep_supervision, squared_dice,
+          include_background, class_weights, dice_weight, ce_weight, resume, overwrite, nproc,
+          compile_model, **options):
     """Train a segmentation model; writes best.pt, last.pt, log.csv and config.json to OUTPUT."""
+    recipe = recipe or old_recipe  # --pipeline: the option's name before medseg 0.2
+    options["model"] = options["model"] or old_model  # --model: likewise
     if nproc > 1:
         _relaunch_with_torchrun(nproc)
     _prepare_runtime()
-    from medseg.training.loop import train as run_training
-    from medseg.training.recipes import build_config
+    from medseg.api import train as run_training
 
     overrides = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
     overrides["compile"] = compile_model
@@ -209,13 +249,12 @@ def train(recipe, channels, upsample, deep_supervision, squared_dice, include_ba
         given = {k: v for k, v in values.items() if v is not None}
         if given:  # replaces the recipe's own model_kwargs / loss_kwargs
             overrides[key] = given
-    config = build_config(recipe, overrides)
-    result = run_training(config, resume=resume, overwrite=overwrite)
+    result = run_training(recipe=recipe, resume=resume, overwrite=overwrite, **overrides)
     from medseg.distributed import is_main_process
 
     if is_main_process():
         click.echo(f"best validation Dice {result['best_val_dice']:.3f} "
-                   f"in {result['seconds']:.0f}s; checkpoints in {config.output}")
+                   f"in {result['seconds']:.0f}s; checkpoints in {result['output']}")
 
 
 def _parse_numbers(text: str | None, kind, option: str, minimum: float = 0):
@@ -237,8 +276,7 @@ def _parse_numbers(text: str | None, kind, option: str, minimum: float = 0):
 @click.option("--output", type=GivenPath(dir_okay=False, path_type=Path),
               help="Where to write the plan [default: plan.json beside the manifest, which "
                    "`medseg train` then uses].")
-@click.option("--device", default="auto", show_default=True,
-              type=click.Choice(["auto", "cpu", "cuda"]),
+@click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICES),
               help="The device training will use: a CPU plan keeps steps affordable (coarser "
                    "spacing, a smaller network), a GPU plan fills --memory-gb.")
 @click.option("--memory-gb", type=Finite(min=0.5),
@@ -267,40 +305,40 @@ def plan(manifest, output, device, memory_gb, overwrite):
 @main.command()
 @click.option("--model", "checkpoints", required=True, multiple=True,
               type=GivenPath(path_type=Path),
-              help="A run folder (uses best.pt) or a checkpoint file; repeat to ensemble folds.")
+              help="A trained model: a run folder (uses best.pt) or a checkpoint file; repeat to "
+                   "ensemble folds.")
 @click.option("--input", "inputs", required=True, type=GivenPath(path_type=Path),
               help="A scan (NIfTI, NRRD, MHA), a DICOM series folder, or a folder of them.")
 @click.option("--output", required=True, type=GivenPath(file_okay=False, path_type=Path))
 @click.option("--overwrite", is_flag=True, help="Redo cases whose mask already exists.")
-@click.option("--overlap", type=Finite(0, MAX_OVERLAP),
-              help="Fraction by which sliding windows overlap [default: 0.5].")
-@click.option("--sw-batch-size", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--overlap", type=Finite(0, MAX_OVERLAP), default=_default(InferOptions, "overlap"),
+              show_default=True, help="Fraction by which sliding windows overlap.")
+@click.option("--sw-batch-size", default=_default(InferOptions, "sw_batch_size"), show_default=True,
+              type=click.IntRange(min=1))
 @click.option("--tta", is_flag=True,
               help="Average over anterior-posterior and superior-inferior mirror images.")
-@click.option("--precision", default="auto", show_default=True,
-              type=click.Choice(["auto", "bf16", "fp16", "fp32"]),
-              help="auto: bf16 on CUDA, fp32 on CPU.")
+@click.option("--precision", default=_default(InferOptions, "precision"), show_default=True,
+              type=click.Choice(PRECISIONS), help="auto: bf16 on CUDA, fp32 on CPU.")
 @click.option("--keep-largest", is_flag=True, help="Keep each organ's largest component only.")
-@click.option("--min-volume", default=0.0, show_default=True, type=Finite(min=0),
+@click.option("--min-volume", "min_volume_mm3", default=_default(InferOptions, "min_volume_mm3"),
+              show_default=True, type=Finite(min=0),
               help="Remove components smaller than this many mm3.")
 @click.option("--save-probabilities", is_flag=True,
               help="Also write CASE_probabilities.nii.gz (uint8, probability x 255).")
-@click.option("--device", default="auto", show_default=True,
-              type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--device", default=_default(InferOptions, "device"), show_default=True,
+              type=click.Choice(DEVICES))
 @click.option("--nproc", default=1, show_default=True, type=click.IntRange(min=1),
               help="Processes (one per GPU) that split the cases, launched with torchrun.")
 @user_errors
-def infer(checkpoints, inputs, output, nproc, min_volume, **options):
+def infer(checkpoints, inputs, output, nproc, **options):
     """Segment scans; writes one uint8 NIfTI mask per scan, on the scan's own grid."""
     if nproc > 1:
         _relaunch_with_torchrun(nproc)
     _prepare_runtime()
-    from medseg.inference.batch import gather_results, infer_cases, rank_and_world
-    from medseg.inference.predictor import InferOptions
+    from medseg.api import infer as run_inference
+    from medseg.distributed import rank_and_world
 
-    given = {k: v for k, v in options.items() if v is not None}  # unset: InferOptions' default
-    settings = InferOptions(min_volume_mm3=min_volume, **given)
-    results = gather_results(infer_cases(checkpoints, inputs, output, settings))
+    results = run_inference(checkpoints, inputs, output, **options)
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
     if rank_and_world()[0] == 0:
         click.echo(f"{counts['done']} done, {counts['skipped']} skipped (exist; --overwrite "
@@ -356,15 +394,11 @@ def _relaunch_with_torchrun(nproc: int) -> None:
 def evaluate(pred, ref, output, labels_spec, ref_spec, pred_spec, nsd_tolerance, resample_pred,
              workers, no_figures):
     """Dice, IoU, HD95, NSD and volumes per organ: per_case.csv, summary.json, report.md/.html."""
-    from medseg.data.labels import load_label_map
-    from medseg.evaluation.evaluate import evaluate_folders, markdown_table
+    from medseg.api import evaluate as run_evaluation
+    from medseg.evaluation.report import markdown_table
 
-    default = labels_spec or (None if ref_spec and pred_spec else _default_labels(ref))
-    ref_labels = load_label_map(ref_spec or default)
-    pred_labels = load_label_map(pred_spec or default)
-    summary = evaluate_folders(pred, ref, output, ref_labels, pred_labels,
-                               tolerance_mm=nsd_tolerance, resample=resample_pred,
-                               workers=workers, figures=not no_figures, progress=True)
+    summary = run_evaluation(pred, ref, output, labels_spec, ref_spec, pred_spec, nsd_tolerance,
+                             resample_pred, workers, figures=not no_figures, progress=True)
     click.echo(markdown_table(summary))
     click.echo(f"wrote per_case.csv, summary.json, report.md and report.html to {output}")
 
@@ -383,16 +417,6 @@ def report(rundir, output):
     check_not_input(target, [rundir / "log.csv"])
     path = training_curves(rundir / "log.csv", target)
     click.echo(f"wrote {path}")
-
-
-def _default_labels(ref: Path) -> Path:
-    from medseg.errors import MedsegError
-
-    for candidate in (Path(ref).parent / "dataset.json", Path(ref) / "dataset.json"):
-        if candidate.exists():
-            return candidate
-    raise MedsegError(f"no label map given and no dataset.json beside {ref}; pass --labels "
-                      "(or --ref-labels and --pred-labels)")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ def run_model(name: str, dims: int, out: Path, iterations: int, batch_size: int 
     from medseg.data.manifest import load_labels
     from medseg.evaluation.evaluate import evaluate_folders
     from medseg.inference.batch import infer_cases
-    from medseg.inference.predictor import InferOptions
+    from medseg.inference.options import InferOptions
     from medseg.training.config import TrainConfig
     from medseg.training.loop import train
 

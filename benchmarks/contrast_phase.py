@@ -70,7 +70,7 @@ def heldout_dice(run: Path, heldout: Path, out: Path) -> dict:
     from medseg.data.manifest import load_labels
     from medseg.evaluation.evaluate import evaluate_folders
     from medseg.inference.batch import infer_cases
-    from medseg.inference.predictor import InferOptions
+    from medseg.inference.options import InferOptions
 
     infer_cases(run, heldout.parent / "imagesTr", out, InferOptions(overwrite=True))
     summary = evaluate_folders(out, heldout.parent / "labelsTr", out / "evaluation",

@@ -76,7 +76,7 @@ def run_variant(variant: str, data: Path, out: Path, budget: float | None,
     from medseg.data.manifest import load_labels
     from medseg.evaluation.evaluate import evaluate_folders
     from medseg.inference.batch import infer_cases
-    from medseg.inference.predictor import InferOptions
+    from medseg.inference.options import InferOptions
     from medseg.training.loop import train
 
     manifest, heldout = data / "train" / "dataset.json", data / "heldout"

@@ -1,3 +1,16 @@
-"""medseg: multi-organ segmentation of abdominal CT."""
+"""medseg: multi-organ segmentation of abdominal CT.
 
-__version__ = "0.1.0"
+The Python API (docs/api.md): Segmenter, segment, infer, train, evaluate, with TrainConfig and
+InferOptions for their settings. The subpackages follow the data flow: data (reading, checking,
+transforms), nets (networks and their registry), training, inference, evaluation
+(docs/architecture.md).
+"""
+
+__version__ = "0.2.0"
+
+from medseg.api import Segmentation, Segmenter, evaluate, infer, segment, train  # noqa: E402
+from medseg.inference.options import InferOptions  # noqa: E402
+from medseg.training.config import TrainConfig  # noqa: E402
+
+__all__ = ["InferOptions", "Segmentation", "Segmenter", "TrainConfig", "evaluate", "infer",
+           "segment", "train", "__version__"]

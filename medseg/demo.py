@@ -32,7 +32,7 @@ def run_demo(out: Path, epochs: int, iters_per_epoch: int) -> dict:
     from medseg.data.manifest import load_labels
     from medseg.evaluation.evaluate import evaluate_folders, markdown_table
     from medseg.inference.batch import infer_cases
-    from medseg.inference.predictor import InferOptions
+    from medseg.inference.options import InferOptions
     from medseg.training.loop import train
     from medseg.training.recipes import build_config
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from medseg.choices import PRECISIONS
 from medseg.errors import MedsegError
 
 # glibc mallopt parameter numbers (malloc.h).
@@ -42,9 +43,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise MedsegError("--device cuda was asked for, but this torch build sees no CUDA GPU")
     return torch.device(name)
-
-
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 def autocast(device: torch.device, precision: str = "auto"):

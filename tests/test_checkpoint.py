@@ -65,7 +65,8 @@ def test_truncated_or_foreign_files_are_clear_errors(tmp_path):
 
 def test_a_medseg_0_1_checkpoint_still_predicts(tmp_path):
     # 0.1 saved MONAI's U-Net unwrapped, with no spatial_dims or context_slices in its config.
-    from medseg.inference.predictor import InferOptions, Predictor
+    from medseg.inference.options import InferOptions
+    from medseg.inference.predictor import Predictor
     from medseg.nets.registry import monai_residual_unet
 
     bare = monai_residual_unet(3, 1, 2, channels=(4, 8), strides=(2,))

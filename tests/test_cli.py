@@ -141,7 +141,7 @@ def test_labels_outside_the_label_map_are_refused(tmp_path):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--model", "segformer"], "choose one of: unet, unet3d, fcn, dilated"),
+    (["--model", "segformer"], "choose one of: resunet, unet, fcn, dilated"),
     (["--upsample", "bicubic", "--model", "unet"], "unknown upsampling 'bicubic'"),
     (["--context-slices", "2"], "add --dims 2"),
     (["--loss", "focal"], "unknown loss 'focal'"),

@@ -33,7 +33,8 @@ from medseg.errors import MedsegError, OutputError
 from medseg.evaluation.evaluate import load_label_volume
 from medseg.inference.batch import check_fits_predictor, infer_cases
 from medseg.inference.memory import check_inference_memory, inference_bytes
-from medseg.inference.predictor import InferOptions, Predictor
+from medseg.inference.options import InferOptions
+from medseg.inference.predictor import Predictor
 from medseg.nets.checkpoint import load_checkpoint, save_checkpoint
 from medseg.nets.registry import build_model
 from medseg.training.planning import ct_normalization, make_plan

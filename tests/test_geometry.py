@@ -9,10 +9,10 @@ import torch
 from scipy.ndimage import map_coordinates
 
 from medseg.data.io import load_scan, save_nifti
-from medseg.inference.predictor import (
+from medseg.inference.options import InferOptions
+from medseg.inference.predictor import Predictor
+from medseg.inference.resample import (
     SPARSE_MAX_BOUNDARY,
-    InferOptions,
-    Predictor,
     _cell_agreement,
     resample_labels,
     resample_to_grid,

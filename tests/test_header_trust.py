@@ -14,7 +14,7 @@ from test_errors import ct, tiny_checkpoint
 from medseg.data.io import load_scan
 from medseg.errors import MedsegError
 from medseg.inference.batch import infer_cases
-from medseg.inference.predictor import InferOptions
+from medseg.inference.options import InferOptions
 
 SFORM = np.array([[-1.0, 0, 0, 40], [0, -1.0, 0, 30], [0, 0, 2.0, -10], [0, 0, 0, 1]])
 QFORM = np.array([[1.0, 0, 0, -20], [0, 1.0, 0, -25], [0, 0, 2.0, -10], [0, 0, 0, 1]])

@@ -15,8 +15,9 @@ from click.testing import CliRunner
 from cli import main
 from medseg.data.io import load_scan
 from medseg.errors import MedsegError
+from medseg.inference.options import InferOptions
 from medseg.inference.postprocess import clean_components
-from medseg.inference.predictor import InferOptions, Predictor
+from medseg.inference.predictor import Predictor
 from medseg.nets.checkpoint import save_checkpoint
 from medseg.nets.registry import build_model
 

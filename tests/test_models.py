@@ -100,7 +100,7 @@ def test_deep_supervision_returns_halving_outputs_in_training_only():
 
 
 def test_bad_names_and_settings_say_what_is_valid():
-    with pytest.raises(MedsegError, match="unet, unet3d, fcn, dilated, deeplabv3"):
+    with pytest.raises(MedsegError, match="resunet, unet, fcn, dilated, deeplabv3"):
         build_model("segformer", 1, 2)
     with pytest.raises(MedsegError, match="transpose, nearest, linear, bed_of_nails, unpool"):
         build_model("unet", 1, 2, upsample="bicubic")

@@ -10,7 +10,8 @@ from conftest import write_nifti
 
 from medseg.data.network_input import AIR_HU, NetworkInput
 from medseg.data.transforms import RandOrganContrastd, training_cache_transforms
-from medseg.inference.predictor import InferOptions, Predictor
+from medseg.inference.options import InferOptions
+from medseg.inference.predictor import Predictor
 
 # Hand-computed: -1024 HU is clipped to -900, then (-900 - 50) / 200 = -4.75.
 INTENSITY = {"clip": [-900.0, 400.0], "mean": 50.0, "std": 200.0}

@@ -8,8 +8,8 @@ import numpy as np
 from click.testing import CliRunner
 
 from cli import main
-from medseg.training.log import read_training_log
 from medseg.evaluation.report import markdown_table
+from medseg.training.log import read_training_log
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -144,6 +144,29 @@ def load_scan(path: Path, what: str = "image", dtype=np.float32) -> torch.Tensor
         reason = first_line(exc).replace(f"cannot read {path}: ", "")
         advice = "" if path.is_dir() else "; the file is damaged or not a scan: export it again"
         raise MedsegError(f"{path}: cannot read {what} ({reason}){advice}") from None
+    return checked_volume(volume, path, what)
+
+
+def scan_from_array(array, affine, name: str = "the array") -> torch.Tensor:
+    """A 3D array in memory (HU) and its affine (RAS, mm), checked like a scan read from disk."""
+    from monai.data import MetaTensor
+
+    array = np.asarray(array)
+    if array.ndim == 4 and array.shape[3] == 1:  # NIfTI's 3D volume with a trailing axis
+        array = array[..., 0]
+    if array.ndim != 3:
+        raise MedsegError(f"{name}: expected a 3D array (X, Y, Z), got shape {array.shape}")
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4):
+        raise MedsegError(f"{name}: expected a 4 x 4 affine, got shape {affine.shape}")
+    volume = MetaTensor(torch.as_tensor(array.astype(np.float32))[None],
+                        affine=torch.as_tensor(affine), meta={"filename_or_obj": name})
+    return checked_volume(volume, Path(name), "image")
+
+
+def checked_volume(volume: torch.Tensor, path: Path, what: str = "image") -> torch.Tensor:
+    """Refuse a volume that would give garbage (not 3D, not finite, bad geometry, a blank scan,
+    a label volume that is no label); repair slightly skewed axes. Returns the volume."""
     _check_volume(volume, path, what)
     check_geometry(volume.affine, path, what)
     _repair_direction_cosines(volume, path)

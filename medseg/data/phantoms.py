@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import distance_transform_edt, gaussian_filter
 
+from medseg.choices import PHASES
+
 # Organ names follow BTCV's; ids are contiguous so every id is a network output channel.
 SYNTHETIC_LABELS: dict[int, str] = {
     0: "background",
@@ -41,7 +43,6 @@ _PHASE_HU = {
     "stomach": (20, 35, 55),
     "gallbladder": (10, 10, 12),
 }
-PHASES = ("non-contrast", "arterial", "portal-venous")
 _ORIENTATIONS = ("RAS", "LPS", "LAS", "RPS", "LPI", "RAI")
 AIR_HU, FAT_HU, MUSCLE_HU, BONE_HU = -1000.0, -100.0, 50.0, 700.0
 

@@ -25,6 +25,7 @@ from monai.transforms import (
     RandSimulateLowResolutiond,
 )
 
+from medseg.choices import AUGMENTATIONS
 from medseg.data.io import load_scan
 from medseg.data.network_input import NetworkInput
 from medseg.data.scan_checks import check_same_grid
@@ -120,9 +121,6 @@ class RandOrganContrastd(RandomizableTransform, MapTransform):
             offsets[organ + 1] = float(self.R.uniform(*self.offsets_hu))
         out[image_key] = out[image_key] + offsets[label].to(out[image_key].dtype)
         return out
-
-
-AUGMENTATIONS = ("light", "nnunet")
 
 
 def augmentation_transforms(level: str, affine_prob: float) -> list:

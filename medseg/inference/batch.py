@@ -23,7 +23,8 @@ from medseg.data.io import (
 from medseg.distributed import all_gather, local_device, rank_and_world
 from medseg.errors import MedsegError, OutputError, find_medseg_error
 from medseg.inference.memory import check_inference_memory
-from medseg.inference.predictor import MODEL_ID_PREFIX, InferOptions, Predictor
+from medseg.inference.options import InferOptions
+from medseg.inference.predictor import MODEL_ID_PREFIX, Predictor
 
 
 @dataclass
@@ -51,13 +52,31 @@ def infer_cases(checkpoints, inputs: Path, out_dir: Path,
                 options: InferOptions | None = None) -> list[CaseResult]:
     """Segment this rank's share of the scans under `inputs`; a failure doesn't stop the rest."""
     options = options or InferOptions()
-    rank, world = rank_and_world()
     options.device = local_device(options.device)
+    every_scan = checked_scans(inputs, out_dir)  # before the model loads: bad paths fail fast
+    return segment_scans(Predictor(checkpoints, options), every_scan, out_dir)
+
+
+def segment_folder(predictor: Predictor, inputs: Path, out_dir: Path) -> list[CaseResult]:
+    """infer_cases with a model already loaded (the Python API's Segmenter)."""
+    return segment_scans(predictor, checked_scans(inputs, out_dir), out_dir)
+
+
+def checked_scans(inputs: Path, out_dir: Path) -> list[Path]:
+    """The scans under `inputs`, once the output folder is known to be apart from them,
+    writable, and free of two scans that would share a mask's name."""
     check_apart(inputs, out_dir)
-    every_scan = list_scans(Path(inputs))
-    check_unique_outputs(every_scan, Path(inputs), out_dir)
+    scans = list_scans(Path(inputs))
+    check_unique_outputs(scans, Path(inputs), out_dir)
     check_writable(out_dir)
-    predictor = Predictor(checkpoints, options)
+    return scans
+
+
+def segment_scans(predictor: Predictor, every_scan: list[Path], out_dir: Path
+                  ) -> list[CaseResult]:
+    """Segment this rank's share of the scans; a failure doesn't stop the rest."""
+    options = predictor.options
+    rank, world = rank_and_world()
     finished = set() if options.overwrite else finished_masks(every_scan, out_dir,
                                                                 predictor.model_id)
     scans = shard_for_rank(every_scan, rank, world)
@@ -74,10 +93,7 @@ def segment_case(predictor: Predictor, scan_path: Path, out_dir: Path, options: 
     target = output_path(scan_path, out_dir)
     start = time.perf_counter()
     try:
-        scan = load_scan(scan_path)
-        check_fits_predictor(scan, scan_path, predictor, options)
-        mask, probabilities = predictor.predict(scan)
-        affine = np.asarray(scan.meta.get("original_affine", scan.affine))
+        mask, probabilities, affine = predict_scan(predictor, load_scan(scan_path), scan_path)
         if probabilities is not None:
             save_nifti(np.moveaxis(probabilities, 0, -1), affine,
                        Path(out_dir) / f"{case_name(scan_path)}_probabilities.nii.gz",
@@ -134,6 +150,14 @@ def finished_masks(scans: list[Path], out_dir: Path, model_id: str) -> set[Path]
                           f"not write ({shown}); pass --overwrite to replace them, or choose "
                           "another output folder")
     return set(existing)
+
+
+def predict_scan(predictor: Predictor, scan, source: Path):
+    """(mask, probabilities or None, affine) on exactly the scan's own grid, after refusing a
+    scan the model cannot segment or the machine cannot hold."""
+    check_fits_predictor(scan, source, predictor, predictor.options)
+    mask, probabilities = predictor.predict(scan)
+    return mask, probabilities, np.asarray(scan.meta.get("original_affine", scan.affine))
 
 
 def check_fits_predictor(scan, path: Path, predictor: Predictor, options: InferOptions) -> None:

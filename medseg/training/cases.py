@@ -133,3 +133,10 @@ def reseed_epoch(loader, seed: int, epoch: int, rank: int) -> None:
     epoch_seed = (seed * 1_000_003 + epoch * 1_009 + rank) % 2**31
     loader.sampler.generator.manual_seed(epoch_seed)
     loader.dataset.transform.set_random_state(seed=epoch_seed)
+
+
+def network_input(cfg: TrainConfig) -> NetworkInput:
+    """What this run's network sees; its checkpoints carry it to inference."""
+    return NetworkInput(spacing=tuple(cfg.spacing), intensity=cfg.intensity,
+                        patch_size=tuple(cfg.patch_size), spatial_dims=cfg.spatial_dims,
+                        context_slices=cfg.context_slices)

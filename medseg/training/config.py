@@ -6,14 +6,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from medseg.data.network_input import NetworkInput
-from medseg.data.transforms import (
+from medseg.choices import (
     AUGMENTATIONS,
+    DEVICES,
+    MAX_OVERLAP,
+    MAX_PATCH,
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULES,
+    WORKING_SPACING_MM,
 )
 from medseg.errors import MedsegError
-from medseg.inference.predictor import OVERLAP
-from medseg.limits import MAX_OVERLAP, MAX_PATCH, WORKING_SPACING_MM
-from medseg.runtime import PRECISIONS
+from medseg.inference.options import OVERLAP
+from medseg.nets.registry import DEFAULT_MODEL
 
 
 @dataclass
@@ -22,7 +27,7 @@ class TrainConfig:
 
     manifest: str
     output: str
-    model: str = "unet3d"
+    model: str = DEFAULT_MODEL  # the network: a name in medseg.nets.registry (--network)
     model_kwargs: dict = field(default_factory=dict)  # e.g. channels, upsample, deep_supervision
     spatial_dims: int = 3  # 2: the model sees axial slices, context_slices neighbours each side
     context_slices: int = 0
@@ -106,8 +111,8 @@ def check_config(cfg: TrainConfig, num_classes: int) -> None:
             check_number(name, getattr(cfg, name), *rule)
     check_triple("spacing", cfg.spacing, False, *WORKING_SPACING_MM)
     check_triple("patch_size", cfg.patch_size, True, 1, MAX_PATCH)
-    choices = {"augment": AUGMENTATIONS, "schedule": ("poly", "cosine"),
-               "optimizer": ("adamw", "sgd"), "precision": PRECISIONS}
+    choices = {"augment": AUGMENTATIONS, "schedule": SCHEDULES, "optimizer": OPTIMIZERS,
+               "precision": PRECISIONS, "device": DEVICES}
     for key, valid in choices.items():
         if getattr(cfg, key) not in valid:
             raise MedsegError(f"{key} {getattr(cfg, key)!r}: choose one of {', '.join(valid)}")
@@ -126,10 +131,3 @@ def check_config(cfg: TrainConfig, num_classes: int) -> None:
 def in_channels(cfg: TrainConfig) -> int:
     """Input channels: one CT volume in 3D; the slice and its 2K neighbours in 2D."""
     return 1 + 2 * cfg.context_slices if cfg.spatial_dims == 2 else 1
-
-
-def network_input(cfg: TrainConfig) -> NetworkInput:
-    """What this run's network sees; its checkpoints carry it to inference."""
-    return NetworkInput(spacing=tuple(cfg.spacing), intensity=cfg.intensity,
-                        patch_size=tuple(cfg.patch_size), spatial_dims=cfg.spatial_dims,
-                        context_slices=cfg.context_slices)

@@ -26,12 +26,13 @@ from medseg.distributed import (
     rank_and_world,
     shutdown,
 )
-from medseg.inference.predictor import InferOptions, Predictor
+from medseg.inference.options import InferOptions
+from medseg.inference.predictor import Predictor
 from medseg.nets.checkpoint import save_checkpoint
-from medseg.nets.registry import build_model
+from medseg.nets.registry import build_model, canonical_model
 from medseg.runtime import autocast, resolve_device, training_precision
-from medseg.training.cases import prepare_cases, reseed_epoch, split_cases
-from medseg.training.config import TrainConfig, check_config, in_channels, network_input
+from medseg.training.cases import network_input, prepare_cases, reseed_epoch, split_cases
+from medseg.training.config import TrainConfig, check_config, in_channels
 from medseg.training.ddp import ddp_wrap, report_ranks
 from medseg.training.log import MetricsLog, training_curves
 from medseg.training.losses import build_loss
@@ -63,7 +64,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     for case in cases:
         check_case_files(case)
     device = resolve_device(local_device(cfg.device))
-    cfg = dataclasses.replace(cfg, precision=training_precision(cfg.precision, device))
+    cfg = dataclasses.replace(cfg, model=canonical_model(cfg.model),
+                              precision=training_precision(cfg.precision, device))
     cfg, plan = planned_config(cfg, device.type)
     init_process_group(device)
     rank, world = rank_and_world()
@@ -117,7 +119,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         training_curves(out / "log.csv", out / "training_curves.png")
     report_ranks(model, loader, cfg.seed)
     shutdown()
-    return {"best_val_dice": best, "seconds": time.perf_counter() - start}
+    return {"best_val_dice": best, "seconds": time.perf_counter() - start, "output": str(out)}
 
 
 def train_epoch(model, loader, loss_fn, optimizer, scaler, cfg: TrainConfig, first_step: int,

@@ -8,14 +8,8 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DeepSupervisionLoss, DiceCELoss
 
+from medseg.choices import LOSSES
 from medseg.errors import MedsegError
-
-# name -> (weight of the soft Dice term, weight of the cross-entropy term)
-LOSSES: dict[str, tuple[float, float]] = {
-    "ce": (0.0, 1.0),
-    "dice": (1.0, 0.0),
-    "dice_ce": (1.0, 1.0),
-}
 
 
 class WeightedDeepSupervision(DeepSupervisionLoss):

@@ -21,6 +21,7 @@ from medseg.data.manifest import check_case_files, load_manifest
 from medseg.data.scan_checks import AIR_BELOW_HU, check_label_ids
 from medseg.distributed import is_main_process
 from medseg.errors import MedsegError
+from medseg.nets.registry import DEFAULT_MODEL, canonical_model
 from medseg.training.config import TrainConfig
 
 ANISOTROPY_RATIO = 3.0  # nnU-Net: beyond this, the coarse axis keeps a finer target spacing
@@ -167,7 +168,7 @@ def device_budget(device: str, memory_gb: float | None, base_channels: int) -> t
 
 
 def unet_kwargs(levels: list[list[int]], base_channels: int) -> dict:
-    """The default network (unet3d) with one level per pooling and these strides."""
+    """The default network (resunet) with one level per pooling and these strides."""
     channels = [min(base_channels * 2**i, MAX_CHANNELS) for i in range(len(levels) + 1)]
     return {"channels": channels, "strides": levels}
 
@@ -197,7 +198,7 @@ def make_plan(manifest: Path, device: str = "cpu", memory_gb: float | None = Non
         "patch_size": patch,
         "batch_size": batch,
         "intensity": ct_normalization(hu),
-        "model": "unet3d",
+        "model": DEFAULT_MODEL,
         "model_kwargs": unet_kwargs(levels, base),
         "device": device,
         "budget": budget_note,
@@ -230,7 +231,7 @@ def plan_summary(plan: dict) -> str:
     lo, hi = plan["intensity"]["clip"]
     return (f"plan: {spacing}; patch {mm(plan['patch_size'])} (median scan "
             f"{mm(round(s) for s in fp['median_shape_at_target'])}), batch {plan['batch_size']}; "
-            f"unet3d {plan['model_kwargs']['channels'][0]} channels, poolings per axis "
+            f"{plan['model']} {plan['model_kwargs']['channels'][0]} channels, poolings per axis "
             f"{mm(poolings, ',')}; CT clip {lo:.0f}..{hi:.0f} HU, z-score mean "
             f"{plan['intensity']['mean']:.0f} std {plan['intensity']['std']:.0f}")
 
@@ -263,11 +264,17 @@ def apply_plan(config: TrainConfig, plan: dict, plan_path: str | None = None) ->
     config = dataclasses.replace(config, **updates)
     own = {"channels", "strides"} & set(config.model_kwargs)
     planned = plan.get("model_kwargs", {}).get("channels")
-    if plan.get("model") == config.model and planned and not own and config.spatial_dims == 3:
+    same = _same_model(plan.get("model"), config.model)
+    if same and planned and not own and config.spatial_dims == 3:
         levels = pooling_strides(config.patch_size, config.spacing)
         config = dataclasses.replace(config, model_kwargs={**config.model_kwargs,
                                                            **unet_kwargs(levels, planned[0])})
     return config
+
+
+def _same_model(planned: str | None, chosen: str) -> bool:
+    """Whether the plan's network is the run's, under current or old (alias) names."""
+    return planned is not None and canonical_model(planned) == canonical_model(chosen)
 
 
 def planned_config(cfg: TrainConfig, device: str) -> tuple[TrainConfig, dict | None]:

@@ -15,6 +15,7 @@ from medseg.distributed import (
 )
 from medseg.errors import MedsegError
 from medseg.nets.checkpoint import load_checkpoint
+from medseg.nets.registry import canonical_model
 from medseg.training.config import TrainConfig, in_channels
 
 # What a run writes into its folder; any of them there means the folder holds a run.
@@ -72,6 +73,7 @@ def resume_from(path: Path, model, optimizer, scaler, meta: dict) -> tuple[int, 
                           "run's folder as --output, or drop --resume to start afresh")
     payload = load_checkpoint(path)
     saved, now = payload["config"]["train"], meta["train"]
+    saved = {**saved, "model": canonical_model(saved.get("model", now["model"]))}  # old names
     free = ("epochs", "output", "compile", "num_workers", "cache_dir")  # safe to change
     changed = sorted(k for k in now if k not in free and saved.get(k, now[k]) != now[k])
     if changed:

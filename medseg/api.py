@@ -1,0 +1,182 @@
+"""The Python API: what the `medseg` command does, for scripts and notebooks.
+
+    from medseg import Segmenter
+    segmenter = Segmenter("runs/demo")          # load a trained model once
+    result = segmenter("scan.nii.gz")           # a path, a nibabel image, or an array + affine
+    result.mask, result.labels                  # uint8 mask on the scan's grid, {id: organ}
+
+`train`, `evaluate` and `infer` are the `medseg train`, `medseg evaluate` and `medseg infer`
+commands as functions; the command line is a thin layer over them. Examples: docs/api.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from medseg.errors import MedsegError
+from medseg.inference.options import InferOptions
+from medseg.training.config import TrainConfig
+
+
+@dataclass
+class Segmentation:
+    """One scan's segmentation, on exactly the scan's own grid."""
+
+    mask: np.ndarray  # uint8 (X, Y, Z): 0 background, else a key of `labels`
+    affine: np.ndarray  # the scan's voxel-to-world (RAS, mm) matrix
+    labels: dict[int, str]  # label id -> organ name, background (0) included
+    probabilities: np.ndarray | None = None  # uint8 (C, X, Y, Z), probability x 255, if asked
+
+    def organ(self, name: str) -> np.ndarray:
+        """The boolean mask of one organ, by name."""
+        ids = {organ: label for label, organ in self.labels.items()}
+        if name not in ids:
+            raise MedsegError(f"no organ {name!r} in this model's labels; it has: "
+                              f"{', '.join(v for k, v in self.labels.items() if k)}")
+        return self.mask == ids[name]
+
+    def to_nifti(self):
+        """The mask as a nibabel image with the scan's affine (save it with nibabel.save)."""
+        import nibabel as nib
+
+        return nib.Nifti1Image(self.mask, self.affine)
+
+    def save(self, path: str | Path, like: str | Path | None = None) -> Path:
+        """Write the mask as NIfTI, atomically; `like`: the scan's own NIfTI file, whose
+        qform and sform codes the mask then keeps."""
+        from medseg.data.io import save_nifti
+
+        save_nifti(self.mask, self.affine, Path(path), like=Path(like) if like else None)
+        return Path(path)
+
+
+class Segmenter:
+    """Trained model(s) loaded once, to segment many scans.
+
+    `model`: a run folder (its best.pt), a checkpoint file, or a list of them (an ensemble that
+    averages their probabilities). Options are InferOptions' fields: device, overlap,
+    sw_batch_size, precision, tta, keep_largest, min_volume_mm3, save_probabilities, overwrite.
+    """
+
+    def __init__(self, model, **options):
+        from medseg.distributed import local_device
+        from medseg.inference.predictor import Predictor
+
+        settings = _options(InferOptions, options)
+        settings.device = local_device(settings.device)
+        self.predictor = Predictor(model, settings)
+
+    @property
+    def labels(self) -> dict[int, str]:
+        """Label id -> organ name, background (0) included."""
+        return dict(self.predictor.labels)
+
+    def __call__(self, image, affine=None) -> Segmentation:
+        """Segment one scan: a path (NIfTI, NRRD, MHA, a DICOM folder), a nibabel image, or a 3D
+        array in HU with its 4 x 4 affine (RAS, mm)."""
+        from medseg.inference.batch import predict_scan
+
+        scan, source = _as_scan(image, affine)
+        mask, probabilities, grid = predict_scan(self.predictor, scan, source)
+        return Segmentation(mask, grid, self.labels, probabilities)
+
+    def segment_folder(self, inputs: str | Path, output: str | Path) -> list:
+        """Segment every scan under `inputs` into `output` as `medseg infer` does (one mask per
+        scan, named after it; finished masks skipped); returns one CaseResult per scan."""
+        from medseg.inference.batch import segment_folder
+
+        return segment_folder(self.predictor, Path(inputs), Path(output))
+
+
+def segment(image, model, affine=None, **options) -> Segmentation:
+    """Segment one scan with a trained model: Segmenter(model, **options)(image, affine)."""
+    return Segmenter(model, **options)(image, affine)
+
+
+def infer(model, inputs: str | Path, output: str | Path, **options) -> list:
+    """`medseg infer`: segment a scan or a folder of scans into `output` (one rank's share under
+    torchrun, results gathered from all ranks); returns one CaseResult per scan."""
+    from medseg.inference.batch import gather_results, infer_cases
+
+    models = [model] if isinstance(model, (str, Path)) else list(model)
+    settings = _options(InferOptions, options)
+    return gather_results(infer_cases(models, Path(inputs), Path(output), settings))
+
+
+def train(config: TrainConfig | None = None, recipe: str | Path | None = None,
+          resume: bool = False, overwrite: bool = False, **settings) -> dict:
+    """`medseg train`: a TrainConfig, or a recipe (pipelines/*.yaml) and/or TrainConfig fields
+    as keywords (they override the recipe); returns the best validation Dice and seconds."""
+    from medseg.training.loop import train as run_training
+    from medseg.training.recipes import build_config
+
+    if config is not None and (recipe is not None or settings):
+        raise MedsegError("give a TrainConfig, or a recipe and settings, not both")
+    if config is None:
+        config = build_config(Path(recipe) if recipe else None, settings)
+    return run_training(config, resume=resume, overwrite=overwrite)
+
+
+def evaluate(pred: str | Path, ref: str | Path, output: str | Path, labels=None,
+             ref_labels=None, pred_labels=None, nsd_tolerance: float = 2.0,
+             resample_pred: bool = False, workers: int | None = None, figures: bool = True,
+             progress: bool = False) -> dict:
+    """`medseg evaluate`: per-organ metrics of predicted masks against references; writes
+    per_case.csv, summary.json and the reports to `output` and returns the summary.
+
+    Label maps are a JSON file, a shipped name (btcv, amos, ...) or a {id: name} dict; by
+    default the dataset.json beside the reference folder."""
+    from medseg.data.labels import load_label_map
+    from medseg.evaluation.evaluate import evaluate_folders
+
+    default = labels or (None if ref_labels and pred_labels else _labels_beside(Path(ref)))
+    ref_map, pred_map = (_label_map(spec or default, load_label_map)
+                         for spec in (ref_labels, pred_labels))
+    return evaluate_folders(Path(pred), Path(ref), Path(output), ref_map, pred_map,
+                            tolerance_mm=nsd_tolerance, resample=resample_pred, workers=workers,
+                            figures=figures, progress=progress)
+
+
+def _label_map(spec, load_label_map) -> dict[int, str]:
+    """A label map given as {id: name} as it is; a file or shipped name loaded."""
+    if isinstance(spec, dict):
+        return {int(k): str(v) for k, v in spec.items()}
+    return load_label_map(spec)
+
+
+def _labels_beside(ref: Path) -> Path:
+    """The dataset.json beside (or in) the reference folder: the default label map."""
+    for candidate in (ref.parent / "dataset.json", ref / "dataset.json"):
+        if candidate.exists():
+            return candidate
+    raise MedsegError(f"no label map given and no dataset.json beside {ref}; pass --labels "
+                      "(or --ref-labels and --pred-labels)")
+
+
+def _options(options_class, given: dict):
+    """An options dataclass from keywords, naming the valid ones when one is mistyped."""
+    valid = [f.name for f in fields(options_class)]
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        raise MedsegError(f"unknown option {', '.join(unknown)}; valid: {', '.join(valid)}")
+    return options_class(**given)
+
+
+def _as_scan(image, affine):
+    """(a checked channel-first scan tensor, the name errors give it) for a path, a nibabel
+    image, or an array with its affine."""
+    from medseg.data.io import load_scan, scan_from_array
+
+    if isinstance(image, (str, Path)):
+        if affine is not None:
+            raise MedsegError(f"{image}: a file carries its own affine; drop the affine argument")
+        return load_scan(Path(image)), Path(image)
+    if hasattr(image, "dataobj") and hasattr(image, "affine"):  # a nibabel image
+        name = image.get_filename() or "the nibabel image"
+        return scan_from_array(np.asanyarray(image.dataobj), image.affine, name), Path(name)
+    if affine is None:
+        raise MedsegError("an array needs its affine: segment(array, model, affine=...)")
+    return scan_from_array(image, affine), Path("the array")

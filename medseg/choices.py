@@ -1,0 +1,30 @@
+"""What each setting may be: the names to choose from and the ranges numbers must lie in.
+
+One light module (it imports nothing), so the command line lists every choice in --help at once,
+and the code that acts on a setting checks it against the same names. The networks' names are
+the model registry's (medseg.nets.registry, light too); defaults are TrainConfig's and
+InferOptions'.
+"""
+
+from __future__ import annotations
+
+DEVICES = ("auto", "cpu", "cuda")
+# auto: bf16 on CUDA (and, for training, on CPUs with native bf16), else fp32.
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+AUGMENTATIONS = ("light", "nnunet")  # light: the demo's short CPU runs; nnunet: nnU-Net's set
+OPTIMIZERS = ("adamw", "sgd")  # sgd: nnU-Net's, Nesterov momentum 0.99
+SCHEDULES = ("poly", "cosine")  # poly: nnU-Net's decay; cosine: linear warm-up, cosine decay
+# loss name -> (weight of the soft Dice term, weight of the cross-entropy term)
+LOSSES: dict[str, tuple[float, float]] = {"ce": (0.0, 1.0), "dice": (1.0, 0.0),
+                                          "dice_ce": (1.0, 1.0)}
+# Decoder upsampling of unet, fcn and deeplabv3plus (medseg.nets.upsample).
+UPSAMPLING = ("transpose", "nearest", "linear", "bed_of_nails", "unpool")
+PHASES = ("non-contrast", "arterial", "portal-venous")  # phantoms' contrast phases
+
+# Working spacing: beyond 0.25 mm a 500 mm field of view is 2000^3 voxels; beyond 20 mm the
+# organs are a voxel or two.
+WORKING_SPACING_MM = (0.25, 20.0)
+# Phantom spacing: finer would take tens of GB to draw.
+SYNTH_SPACING_MM = (0.25, 10.0)
+MAX_PATCH = 1024  # voxels along an axis
+MAX_OVERLAP = 0.95  # sliding windows: at 1 they would never advance
