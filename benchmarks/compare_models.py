@@ -78,7 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=Path("runs/compare"))
     parser.add_argument("--iterations", type=int, default=300)
-    parser.add_argument("--models", default="unet3d,unet,fcn,dilated,deeplabv3,deeplabv3plus,"
+    parser.add_argument("--models", default="resunet,unet,fcn,dilated,deeplabv3,deeplabv3plus,"
                                             "pspnet", help="comma-separated registry names")
     parser.add_argument("--dims", type=int, choices=(2, 3), default=3)
     parser.add_argument("--context-slices", type=int, default=0)

@@ -43,7 +43,7 @@ BTCV_ORGANS = ("spleen", "right_kidney", "left_kidney", "gallbladder", "esophagu
                "right_adrenal_gland", "left_adrenal_gland")
 # The random-weight model of --large: the demo's recipe (runs/demo/config.json, 2026-11-24),
 # pinned here so that figures stay comparable when the training defaults change.
-LARGE_MODEL = {"name": "unet3d", "kwargs": {}}  # MONAI residual U-Net, 16-256 channels
+LARGE_MODEL = {"name": "resunet", "kwargs": {}}  # MONAI residual U-Net, 16-256 channels
 CT_INTENSITY = {"clip": [-1000.0, 290.0], "mean": 65.0, "std": 170.0}
 TARGET_PEAK_GB = {600: 6.0}  # issue 4: host RAM at 512 x 512 x 600
 

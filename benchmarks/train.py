@@ -1,6 +1,6 @@
 """Training throughput: is the data pipeline fast enough to keep the model busy?
 
-Prints, for the default unet3d at a 128^3 patch and batch 2: model iterations/s and patches/s
+Prints, for the default resunet at a 128^3 patch and batch 2: model iterations/s and patches/s
 (forward + backward + AdamW step on random input), data-loader patches/s on its own (the real
 training sampler and augmentation on cached phantoms), their ratio, and peak memory.
 Run: .venv/bin/python benchmarks/train.py [--augment light|nnunet] [--steps 4]
@@ -29,7 +29,7 @@ PATCH, BATCH, CLASSES = (128, 128, 128), 2, 10
 
 def model_rate(steps: int) -> float:
     """Seconds per training step of the default U-Net on random data (after one warm-up)."""
-    model = build_model("unet3d", 1, CLASSES)
+    model = build_model("resunet", 1, CLASSES)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
     image = torch.randn(BATCH, 1, *PATCH)
@@ -76,7 +76,7 @@ def main() -> None:
     per_patch = loader_rate(args.patches, args.augment)
     model_patches = BATCH / step
     loader_patches = 1 / per_patch
-    print(f"unet3d, patch {PATCH}, batch {BATCH}, {torch.get_num_threads()} threads, "
+    print(f"resunet, patch {PATCH}, batch {BATCH}, {torch.get_num_threads()} threads, "
           f"augment {args.augment}")
     print("| measure | value |\n|---|---|")
     print(f"| model iterations/s | {1 / step:.3f} |")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from medseg.runtime import tune_allocator
 
-# Sized for a 2-core CPU: about 8 minutes end to end. A GPU run can afford far more.
+# Sized for a 2-core CPU (its measured time and Dice: docs/demo.md). A GPU can afford far more.
 DEMO_RECIPE = Path(__file__).resolve().parents[1] / "pipelines" / "demo_synthetic.yaml"
 DEMO_TRAIN_CASES, DEMO_TEST_CASES = 48, 6
 DEMO_TRAIN_SEED, DEMO_TEST_SEED = 0, 1

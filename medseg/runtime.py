@@ -1,4 +1,4 @@
-"""Process-level tuning that pays off on CPU: fewer page faults from glibc's allocator."""
+"""The runtime: which device and precision to run in, and allocator tuning that pays off on CPU."""
 
 from __future__ import annotations
 

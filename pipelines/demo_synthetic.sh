@@ -6,7 +6,7 @@ OUT=${1:-runs/demo_cli}
 medseg synth "$OUT/data/train" --cases 48 --seed 0
 medseg synth "$OUT/data/heldout" --cases 6 --seed 1
 # --overwrite: a rerun replaces this script's own run and masks, as `make demo` does.
-medseg train --pipeline pipelines/demo_synthetic.yaml --manifest "$OUT/data/train/dataset.json" \
+medseg train --recipe pipelines/demo_synthetic.yaml --manifest "$OUT/data/train/dataset.json" \
              --output "$OUT" --overwrite
 medseg infer --model "$OUT" --input "$OUT/data/heldout/imagesTr" --output "$OUT/predictions" \
              --overwrite
