@@ -81,3 +81,11 @@ def test_help_shows_the_defaults_of_train_config_and_infer_options():
     assert f"[default: {InferOptions().overlap}" in infer_help
     for name in MODELS:
         assert name in train_help
+
+
+def test_every_module_the_docs_name_exists():
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    texts = [(p, p.read_text()) for p in docs]
+    named = {(p.name, m) for p, text in texts for m in re.findall(r"medseg/[a-z_/0-9]+\.py", text)}
+    missing = sorted((doc, m) for doc, m in named if not (ROOT / m).is_file())
+    assert not missing, f"docs name modules that are not there: {missing}"
