@@ -139,3 +139,18 @@ def test_a_scan_smaller_than_the_patch_is_fitted_as_well_as_one_that_is_not(
     dice = _fitted_dice(real_case, tmp_path / "run", patch)
     assert fitting_patch_dice >= 0.85
     assert dice >= fitting_patch_dice - 0.05, (dice, fitting_patch_dice)
+
+
+def test_the_python_api_segments_the_real_dicom_series_as_the_command_does(real_data, tiny_run,
+                                                                            tmp_path):
+    from medseg import Segmenter
+
+    series = real_data / "petct_dicom" / "dicom"
+    result = Segmenter(tiny_run, device="cpu")(series)
+    done = CliRunner().invoke(main, ["infer", "--model", str(tiny_run), "--input", str(series),
+                                     "--output", str(tmp_path)])
+    assert done.exit_code == 0, done.output
+    written = nib.load(str(tmp_path / "dicom.nii.gz"))
+    assert result.mask.shape == written.shape == (512, 512, 20)
+    np.testing.assert_allclose(result.affine, written.affine, atol=1e-4)
+    assert np.array_equal(result.mask, np.asarray(written.dataobj))
