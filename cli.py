@@ -285,20 +285,10 @@ def _parse_numbers(text: str | None, kind, option: str, minimum: float = 0):
 @user_errors
 def plan(manifest, output, device, memory_gb, overwrite):
     """Fingerprint a data set and plan training: spacing, normalisation, patch, batch, network."""
-    from medseg.data.io import check_not_input, write_json
-    from medseg.data.manifest import load_manifest
-    from medseg.errors import MedsegError
-    from medseg.runtime import resolve_device
-    from medseg.training.planning import PLAN_NAME, make_plan, plan_summary
+    from medseg.api import plan as make_plan
+    from medseg.training.planning import plan_summary
 
-    target = output or Path(manifest).parent / PLAN_NAME
-    cases, _ = load_manifest(manifest)
-    check_not_input(target, [manifest, *(Path(c[k]) for c in cases for k in ("image", "label"))])
-    if os.path.lexists(target) and not overwrite:
-        raise MedsegError(f"{target}: a plan (or another file) is already there; pass "
-                          "--overwrite to replace it, or --output to write elsewhere")
-    result = make_plan(manifest, device=resolve_device(device).type, memory_gb=memory_gb)
-    write_json(result, target)
+    result, target = make_plan(manifest, output, device, memory_gb, overwrite)
     click.echo(f"{plan_summary(result)}; wrote {target}")
 
 
@@ -397,8 +387,10 @@ def evaluate(pred, ref, output, labels_spec, ref_spec, pred_spec, nsd_tolerance,
     from medseg.api import evaluate as run_evaluation
     from medseg.evaluation.report import markdown_table
 
-    summary = run_evaluation(pred, ref, output, labels_spec, ref_spec, pred_spec, nsd_tolerance,
-                             resample_pred, workers, figures=not no_figures, progress=True)
+    summary = run_evaluation(pred, ref, output, labels=labels_spec, ref_labels=ref_spec,
+                             pred_labels=pred_spec, nsd_tolerance=nsd_tolerance,
+                             resample_pred=resample_pred, workers=workers,
+                             figures=not no_figures, progress=True)
     click.echo(markdown_table(summary))
     click.echo(f"wrote per_case.csv, summary.json, report.md and report.html to {output}")
 

@@ -1,6 +1,6 @@
 """medseg: multi-organ segmentation of abdominal CT.
 
-The Python API (docs/api.md): Segmenter, segment, infer, train, evaluate, with TrainConfig and
+The Python API (docs/api.md): Segmenter, segment, infer, plan, train, evaluate, with TrainConfig and
 InferOptions for their settings. The subpackages follow the data flow: data (reading, checking,
 transforms), nets (networks and their registry), training, inference, evaluation
 (docs/architecture.md).
@@ -8,9 +8,17 @@ transforms), nets (networks and their registry), training, inference, evaluation
 
 __version__ = "0.2.0"
 
-from medseg.api import Segmentation, Segmenter, evaluate, infer, segment, train  # noqa: E402
+from medseg.api import (  # noqa: E402
+    Segmentation,
+    Segmenter,
+    evaluate,
+    infer,
+    plan,
+    segment,
+    train,
+)
 from medseg.inference.options import InferOptions  # noqa: E402
 from medseg.training.config import TrainConfig  # noqa: E402
 
 __all__ = ["InferOptions", "Segmentation", "Segmenter", "TrainConfig", "evaluate", "infer",
-           "segment", "train", "__version__"]
+           "plan", "segment", "train", "__version__"]

@@ -5,8 +5,8 @@
     result = segmenter("scan.nii.gz")           # a path, a nibabel image, or an array + affine
     result.mask, result.labels                  # uint8 mask on the scan's grid, {id: organ}
 
-`train`, `evaluate` and `infer` are the `medseg train`, `medseg evaluate` and `medseg infer`
-commands as functions; the command line is a thin layer over them. Examples: docs/api.md.
+`plan`, `train`, `infer` and `evaluate` are the `medseg` commands of those names as functions;
+the command line is a thin layer over them. Examples: docs/api.md.
 """
 
 from __future__ import annotations
@@ -62,12 +62,9 @@ class Segmenter:
     """
 
     def __init__(self, model, **options):
-        from medseg.distributed import local_device
         from medseg.inference.predictor import Predictor
 
-        settings = _options(InferOptions, options)
-        settings.device = local_device(settings.device)
-        self.predictor = Predictor(model, settings)
+        self.predictor = Predictor(model, _options(InferOptions, options))
 
     @property
     def labels(self) -> dict[int, str]:
@@ -120,6 +117,30 @@ def train(config: TrainConfig | None = None, recipe: str | Path | None = None,
     return run_training(config, resume=resume, overwrite=overwrite)
 
 
+def plan(manifest: str | Path, output: str | Path | None = None, device: str = "auto",
+         memory_gb: float | None = None, overwrite: bool = False) -> tuple[dict, Path]:
+    """`medseg plan`: fingerprint a data set and plan its training for `device`; writes the
+    plan (default: plan.json beside the manifest, which `train` then uses) and returns it with
+    its path."""
+    import os
+
+    from medseg.data.io import check_not_input, write_json
+    from medseg.data.manifest import load_manifest
+    from medseg.runtime import resolve_device
+    from medseg.training.planning import PLAN_NAME, make_plan
+
+    manifest = Path(manifest)
+    target = Path(output) if output else manifest.parent / PLAN_NAME
+    cases, _ = load_manifest(manifest)
+    check_not_input(target, [manifest, *(Path(c[k]) for c in cases for k in ("image", "label"))])
+    if os.path.lexists(target) and not overwrite:
+        raise MedsegError(f"{target}: a plan (or another file) is already there; pass "
+                          "--overwrite to replace it, or --output to write elsewhere")
+    result = make_plan(manifest, device=resolve_device(device).type, memory_gb=memory_gb)
+    write_json(result, target)
+    return result, target
+
+
 def evaluate(pred: str | Path, ref: str | Path, output: str | Path, labels=None,
              ref_labels=None, pred_labels=None, nsd_tolerance: float = 2.0,
              resample_pred: bool = False, workers: int | None = None, figures: bool = True,
@@ -133,18 +154,10 @@ def evaluate(pred: str | Path, ref: str | Path, output: str | Path, labels=None,
     from medseg.evaluation.evaluate import evaluate_folders
 
     default = labels or (None if ref_labels and pred_labels else _labels_beside(Path(ref)))
-    ref_map, pred_map = (_label_map(spec or default, load_label_map)
-                         for spec in (ref_labels, pred_labels))
+    ref_map, pred_map = (load_label_map(spec or default) for spec in (ref_labels, pred_labels))
     return evaluate_folders(Path(pred), Path(ref), Path(output), ref_map, pred_map,
                             tolerance_mm=nsd_tolerance, resample=resample_pred, workers=workers,
                             figures=figures, progress=progress)
-
-
-def _label_map(spec, load_label_map) -> dict[int, str]:
-    """A label map given as {id: name} as it is; a file or shipped name loaded."""
-    if isinstance(spec, dict):
-        return {int(k): str(v) for k, v in spec.items()}
-    return load_label_map(spec)
 
 
 def _labels_beside(ref: Path) -> Path:

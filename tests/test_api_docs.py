@@ -93,3 +93,29 @@ def test_api_mistakes_are_one_clear_error(tiny_run):
     assert labelled.organ("liver").all()
     with pytest.raises(MedsegError, match="no organ 'brain' in this model's labels; it has: liver"):
         labelled.organ("brain")
+
+
+def test_segmenting_an_array_leaves_it_as_it_was(tiny_run, tiny_dataset):
+    image = nib.load(str(tiny_dataset.parent / "imagesTr" / "case_002.nii.gz"))
+    array = np.asarray(image.dataobj, dtype=np.float32)  # float32 and C order: used, not copied
+    before = array.copy()
+    Segmenter(tiny_run, device="cpu", tta=True)(array, affine=image.affine)
+    assert np.array_equal(array, before)
+
+
+def test_label_maps_as_dicts_are_checked_like_label_map_files(tiny_dataset, tmp_path):
+    from medseg import evaluate
+    from medseg.data.phantoms import SYNTHETIC_LABELS
+
+    labels = tiny_dataset.parent / "labelsTr"
+    organs = {name: i for i, name in SYNTHETIC_LABELS.items()}  # {name: id}, as files may be
+    summary = evaluate(labels, labels, tmp_path / "e", labels=organs, figures=False)
+    assert set(summary["organs"]) == {n for i, n in SYNTHETIC_LABELS.items() if i}
+    assert summary["organs"]["liver"]["dice_mean"] == 1.0  # the references against themselves
+    with pytest.raises(MedsegError, match="the label map: label entry 'x': 'liver' has no integer"):
+        evaluate(labels, labels, tmp_path / "f", labels={"x": "liver"})
+
+
+def test_a_device_name_torch_does_not_know_is_one_clear_error(tiny_run):
+    with pytest.raises(MedsegError, match="device 'gpu': choose one of auto, cpu, cuda, or cuda:N"):
+        Segmenter(tiny_run, device="gpu")

@@ -159,7 +159,8 @@ def scan_from_array(array, affine, name: str = "the array") -> torch.Tensor:
     affine = np.asarray(affine, dtype=np.float64)
     if affine.shape != (4, 4):
         raise MedsegError(f"{name}: expected a 4 x 4 affine, got shape {affine.shape}")
-    volume = MetaTensor(torch.as_tensor(array.astype(np.float32))[None],
+    array = np.require(array, dtype=np.float32, requirements=["C", "W"])  # copies only if needed
+    volume = MetaTensor(torch.from_numpy(array)[None],
                         affine=torch.as_tensor(affine), meta={"filename_or_obj": name})
     return checked_volume(volume, Path(name), "image")
 

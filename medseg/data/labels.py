@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from medseg.data.manifest import load_labels
+from medseg.data.manifest import load_labels, parse_labels
 from medseg.errors import MedsegError
 
 LABEL_MAP_DIR = Path(__file__).resolve().parents[2] / "data_manifests" / "label_maps"
@@ -69,8 +70,12 @@ def canonical_labels(labels: dict[int, str], source: str) -> dict[int, str]:
     return named
 
 
-def load_label_map(spec: str | Path) -> dict[int, str]:
-    """A label map {id: canonical name} from a JSON file or a shipped map name ('btcv', ...)."""
+def load_label_map(spec: str | Path | Mapping) -> dict[int, str]:
+    """A label map {id: canonical name} from a JSON file, a shipped map name ('btcv', ...), or
+    a mapping in either JSON form ({1: "liver"} or {"liver": 1})."""
+    if isinstance(spec, Mapping):
+        return canonical_labels(parse_labels(dict(spec), "the label map", contiguous=False),
+                                "the label map")
     path = Path(spec)
     if not path.exists() and str(spec) in SHIPPED_MAPS:
         path = LABEL_MAP_DIR / f"{spec}.json"

@@ -20,7 +20,7 @@ from medseg.data.io import (
     load_scan,
     save_nifti,
 )
-from medseg.distributed import all_gather, local_device, rank_and_world
+from medseg.distributed import all_gather, rank_and_world
 from medseg.errors import MedsegError, OutputError, find_medseg_error
 from medseg.inference.memory import check_inference_memory
 from medseg.inference.options import InferOptions
@@ -51,8 +51,6 @@ def shard_for_rank(scans: list[Path], rank: int, world: int) -> list[Path]:
 def infer_cases(checkpoints, inputs: Path, out_dir: Path,
                 options: InferOptions | None = None) -> list[CaseResult]:
     """Segment this rank's share of the scans under `inputs`; a failure doesn't stop the rest."""
-    options = options or InferOptions()
-    options.device = local_device(options.device)
     every_scan = checked_scans(inputs, out_dir)  # before the model loads: bad paths fail fast
     return segment_scans(Predictor(checkpoints, options), every_scan, out_dir)
 
@@ -83,12 +81,11 @@ def segment_scans(predictor: Predictor, every_scan: list[Path], out_dir: Path
     # Closed also when a case stops the batch, so the error starts on a line of its own.
     with tqdm(scans, desc="infer" if world == 1 else f"infer rank {rank}", unit="case") as progress:
         return [CaseResult(scan, output_path(scan, out_dir), "skipped") if scan in finished
-                else segment_case(predictor, scan, out_dir, options, progress)
+                else segment_case(predictor, scan, out_dir, progress)
                 for scan in progress]
 
 
-def segment_case(predictor: Predictor, scan_path: Path, out_dir: Path, options: InferOptions,
-                 progress) -> CaseResult:
+def segment_case(predictor: Predictor, scan_path: Path, out_dir: Path, progress) -> CaseResult:
     """Segment one scan and write its mask (and probabilities) atomically."""
     target = output_path(scan_path, out_dir)
     start = time.perf_counter()
@@ -155,12 +152,12 @@ def finished_masks(scans: list[Path], out_dir: Path, model_id: str) -> set[Path]
 def predict_scan(predictor: Predictor, scan, source: Path):
     """(mask, probabilities or None, affine) on exactly the scan's own grid, after refusing a
     scan the model cannot segment or the machine cannot hold."""
-    check_fits_predictor(scan, source, predictor, predictor.options)
+    check_fits_predictor(scan, source, predictor)
     mask, probabilities = predictor.predict(scan)
     return mask, probabilities, np.asarray(scan.meta.get("original_affine", scan.affine))
 
 
-def check_fits_predictor(scan, path: Path, predictor: Predictor, options: InferOptions) -> None:
+def check_fits_predictor(scan, path: Path, predictor: Predictor) -> None:
     """Refuse, before any work, a single slice for a 3D model or a scan too large for memory."""
     shape = tuple(scan.shape[1:])
     if predictor.spatial_dims == 3 and min(shape) < 2:
@@ -168,7 +165,7 @@ def check_fits_predictor(scan, path: Path, predictor: Predictor, options: InferO
                           "model is 3D; give the whole series, or use a model trained with "
                           "--dims 2")
     check_inference_memory(path, shape, voxel_spacing(scan.affine), predictor.spacing,
-                           len(predictor.labels), options.save_probabilities)
+                           len(predictor.labels), predictor.options.save_probabilities)
 
 
 def gather_results(results: list[CaseResult]) -> list[CaseResult]:

@@ -14,6 +14,7 @@ from monai.inferers import sliding_window_inference
 from monai.transforms import Compose
 
 from medseg.data.network_input import NetworkInput
+from medseg.distributed import local_device
 from medseg.errors import MedsegError, first_line
 from medseg.inference.options import InferOptions
 from medseg.inference.postprocess import clean_components, voxels_for_volume
@@ -60,7 +61,7 @@ class Predictor:
 
     def __init__(self, checkpoints, options: InferOptions | None = None):
         self.options = options or InferOptions()
-        self.device = resolve_device(self.options.device)
+        self.device = resolve_device(local_device(self.options.device))
         paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
         configs = [load_checkpoint(p, needs=INFERENCE_KEYS) | {"path": p} for p in paths]
         self.labels = {int(k): v for k, v in configs[0]["config"]["labels"].items()}
@@ -76,7 +77,7 @@ class Predictor:
         """A predictor over a network already built (and placed on options.device)."""
         self = cls.__new__(cls)
         self.options = options or InferOptions()
-        self.device = resolve_device(self.options.device)
+        self.device = resolve_device(local_device(self.options.device))
         self.labels, self.spec, self.spatial_dims = dict(labels), spec, spec.spatial_dims
         self.model_id = f"{MODEL_ID_PREFIX}in-memory"
         model = volume_model(network, spec.spatial_dims, spec.context_slices,

@@ -85,10 +85,10 @@ def load_checkpoint(path: Path, needs: tuple[str, ...] = ()) -> dict:
         raise MedsegError(f"{path}: the checkpoint's config lacks {', '.join(missing)}; use "
                           "best.pt or last.pt of a `medseg train` run")
     if "model" in needs:
-        from medseg.nets.registry import ALIASES, MODELS
+        from medseg.nets.registry import known_model
 
         name = config["model"].get("name") if isinstance(config["model"], dict) else None
-        if ALIASES.get(name, name) not in MODELS:
+        if not known_model(name):
             raise MedsegError(f"{path}: written by {_writer(payload)} for model {name!r}, which "
                               f"medseg {__version__} does not have; upgrade medseg to the "
                               "version that wrote it")

@@ -91,6 +91,11 @@ ALIASES = {"unet3d": "resunet"}  # medseg 0.1's only model, named before 2D trai
 DEFAULT_MODEL = "resunet"
 
 
+def known_model(name: str) -> bool:
+    """Whether a name builds a network: a registered name or an old one (ALIASES)."""
+    return ALIASES.get(name, name) in MODELS
+
+
 def canonical_model(name: str) -> str:
     """A registered name, old names (ALIASES) turned into the current one."""
     name = ALIASES.get(name, name)

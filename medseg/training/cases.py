@@ -21,9 +21,7 @@ from medseg.data.transforms import (
     training_sample_transforms,
     validation_cache_transforms,
 )
-from medseg.distributed import (
-    is_main_process,
-)
+from medseg.distributed import is_main_process
 from medseg.errors import MedsegError
 from medseg.training.config import TrainConfig
 

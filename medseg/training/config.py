@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 from medseg.choices import (
     AUGMENTATIONS,
-    DEVICES,
     MAX_OVERLAP,
     MAX_PATCH,
     OPTIMIZERS,
@@ -112,7 +111,7 @@ def check_config(cfg: TrainConfig, num_classes: int) -> None:
     check_triple("spacing", cfg.spacing, False, *WORKING_SPACING_MM)
     check_triple("patch_size", cfg.patch_size, True, 1, MAX_PATCH)
     choices = {"augment": AUGMENTATIONS, "schedule": SCHEDULES, "optimizer": OPTIMIZERS,
-               "precision": PRECISIONS, "device": DEVICES}
+               "precision": PRECISIONS}
     for key, valid in choices.items():
         if getattr(cfg, key) not in valid:
             raise MedsegError(f"{key} {getattr(cfg, key)!r}: choose one of {', '.join(valid)}")

@@ -10,9 +10,7 @@ from pathlib import Path
 
 from medseg.data.io import check_replaceable, write_json
 from medseg.data.network_input import NetworkInput
-from medseg.distributed import (
-    is_main_process,
-)
+from medseg.distributed import is_main_process
 from medseg.errors import MedsegError
 from medseg.nets.checkpoint import load_checkpoint
 from medseg.nets.registry import canonical_model
