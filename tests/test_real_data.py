@@ -154,3 +154,33 @@ def test_the_python_api_segments_the_real_dicom_series_as_the_command_does(real_
     assert result.mask.shape == written.shape == (512, 512, 20)
     np.testing.assert_allclose(result.affine, written.affine, atol=1e-4)
     assert np.array_equal(result.mask, np.asarray(written.dataobj))
+
+
+def test_the_api_segments_the_three_slice_case_on_the_grid_its_people_drew_on(real_data,
+                                                                              tiny_run):
+    """The 3-slice series (LPS) through the Python API: the mask lies on the grid of the liver
+    mask a person drew, as SimpleITK itself reads that NRRD (LPS turned into RAS here)."""
+    import SimpleITK as sitk
+
+    from medseg import Segmenter
+
+    case = real_data / "dcmqi_3slice"
+    result = Segmenter(tiny_run, device="cpu")(case / "dicom")
+    drawn = sitk.ReadImage(str(case / "liver_seg.nrrd"))
+    lps = np.eye(4)
+    lps[:3, :3] = np.asarray(drawn.GetDirection()).reshape(3, 3) @ np.diag(drawn.GetSpacing())
+    lps[:3, 3] = drawn.GetOrigin()
+    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    assert result.mask.shape == drawn.GetSize() == (512, 512, 3)
+    np.testing.assert_allclose(result.affine, ras, atol=1e-3)
+
+
+def test_the_api_plans_the_real_case_and_says_so_when_a_plan_is_there(real_case, tmp_path):
+    from medseg import plan
+    from medseg.errors import MedsegError
+
+    made, path = plan(real_case, tmp_path / "plan.json", device="cpu")
+    assert path == tmp_path / "plan.json" and json.loads(path.read_text()) == made
+    assert made["patch_size"][2] <= 20  # never more slices than the 20-slice scan holds
+    with pytest.raises(MedsegError, match="a plan .* is already there; pass --overwrite"):
+        plan(real_case, tmp_path / "plan.json", device="cpu")
