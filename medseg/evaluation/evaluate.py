@@ -32,11 +32,7 @@ from medseg.data.io import (
 )
 from medseg.data.labels import LabelMatch, match_label_maps
 from medseg.errors import MedsegError
-from medseg.evaluation.metrics import (
-    METRICS,
-    case_metrics,
-    label_boxes,
-)
+from medseg.evaluation.metrics import METRICS, case_metrics, label_boxes
 from medseg.evaluation.report import html_report, markdown_report, markdown_table
 
 __all__ = ["evaluate_folders", "evaluate_case", "markdown_table", "EMPTY_POLICY"]
