@@ -1,12 +1,16 @@
 """What each setting may be: the names to choose from and the ranges numbers must lie in.
 
-One light module (it imports nothing), so the command line lists every choice in --help at once,
-and the code that acts on a setting checks it against the same names. The networks' names are
-the model registry's (medseg.nets.registry, light too); defaults are TrainConfig's and
-InferOptions'.
+One light module (it imports nothing heavy), so the command line lists every choice in --help
+at once, and the code that acts on a setting checks it against the same names. The networks'
+names are the model registry's (medseg.nets.registry, light too); defaults are TrainConfig's
+and InferOptions'.
 """
 
 from __future__ import annotations
+
+import re
+
+from medseg.errors import MedsegError
 
 DEVICES = ("auto", "cpu", "cuda")
 # auto: bf16 on CUDA (and, for training, on CPUs with native bf16), else fp32.
@@ -28,3 +32,9 @@ WORKING_SPACING_MM = (0.25, 20.0)
 SYNTH_SPACING_MM = (0.25, 10.0)
 MAX_PATCH = 1024  # voxels along an axis
 MAX_OVERLAP = 0.95  # sliding windows: at 1 they would never advance
+
+
+def check_device(name) -> None:
+    """A device name torch takes: one of DEVICES, or cuda:N for one GPU of several."""
+    if name not in DEVICES and not re.fullmatch(r"cuda:[0-9]+", str(name)):
+        raise MedsegError(f"device {name!r}: choose one of {', '.join(DEVICES)}, or cuda:N")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from medseg.choices import DEVICES, PRECISIONS
+from medseg.choices import PRECISIONS, check_device
 from medseg.errors import MedsegError
 
 # glibc mallopt parameter numbers (malloc.h).
@@ -38,8 +38,7 @@ def tune_allocator() -> bool:
 
 def resolve_device(name: str) -> torch.device:
     """'auto' picks CUDA when present; asking for CUDA without one is a clear error."""
-    if name not in DEVICES and not re.fullmatch(r"cuda:[0-9]+", str(name)):
-        raise MedsegError(f"device {name!r}: choose one of {', '.join(DEVICES)}, or cuda:N")
+    check_device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -119,3 +119,16 @@ def test_label_maps_as_dicts_are_checked_like_label_map_files(tiny_dataset, tmp_
 def test_a_device_name_torch_does_not_know_is_one_clear_error(tiny_run):
     with pytest.raises(MedsegError, match="device 'gpu': choose one of auto, cpu, cuda, or cuda:N"):
         Segmenter(tiny_run, device="gpu")
+
+
+def test_a_recipe_device_torch_does_not_know_is_refused_before_a_run_is_replaced(tiny_run,
+                                                                                tiny_dataset,
+                                                                                tmp_path):
+    from medseg import train
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    kept = sorted(p.name for p in run.iterdir())
+    with pytest.raises(MedsegError, match="device 'gpu': choose one of auto, cpu, cuda"):
+        train(manifest=str(tiny_dataset), output=str(run), device="gpu", epochs=1, overwrite=True)
+    assert sorted(p.name for p in run.iterdir()) == kept

@@ -14,6 +14,7 @@ from medseg.choices import (
     PRECISIONS,
     SCHEDULES,
     WORKING_SPACING_MM,
+    check_device,
 )
 from medseg.errors import MedsegError
 from medseg.inference.options import OVERLAP
@@ -112,6 +113,7 @@ def check_config(cfg: TrainConfig, num_classes: int) -> None:
     check_triple("patch_size", cfg.patch_size, True, 1, MAX_PATCH)
     choices = {"augment": AUGMENTATIONS, "schedule": SCHEDULES, "optimizer": OPTIMIZERS,
                "precision": PRECISIONS}
+    check_device(cfg.device)  # before the run folder is claimed (and, with --overwrite, emptied)
     for key, valid in choices.items():
         if getattr(cfg, key) not in valid:
             raise MedsegError(f"{key} {getattr(cfg, key)!r}: choose one of {', '.join(valid)}")
