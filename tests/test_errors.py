@@ -151,11 +151,11 @@ def test_2d_input_and_single_slices_against_3d_and_2d_models(tmp_path):
     volume_model = Predictor(tiny_checkpoint(tmp_path / "3d.pt"), InferOptions(device="cpu"))
     with pytest.raises(MedsegError, match=r"slice\.nii\.gz: a single slice \(size 12x10x1\), but "
                                           "the model is 3D"):
-        check_fits_predictor(single, path, volume_model, InferOptions())
+        check_fits_predictor(single, path, volume_model)
     # A 2D model segments slice by slice, so one slice is a complete input for it.
     slice_model = Predictor(tiny_checkpoint(tmp_path / "2d.pt", spatial_dims=2),
                             InferOptions(device="cpu"))
-    check_fits_predictor(single, path, slice_model, InferOptions())
+    check_fits_predictor(single, path, slice_model)
     mask, _ = slice_model.predict(single)
     assert mask.shape == (12, 10, 1)
 
