@@ -56,28 +56,9 @@ def load_checkpoint(path: Path, needs: tuple[str, ...] = ()) -> dict:
     `needs`: config keys the caller reads; a checkpoint without one of them is refused by name.
     """
     path = resolve_checkpoint(path)
-    with open(path, "rb") as f:
-        is_zip = f.read(4) == ZIP_MAGIC
-    if not is_zip:
-        raise MedsegError(f"{path}: not a checkpoint (torch.save writes zip archives, this is "
-                          "another kind of file); pass a run folder of `medseg train` or its "
-                          "best.pt")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch's own message suggests loading with weights_only=False: exactly what not to do.
-        found = re.search(r"GLOBAL (\S+)", str(exc))
-        if found is None:
-            raise MedsegError(f"{path}: not a medseg checkpoint (torch cannot read it as saved "
-                              "tensors); pass a run folder of `medseg train` or its best.pt"
-                              ) from None
-        raise MedsegError(f"{path}: refused, it holds pickled code ({found.group(1)}) that "
-                          "loading would run; use only checkpoints written by `medseg train`"
-                          ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, ValueError) as exc:
-        raise MedsegError(f"{path}: not a readable checkpoint ({first_line(exc)}); it is "
-                          "truncated or damaged: copy it again, or use the run's other "
-                          "checkpoint") from None
+    payload = safe_torch_load(path, advice="pass a run folder of `medseg train` or its best.pt",
+                              whose="`medseg train`",
+                              damaged="copy it again, or use the run's other checkpoint")
     _check_format(payload, path)
     config = payload["config"]
     missing = [k for k in needs if k not in config]
@@ -95,6 +76,36 @@ def load_checkpoint(path: Path, needs: tuple[str, ...] = ()) -> dict:
     return payload
 
 
+def safe_torch_load(path: Path, advice: str, whose: str, allowed: tuple = (),
+                    damaged: str = "copy it again"):
+    """torch.load with weights_only=True: tensors, plain data and the `allowed` classes only.
+
+    Anything else in the pickle (a class to build, a function to call: code that loading would
+    run) is refused by name before it runs. `advice` says what to pass instead; `whose` names
+    the tool whose checkpoints are expected, `damaged` what to do with a broken file.
+    """
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == ZIP_MAGIC
+    if not is_zip:
+        raise MedsegError(f"{path}: not a checkpoint (torch.save writes zip archives, this is "
+                          f"another kind of file); {advice}")
+    try:
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's own message suggests loading with weights_only=False: exactly what not to do.
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        if found is None:
+            raise MedsegError(f"{path}: not a {whose} checkpoint (torch cannot read it as saved "
+                              f"tensors); {advice}") from None
+        raise MedsegError(f"{path}: refused, it holds pickled code ({found.group(1)}) that "
+                          f"loading would run; use only checkpoints written by {whose}"
+                          ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, ValueError) as exc:
+        raise MedsegError(f"{path}: not a readable checkpoint ({first_line(exc)}); it is "
+                          f"truncated or damaged: {damaged}") from None
+
+
 def _writer(payload: dict) -> str:
     """'medseg 0.3.0', or 'an unknown medseg version' for checkpoints that do not say."""
     version = payload.get("medseg_version")
@@ -104,9 +115,9 @@ def _writer(payload: dict) -> str:
 def _check_format(payload, path: Path) -> None:
     """A medseg checkpoint of the format this version reads, else say whose file it is."""
     if not isinstance(payload, dict) or "format" not in payload:
-        raise MedsegError(f"{path}: not a medseg checkpoint (no 'format'; weights of other tools "
-                          "such as nnU-Net or MONAI bundles cannot be used); pass a run folder "
-                          "of `medseg train`")
+        raise MedsegError(f"{path}: not a medseg checkpoint (no 'format'; a MONAI bundle's or "
+                          "a bare state dict cannot be used, an nnU-Net model is passed as its "
+                          "whole trained-model folder); pass a run folder of `medseg train`")
     if payload["format"] != FORMAT:
         raise MedsegError(f"{path}: written by {_writer(payload)} (checkpoint format "
                           f"{payload['format']}), but this is medseg {__version__}, which reads "
