@@ -295,8 +295,9 @@ def plan(manifest, output, device, memory_gb, overwrite):
 @main.command()
 @click.option("--model", "checkpoints", required=True, multiple=True,
               type=GivenPath(path_type=Path),
-              help="A trained model: a run folder (uses best.pt) or a checkpoint file; repeat to "
-                   "ensemble folds.")
+              help="A trained model: a run folder (uses best.pt) or a checkpoint file (repeat to "
+                   "ensemble folds); an nnU-Net v2 trained-model folder; or "
+                   "totalsegmentator:TASK (total, total_fast, total_fastest).")
 @click.option("--input", "inputs", required=True, type=GivenPath(path_type=Path),
               help="A scan (NIfTI, NRRD, MHA), a DICOM series folder, or a folder of them.")
 @click.option("--output", required=True, type=GivenPath(file_okay=False, path_type=Path))
@@ -317,6 +318,12 @@ def plan(manifest, output, device, memory_gb, overwrite):
               help="Also write CASE_probabilities.nii.gz (uint8, probability x 255).")
 @click.option("--device", default=_default(InferOptions, "device"), show_default=True,
               type=click.Choice(DEVICES))
+@click.option("--folds", default=None,
+              help="nnU-Net model folders: the folds to average, e.g. 0,1,2 or all "
+                   "[default: every fold present].")
+@click.option("--roi-subset", default=None,
+              help="TotalSegmentator tasks: only these classes, e.g. liver,spleen (runs only "
+                   "the parts that have them).")
 @click.option("--nproc", default=1, show_default=True, type=click.IntRange(min=1),
               help="Processes (one per GPU) that split the cases, launched with torchrun.")
 @user_errors

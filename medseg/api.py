@@ -57,14 +57,16 @@ class Segmenter:
     """Trained model(s) loaded once, to segment many scans.
 
     `model`: a run folder (its best.pt), a checkpoint file, or a list of them (an ensemble that
-    averages their probabilities). Options are InferOptions' fields: device, overlap,
-    sw_batch_size, precision, tta, keep_largest, min_volume_mm3, save_probabilities, overwrite.
+    averages their probabilities); an nnU-Net v2 trained-model folder; or a TotalSegmentator
+    task, "totalsegmentator:total". Options are InferOptions' fields: device, overlap,
+    sw_batch_size, precision, tta, keep_largest, min_volume_mm3, save_probabilities, overwrite,
+    folds (nnU-Net), roi_subset (TotalSegmentator).
     """
 
     def __init__(self, model, **options):
-        from medseg.inference.predictor import Predictor
+        from medseg.inference.models import load_predictor
 
-        self.predictor = Predictor(model, _options(InferOptions, options))
+        self.predictor = load_predictor(model, _options(InferOptions, options))
 
     @property
     def labels(self) -> dict[int, str]:
@@ -153,11 +155,23 @@ def evaluate(pred: str | Path, ref: str | Path, output: str | Path, labels=None,
     from medseg.data.labels import load_label_map
     from medseg.evaluation.evaluate import evaluate_folders
 
+    # The masks' own label map (labels.json, which `medseg infer` writes) unless one is given.
+    pred_labels = pred_labels or (None if labels else _written_by_infer(Path(pred)))
     default = labels or (None if ref_labels and pred_labels else _labels_beside(Path(ref)))
     ref_map, pred_map = (load_label_map(spec or default) for spec in (ref_labels, pred_labels))
     return evaluate_folders(Path(pred), Path(ref), Path(output), ref_map, pred_map,
                             tolerance_mm=nsd_tolerance, resample=resample_pred, workers=workers,
                             figures=figures, progress=progress)
+
+
+def _written_by_infer(pred: Path) -> Path | None:
+    """OUTPUT/labels.json of `medseg infer` beside (or in) the predictions, if there is one."""
+    from medseg.inference.batch import LABEL_MAP_NAME
+
+    for candidate in (pred / LABEL_MAP_NAME, pred.parent / LABEL_MAP_NAME):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def _labels_beside(ref: Path) -> Path:

@@ -19,10 +19,12 @@ from medseg.data.io import (
     list_scans,
     load_scan,
     save_nifti,
+    write_json,
 )
 from medseg.distributed import all_gather, rank_and_world
 from medseg.errors import MedsegError, OutputError, find_medseg_error
 from medseg.inference.memory import check_inference_memory
+from medseg.inference.models import load_predictor
 from medseg.inference.options import InferOptions
 from medseg.inference.predictor import MODEL_ID_PREFIX, Predictor
 
@@ -52,7 +54,7 @@ def infer_cases(checkpoints, inputs: Path, out_dir: Path,
                 options: InferOptions | None = None) -> list[CaseResult]:
     """Segment this rank's share of the scans under `inputs`; a failure doesn't stop the rest."""
     every_scan = checked_scans(inputs, out_dir)  # before the model loads: bad paths fail fast
-    return segment_scans(Predictor(checkpoints, options), every_scan, out_dir)
+    return segment_scans(load_predictor(checkpoints, options), every_scan, out_dir)
 
 
 def segment_folder(predictor: Predictor, inputs: Path, out_dir: Path) -> list[CaseResult]:
@@ -80,9 +82,22 @@ def segment_scans(predictor: Predictor, every_scan: list[Path], out_dir: Path
     scans = shard_for_rank(every_scan, rank, world)
     # Closed also when a case stops the batch, so the error starts on a line of its own.
     with tqdm(scans, desc="infer" if world == 1 else f"infer rank {rank}", unit="case") as progress:
-        return [CaseResult(scan, output_path(scan, out_dir), "skipped") if scan in finished
-                else segment_case(predictor, scan, out_dir, progress)
-                for scan in progress]
+        results = [CaseResult(scan, output_path(scan, out_dir), "skipped") if scan in finished
+                   else segment_case(predictor, scan, out_dir, progress)
+                   for scan in progress]
+    if any(r.status != "failed" for r in results):  # beside masks only, never alone
+        write_label_map(predictor.labels, out_dir)
+    return results
+
+
+LABEL_MAP_NAME = "labels.json"
+
+
+def write_label_map(labels: dict[int, str], out_dir: Path) -> None:
+    """OUTPUT/labels.json: what the masks' ids mean (`medseg evaluate` pairs organs by these
+    names). Written atomically, the same by every rank."""
+    write_json({"labels": {str(i): name for i, name in sorted(labels.items())}},
+               Path(out_dir) / LABEL_MAP_NAME)
 
 
 def segment_case(predictor: Predictor, scan_path: Path, out_dir: Path, progress) -> CaseResult:

@@ -23,3 +23,5 @@ class InferOptions:
     min_volume_mm3: float = 0.0
     save_probabilities: bool = False
     overwrite: bool = False
+    folds: str | None = None  # nnU-Net model folders: "0,1,2" or "all"; default every fold
+    roi_subset: str | None = None  # TotalSegmentator tasks: "liver,spleen"; default all
