@@ -306,17 +306,22 @@ class NNUNetPredictor:
         mask = np.empty(out_shape, dtype=np.uint8)
         keep = self.options.save_probabilities
         probs = np.empty((logits.shape[0], *out_shape), dtype=np.uint8) if keep else None
-        per_slice = logits.shape[0] * math.prod(plane) * 4 * 3
-        step = max(1, SLAB_BYTES // per_slice)
+        # Source slices resized in-plane per step: each once, however many rows use it.
+        sources_per_step = max(2, SLAB_BYTES // (logits.shape[0] * math.prod(plane) * 4))
+        step = max(1, int((sources_per_step - 1) * out_shape[0] / old))
         for first in range(0, out_shape[0], step):
-            rows = slice(first, min(first + step, out_shape[0]))
-            lo = self._plane(logits, low[rows], plane)
-            hi = lo if axis is not None else self._plane(logits, high[rows], plane)
-            w = torch.from_numpy(weight[rows])[None, :, None, None]
-            slab = lo + (hi - lo) * w if axis is None else lo
-            mask[rows] = self._segment(slab)
-            if keep:
-                probs[:, rows] = (torch.softmax(slab, 0) * 255).round().to(torch.uint8).numpy()
+            rows = range(first, min(first + step, out_shape[0]))
+            sources = np.unique(np.concatenate([low[rows], high[rows]]))
+            planes = self._plane(logits, sources, plane)  # (S, C, A, B), classes innermost
+            for row in rows:
+                slab = planes[int(np.searchsorted(sources, low[row]))]
+                if axis is None and weight[row] > 0:
+                    upper = planes[int(np.searchsorted(sources, high[row]))]
+                    slab = torch.lerp(slab, upper, float(weight[row]))
+                mask[row] = self._segment(slab)
+                if keep:
+                    probs[:, row] = (torch.softmax(slab, 0) * 255).round().to(
+                        torch.uint8).numpy()
         order = list(range(1, 3))
         order.insert(slab_axis, 0)
         mask = np.transpose(mask, order)
@@ -336,8 +341,11 @@ class NNUNetPredictor:
 
     @staticmethod
     def _plane(logits: torch.Tensor, rows: np.ndarray, plane) -> torch.Tensor:
-        """The given slices of (C, S, A, B), resized bilinearly in-plane to `plane`."""
-        picked = logits[:, torch.from_numpy(rows)]
+        """The given slices of (C, S, A, B) resized bilinearly in-plane to `plane`, as
+        (S, C, A, B) with the classes innermost in memory (channels_last), so that the argmax
+        over classes reads contiguous memory."""
+        picked = logits[:, torch.from_numpy(rows)].transpose(0, 1)
+        picked = picked.contiguous(memory_format=torch.channels_last)
         if tuple(picked.shape[2:]) == tuple(plane):
             return picked
         return F.interpolate(picked, size=plane, mode="bilinear", align_corners=False)
