@@ -204,7 +204,7 @@ def test_cli_infer_fails_a_blank_scan_warns_on_a_normalised_one_and_does_the_res
     assert re.search(r"(^|\n)failed: \S*blank\.nii\.gz: every voxel is 0", proc.stderr)
     # Its own line, not glued to the end of the progress bar's.
     assert re.search(r"(^|[\r\n])warning: \S*unit\.nii\.gz: intensities", proc.stderr)
-    assert visible(tmp_path / "out") == ["good.nii.gz", "unit.nii.gz"]
+    assert visible(tmp_path / "out") == ["good.nii.gz", "labels.json", "unit.nii.gz"]
 
 
 def test_a_scan_with_a_zero_size_dimension_is_refused(tmp_path):

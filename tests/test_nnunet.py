@@ -1,0 +1,284 @@
+"""`medseg infer --model NNUNET_FOLDER` and `totalsegmentator:TASK` against nnU-Net's own answers.
+
+The model folder in tests/data/nnunet was trained by nnU-Net itself (benchmarks/nnunet_fixture.py:
+nnUNetTrainer on phantoms, a reduced 3d_fullres plan, folds 0 and 1), and
+tests/data/nnunet/nnunet_predictions holds what `nnUNetv2_predict -f 0 1` wrote for the scans
+beside it (with and without its mirroring TTA): the oracle. The real 20-slice DICOM series was
+given to nnU-Net as SimpleITK's NIfTI conversion and to medseg as the DICOM folder itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import run_cli_here
+
+FIXTURE = Path(__file__).parent / "data" / "nnunet"
+MODEL = FIXTURE / "model"
+PREDICTIONS = FIXTURE / "nnunet_predictions"
+MIN_VOXELS = 50  # organs nnU-Net found with fewer voxels are too small for a stable Dice
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory) -> Path:
+    """The held-out phantoms nnU-Net predicted, drawn again (scans.json: seed, spacing,
+    orientation) and checked voxel for voxel against the SHA-256 recorded when nnU-Net ran."""
+    from medseg.data.io import save_nifti
+    from medseg.data.phantoms import make_phantom
+
+    folder = tmp_path_factory.mktemp("nnunet_scans")
+    for name, spec in json.loads((FIXTURE / "scans.json").read_text()).items():
+        phantom = make_phantom(spec["seed"], spacing=spec["spacing"],
+                               orientation=spec["orientation"])
+        assert hashlib.sha256(phantom.image.tobytes()).hexdigest() == spec["sha256"], (
+            f"{name}: the phantom drawn now differs from the one nnU-Net predicted; rerun "
+            "benchmarks/nnunet_fixture.py")
+        save_nifti(phantom.image, phantom.affine, folder / "scans" / f"{name}_0000.nii.gz")
+        save_nifti(phantom.label, phantom.affine, folder / "references" / f"{name}.nii.gz")
+    return folder / "scans"
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * np.logical_and(a, b).sum() / max(1, a.sum() + b.sum())
+
+
+def _assert_agrees(mine: Path, theirs: Path, labels: dict[int, str]) -> dict[str, float]:
+    """Same grid (shape, affine) and per-organ Dice >= 0.98 with nnU-Net's mask."""
+    ours, oracle = nib.load(str(mine)), nib.load(str(theirs))
+    assert ours.shape == oracle.shape
+    np.testing.assert_allclose(ours.affine, oracle.affine, atol=1e-4)
+    a, b = np.asarray(ours.dataobj), np.asarray(oracle.dataobj)
+    scores = {labels[i]: _dice(a == i, b == i) for i in labels
+              if i and (b == i).sum() >= MIN_VOXELS}
+    assert scores, f"nnU-Net found no organ in {theirs.name}: the fixture model is broken"
+    assert min(scores.values()) >= 0.98, scores
+    return scores
+
+
+@pytest.fixture(scope="module")
+def small_scan(tmp_path_factory) -> Path:
+    """A small CT-like volume: the input of the tests whose model is refused."""
+    path = tmp_path_factory.mktemp("small") / "small.nii.gz"
+    image = np.full((24, 20, 12), -1000, dtype=np.int16)
+    image[6:18, 5:15, 3:9] = 40
+    nib.save(nib.Nifti1Image(image, np.diag([2.0, 2.0, 5.0, 1.0])), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def labels() -> dict[int, str]:
+    dataset = json.loads((MODEL / "dataset.json").read_text())
+    return {v: k for k, v in dataset["labels"].items()}
+
+
+@pytest.mark.parametrize("tta", [False, True], ids=["no_tta", "tta"])
+def test_phantoms_match_nnunet_predict(tmp_path, scans, labels, tta):
+    """Every phantom without TTA; with TTA (8 mirrorings per window) the thick-slice one."""
+    out = tmp_path / "out"
+    oracle = PREDICTIONS / ("tta" if tta else "no_tta")
+    inputs = scans / "phantom_thick_0000.nii.gz" if tta else scans
+    proc = run_cli_here("infer", "--model", MODEL, "--input", inputs, "--output", out,
+                        *(["--tta"] if tta else []))
+    assert proc.returncode == 0, proc.stderr
+    cases = sorted(oracle.glob("phantom_*.nii.gz"))
+    assert len(cases) == (1 if tta else 3)
+    for case in cases:
+        _assert_agrees(out / case.name, case, labels)
+        # The mask lies on the input's grid: nnU-Net's answer was written with SimpleITK's
+        # geometry of the same file, so the affine check above compares two readers.
+
+
+def test_the_real_dicom_series_matches_nnunet_on_its_nifti_conversion(tmp_path, labels,
+                                                                      real_data):
+    out = tmp_path / "out"
+    proc = run_cli_here("infer", "--model", MODEL, "--input", real_data / "petct_dicom" / "dicom",
+                        "--output", out)
+    assert proc.returncode == 0, proc.stderr
+    scores = _assert_agrees(out / "dicom.nii.gz", PREDICTIONS / "no_tta" / "petct.nii.gz",
+                            labels)
+    print("real DICOM, per-organ Dice with nnUNetv2_predict:", scores)
+
+
+def test_one_fold_differs_from_the_ensemble(tmp_path, scans):
+    """--folds picks the folds: fold 1 alone gives another mask than folds 0 and 1 together."""
+    scan = scans / "phantom_thin_0000.nii.gz"
+    masks = {}
+    for folds in ("1", "0,1"):
+        out = tmp_path / folds.replace(",", "_")
+        proc = run_cli_here("infer", "--model", MODEL, "--input", scan, "--output", out,
+                            "--folds", folds)
+        assert proc.returncode == 0, proc.stderr
+        masks[folds] = np.asarray(nib.load(str(out / "phantom_thin.nii.gz")).dataobj)
+    assert (masks["1"] != masks["0,1"]).any()
+    default = tmp_path / "default"
+    run_cli_here("infer", "--model", MODEL, "--input", scan, "--output", default)
+    every_fold = np.asarray(nib.load(str(default / "phantom_thin.nii.gz")).dataobj)
+    np.testing.assert_array_equal(every_fold, masks["0,1"])
+
+
+def test_evaluate_pairs_the_models_organs_with_the_references_by_name(tmp_path, scans):
+    out = tmp_path / "out"
+    scan = scans / "phantom_thin_0000.nii.gz"
+    assert run_cli_here("infer", "--model", MODEL, "--input", scan, "--output", out
+                        ).returncode == 0
+    written = json.loads((out / "labels.json").read_text())["labels"]
+    assert written["5"] == "liver"
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    shutil.copy(scans.parent / "references" / "phantom_thin.nii.gz", refs)
+    report = tmp_path / "report"
+    proc = run_cli_here("evaluate", "--pred", out, "--ref", refs, "--output", report,
+                        "--ref-labels", "synthetic")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((report / "summary.json").read_text())
+    assert "liver" in json.dumps(summary)
+
+
+# --- bad input: one clear line each ---------------------------------------------------------
+
+def test_not_a_model_folder_is_one_line(tmp_path, small_scan):
+    (tmp_path / "model" / "fold_0").mkdir(parents=True)
+    (tmp_path / "model" / "fold_0" / "checkpoint_final.pth").write_bytes(b"PK")
+    proc = run_cli_here("infer", "--model", tmp_path / "model", "--input", small_scan,
+                        "--output", tmp_path / "out")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "not an nnU-Net trained-model folder (no plans.json)" in proc.stderr
+
+
+def test_a_missing_fold_is_one_line(tmp_path, small_scan):
+    proc = run_cli_here("infer", "--model", MODEL, "--input", small_scan,
+                        "--output", tmp_path / "o",
+                        "--folds", "4")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "fold_4 has no checkpoint (folds present: 0, 1)" in proc.stderr
+
+
+def test_a_missing_configuration_is_one_line(tmp_path, small_scan):
+    model = tmp_path / "model"
+    shutil.copytree(MODEL, model)
+    plans = json.loads((model / "plans.json").read_text())
+    plans["configurations"] = {"2d": plans["configurations"]["3d_fullres"]}
+    (model / "plans.json").write_text(json.dumps(plans))
+    proc = run_cli_here("infer", "--model", model, "--input", small_scan,
+                        "--output", tmp_path / "o")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "plans.json: no configuration '3d_fullres' (it has 2d)" in proc.stderr
+
+
+# --- TotalSegmentator's layout ----------------------------------------------------------------
+
+# A TotalSegmentator-shaped weights folder: the test model under each part's dataset id, its
+# dataset.json renamed to the part's classes (TotalSegmentator's spelling). Part 291 keeps the
+# phantom organs; later parts name other TotalSegmentator classes, and overwrite earlier ones.
+ORGANS = {"spleen": 1, "kidney_right": 2, "kidney_left": 3, "gallbladder": 4, "liver": 5,
+          "stomach": 6, "aorta": 7, "inferior_vena_cava": 8, "pancreas": 9}
+OTHER_PARTS = {
+    292: ["vertebrae_L5", "vertebrae_L4", "vertebrae_L3", "vertebrae_L2", "vertebrae_L1",
+          "vertebrae_T12", "vertebrae_T11", "vertebrae_T10", "vertebrae_T9"],
+    293: ["heart", "pulmonary_vein", "brachiocephalic_trunk", "subclavian_artery_right",
+          "subclavian_artery_left", "common_carotid_artery_right",
+          "common_carotid_artery_left", "brachiocephalic_vein_left", "atrial_appendage_left"],
+    294: ["humerus_left", "humerus_right", "scapula_left", "scapula_right", "clavicula_left",
+          "clavicula_right", "femur_left", "femur_right", "hip_left"],
+    295: ["rib_left_1", "rib_left_2", "rib_left_3", "rib_left_4", "rib_left_5", "rib_left_6",
+          "rib_left_7", "rib_left_8", "rib_left_9"],
+}
+
+
+@pytest.fixture
+def totalseg_home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "ts"
+    parts = {291: list(ORGANS), **OTHER_PARTS}
+    for dataset, names in parts.items():
+        folder = (home / "nnunet" / "results" / f"Dataset{dataset}_TotalSegmentator_part"
+                  / "nnUNetTrainerNoMirroring__nnUNetPlans__3d_fullres")
+        shutil.copytree(MODEL, folder)
+        spec = json.loads((folder / "dataset.json").read_text())
+        spec["labels"] = {"background": 0, **{n: i + 1 for i, n in enumerate(names)}}
+        (folder / "dataset.json").write_text(json.dumps(spec))
+    monkeypatch.setenv("TOTALSEG_HOME_DIR", str(home))
+    return home
+
+
+def _ts_ids() -> dict[str, int]:
+    from medseg.data.labels import canonical_name
+    from medseg.inference.totalseg import class_map
+
+    ids = {n: i for i, n in class_map().items()}
+    return {name: ids[canonical_name(name)] for name in
+            [*ORGANS, *[n for names in OTHER_PARTS.values() for n in names]]}
+
+
+def test_totalsegmentator_parts_merge_in_order_with_its_class_ids(tmp_path, totalseg_home,
+                                                                 scans):
+    """On a scan already RAS at 1.5 mm, TotalSegmentator's own resampling changes nothing, so
+    each part's mask is nnU-Net's mask renamed: the last part (295) is written last."""
+    scan = scans / "phantom_ras15_0000.nii.gz"
+    out = tmp_path / "out"
+    proc = run_cli_here("infer", "--model", "totalsegmentator:total", "--input", scan,
+                        "--output", out)
+    assert proc.returncode == 0, proc.stderr
+    ids = _ts_ids()
+    oracle = np.asarray(nib.load(str(PREDICTIONS / "no_tta" / "phantom_ras15.nii.gz")).dataobj)
+    lookup = np.array([0, *[ids[n] for n in OTHER_PARTS[295]]], dtype=np.uint8)
+    mine = np.asarray(nib.load(str(out / "phantom_ras15.nii.gz")).dataobj)
+    for local, ts_id in enumerate(lookup[1:], start=1):
+        if (oracle == local).sum() >= MIN_VOXELS:
+            assert _dice(mine == ts_id, oracle == local) >= 0.98, OTHER_PARTS[295][local - 1]
+    written = json.loads((out / "labels.json").read_text())["labels"]
+    assert written[str(ids["rib_left_1"])] == "rib_left_1"
+
+
+def test_roi_subset_runs_only_the_parts_that_have_those_classes(tmp_path, totalseg_home, scans):
+    scan = scans / "phantom_ras15_0000.nii.gz"
+    out = tmp_path / "out"
+    proc = run_cli_here("infer", "--model", "totalsegmentator:total", "--input", scan,
+                        "--output", out, "--roi-subset", "liver,spleen")
+    assert proc.returncode == 0, proc.stderr
+    ids = _ts_ids()
+    oracle = np.asarray(nib.load(str(PREDICTIONS / "no_tta" / "phantom_ras15.nii.gz")).dataobj)
+    mine = np.asarray(nib.load(str(out / "phantom_ras15.nii.gz")).dataobj)
+    assert set(np.unique(mine)) <= {0, ids["liver"], ids["spleen"]}
+    for organ in ("liver", "spleen"):
+        if (oracle == ORGANS[organ]).sum() >= MIN_VOXELS:
+            assert _dice(mine == ids[organ], oracle == ORGANS[organ]) >= 0.98, organ
+    assert json.loads((out / "labels.json").read_text())["labels"] == {
+        "0": "background", str(ids["spleen"]): "spleen", str(ids["liver"]): "liver"}
+
+
+def test_missing_totalsegmentator_weights_say_where_and_how(tmp_path, small_scan, monkeypatch):
+    monkeypatch.setenv("TOTALSEG_HOME_DIR", str(tmp_path / "nothing"))
+    proc = run_cli_here("infer", "--model", "totalsegmentator:total_fast", "--input", small_scan,
+                        "--output", tmp_path / "out")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert str(tmp_path / "nothing" / "nnunet" / "results") in proc.stderr
+    assert "totalseg_download_weights -t total_fast" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_roi_names_are_named(tmp_path, small_scan, totalseg_home):
+    proc = run_cli_here("infer", "--model", "totalsegmentator:total", "--input", small_scan,
+                        "--output", tmp_path / "out", "--roi-subset", "liver,livr")
+    assert proc.returncode != 0 and "livr not in totalsegmentator:total's classes" in proc.stderr
+
+
+def test_an_nnunet_checkpoint_file_points_at_its_folder(tmp_path, small_scan):
+    proc = run_cli_here("infer", "--model", MODEL / "fold_1" / "checkpoint_final.pth",
+                        "--input", small_scan, "--output", tmp_path / "out")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert f"pass the model folder {MODEL} (with --folds 1 for this fold alone)" in proc.stderr
+
+
+def test_options_of_one_kind_of_model_are_refused_for_another(tmp_path, small_scan, tiny_run):
+    proc = run_cli_here("infer", "--model", tiny_run, "--input", small_scan, "--output",
+                        tmp_path / "out", "--folds", "0")
+    assert proc.returncode == 2 and "--folds applies to nnU-Net model folders" in proc.stderr
+    proc = run_cli_here("infer", "--model", MODEL, "--input", small_scan, "--output",
+                        tmp_path / "out", "--roi-subset", "liver")
+    assert proc.returncode == 2 and "--roi-subset applies to TotalSegmentator" in proc.stderr
