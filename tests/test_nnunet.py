@@ -282,3 +282,10 @@ def test_options_of_one_kind_of_model_are_refused_for_another(tmp_path, small_sc
     proc = run_cli_here("infer", "--model", MODEL, "--input", small_scan, "--output",
                         tmp_path / "out", "--roi-subset", "liver")
     assert proc.returncode == 2 and "--roi-subset applies to TotalSegmentator" in proc.stderr
+
+
+def test_an_nnunet_model_is_not_ensembled_with_others(tmp_path, small_scan, tiny_run):
+    proc = run_cli_here("infer", "--model", tiny_run, "--model", MODEL, "--input", small_scan,
+                        "--output", tmp_path / "out")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{MODEL}: an nnU-Net or TotalSegmentator model runs alone" in proc.stderr

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from medseg.data.io import read_json
 from medseg.errors import MedsegError
 from medseg.nets.checkpoint import safe_torch_load
 
@@ -125,15 +125,11 @@ def _torch_layer(dotted: str, folder: Path):
     return getattr(importlib.import_module(module_name), name)
 
 
-def _read_json(path: Path, what: str) -> dict:
+def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise MedsegError(f"{path.parent}: not an nnU-Net trained-model folder (no {path.name}); "
-                          f"pass the folder that holds {what}, dataset.json and fold_K/")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MedsegError(f"{path}: not readable JSON ({exc}); copy the model folder again"
-                          ) from None
+                          "pass the folder that holds plans.json, dataset.json and fold_K/")
+    return read_json(path)
 
 
 def read_labels(dataset: dict, path: Path) -> tuple[dict[int, str], tuple[int, ...] | None]:
@@ -242,8 +238,8 @@ def load_checkpoint(fold: Path) -> tuple[Path, dict]:
 def read_model_folder(folder: Path, folds: str | None = None) -> NNUNetModel:
     """Read and check an nnU-Net v2 trained-model folder and its folds' weights."""
     folder = Path(folder)
-    plans = _read_json(folder / "plans.json", "plans.json")
-    dataset = _read_json(folder / "dataset.json", "plans.json")
+    plans = _read_json(folder / "plans.json")
+    dataset = _read_json(folder / "dataset.json")
     labels, regions = read_labels(dataset, folder / "dataset.json")
     channels = dataset.get("channel_names", dataset.get("modality", {"0": "CT"}))
     if len(channels) != 1:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from medseg.data.geometry import voxel_spacing
 from medseg.distributed import local_device
 from medseg.errors import MedsegError
 from medseg.inference.nnunet_folder import NNUNetModel, read_model_folder
@@ -218,7 +219,7 @@ class NNUNetPredictor:
     def predict(self, scan: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         """A uint8 mask (and uint8 probabilities if asked) on exactly the scan's grid."""
         affine = np.asarray(scan.affine, dtype=float)
-        scan_spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+        scan_spacing = voxel_spacing(affine)
         image = np.asarray(scan[0].as_subclass(torch.Tensor).numpy(), dtype=np.float32)
         array = np.transpose(image, self.axes)  # a view: nnU-Net's axis order
         spacing = tuple(float(scan_spacing[a]) for a in self.axes)

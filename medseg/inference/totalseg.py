@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from medseg.data.geometry import ras_orientation
 from medseg.data.labels import LABEL_MAP_DIR, canonical_name, load_label_map
 from medseg.errors import MedsegError
 from medseg.inference.nnunet_predictor import NNUNetPredictor
@@ -140,22 +141,24 @@ class TotalSegmentatorPredictor:
 
         affine = np.asarray(scan.affine, dtype=float)
         image = np.asarray(scan[0].as_subclass(torch.Tensor).numpy())
-        ornt = nib.orientations.io_orientation(affine)
-        canonical = nib.orientations.apply_orientation(image, ornt)
+        ornt, spacing = ras_orientation(affine)
+        canonical = nib.orientations.apply_orientation(image, ornt)  # a view
         canonical_affine = affine @ nib.orientations.inv_ornt_aff(ornt, image.shape)
-        spacing = np.sqrt((canonical_affine[:3, :3] ** 2).sum(axis=0))
-        zoom = spacing / self.task.spacing
-        # float64 zoom, then truncated to integers: TotalSegmentator's change_spacing(dtype=int32)
-        resampled = np.trunc(ndimage.zoom(canonical.astype(np.float64), zoom, order=3))
+        zoom = np.asarray(spacing) / self.task.spacing
+        # A float64 zoom truncated to integers: TotalSegmentator's change_spacing(dtype=int32).
+        resampled = ndimage.zoom(canonical, zoom, order=3, output=np.float64)
+        np.trunc(resampled, out=resampled)
         resampled_affine = canonical_affine.copy()
         resampled_affine[:3, :3] = canonical_affine[:3, :3] / zoom
         working = MetaTensor(torch.from_numpy(resampled.astype(np.float32))[None],
                              affine=torch.as_tensor(resampled_affine))
-        merged = np.zeros(resampled.shape, dtype=np.uint8)
+        del resampled
+        merged = np.zeros(working.shape[1:], dtype=np.uint8)
         for predictor, lookup in self.parts:
             part, _ = predictor.predict(working)
             found = lookup[part]
-            merged[found > 0] = found[found > 0]
+            written = found > 0
+            merged[written] = found[written]
         back = ndimage.zoom(merged, np.array(canonical.shape) / np.array(merged.shape), order=0)
         mask = nib.orientations.apply_orientation(
             back, nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"),
