@@ -11,8 +11,8 @@ weights can be downloaded here, so this script trains one, on CPU:
    2 x 2 x 5 mm) preprocessed under the plans name nnUNetPlansSmall;
 3. nnUNetTrainer itself, with fewer epochs and iterations (fold 0: 50 x 40, fold 1 a third
    of that), about 50 minutes on 2 CPU cores;
-4. `nnUNetv2_predict` (TTA off; on for the thick-slice phantom) on held-out phantoms and on
-   the real 20-slice DICOM case
+4. `nnUNetv2_predict` (TTA off; on for the thick-slice phantom and the 3-slice case) on
+   held-out phantoms and on the real DICOM series (20 slices; 3 slices)
    (converted to NIfTI with SimpleITK, as nnU-Net users do).
 
 nnU-Net runs in its own environment (it pulls packages medseg does not need); give its Python
@@ -46,7 +46,9 @@ from medseg.data.phantoms import SYNTHETIC_LABELS, make_phantom  # noqa: E402
 DATASET = "Dataset901_Phantoms"
 PLANS = "nnUNetPlansSmall"
 TRAINER_FOLDER = f"nnUNetTrainer__{PLANS}__3d_fullres"
-REAL_DICOM = Path(__file__).resolve().parents[2] / "shared/data/real/petct_dicom/dicom"
+REAL = Path(__file__).resolve().parents[2] / "shared/data/real"
+REAL_DICOM = REAL / "petct_dicom/dicom"  # 512 x 512 x 20
+REAL_3SLICE = REAL / "dcmqi_3slice/dicom"  # 512 x 512 x 3: thinner than one patch
 HELD_OUT = (("phantom_thin", 2001, (1.6, 1.6, 2.5), "LPS"),
             ("phantom_thick", 2002, (1.4, 1.4, 6.0), "LPS"),
             ("phantom_ras15", 2003, (1.5, 1.5, 1.5), "RAS"))
@@ -185,11 +187,15 @@ def export_fixture(results: Path, out: Path, work: Path, bin_dir: Path, env: dic
     (out / "scans.json").write_text(json.dumps(specs, indent=2) + "\n")
     if REAL_DICOM.is_dir():
         dicom_to_nifti(REAL_DICOM, nifti_inputs / "petct_0000.nii.gz")
-    # TTA (8 mirrorings x 2 folds) on the thick-slice phantom only: it is the slow test.
+    if REAL_3SLICE.is_dir():
+        dicom_to_nifti(REAL_3SLICE, nifti_inputs / "dcmqi3_0000.nii.gz")
+    # TTA (8 mirrorings x 2 folds) on the thick-slice phantom and the 3-slice real case only.
     tta_inputs = work / "inputs_tta"
     shutil.rmtree(tta_inputs, ignore_errors=True)
     tta_inputs.mkdir()
-    shutil.copy(nifti_inputs / "phantom_thick_0000.nii.gz", tta_inputs)
+    for name in ("phantom_thick_0000.nii.gz", "dcmqi3_0000.nii.gz"):
+        if (nifti_inputs / name).exists():
+            shutil.copy(nifti_inputs / name, tta_inputs)
     for tta in (False, True):
         predictions = out / "nnunet_predictions" / ("tta" if tta else "no_tta")
         inputs = tta_inputs if tta else nifti_inputs

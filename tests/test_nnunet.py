@@ -105,6 +105,17 @@ def test_the_real_dicom_series_matches_nnunet_on_its_nifti_conversion(tmp_path, 
     print("real DICOM, per-organ Dice with nnUNetv2_predict:", scores)
 
 
+@pytest.mark.parametrize("tta", [False, True], ids=["no_tta", "tta"])
+def test_the_real_3_slice_series_matches_nnunet(tmp_path, labels, real_data, tta):
+    """3 slices at 1 mm: 1 slice on the 5 mm working grid, padded to the 32-slice patch."""
+    out = tmp_path / "out"
+    proc = run_cli_here("infer", "--model", MODEL, "--input", real_data / "dcmqi_3slice" /
+                        "dicom", "--output", out, *(["--tta"] if tta else []))
+    assert proc.returncode == 0, proc.stderr
+    _assert_agrees(out / "dicom.nii.gz", PREDICTIONS / ("tta" if tta else "no_tta") /
+                   "dcmqi3.nii.gz", labels)
+
+
 def test_one_fold_differs_from_the_ensemble(tmp_path, scans):
     """--folds picks the folds: fold 1 alone gives another mask than folds 0 and 1 together."""
     scan = scans / "phantom_thin_0000.nii.gz"
