@@ -300,3 +300,40 @@ def test_an_nnunet_model_is_not_ensembled_with_others(tmp_path, small_scan, tiny
                         "--output", tmp_path / "out")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"{MODEL}: an nnU-Net or TotalSegmentator model runs alone" in proc.stderr
+
+
+def test_probabilities_lie_on_the_scan_grid_and_agree_with_the_mask(tmp_path, scans):
+    """--save-probabilities: uint8 softmax on the scan's own axes; outside nnU-Net's crop box
+    (none here: CT is nonzero everywhere) and wherever the mask says so, its class leads."""
+    out = tmp_path / "out"
+    proc = run_cli_here("infer", "--model", MODEL, "--input", scans / "phantom_thin_0000.nii.gz",
+                        "--output", out, "--save-probabilities")
+    assert proc.returncode == 0, proc.stderr
+    mask = np.asarray(nib.load(str(out / "phantom_thin.nii.gz")).dataobj)
+    probs = np.asarray(nib.load(str(out / "phantom_thin_probabilities.nii.gz")).dataobj)
+    assert probs.shape == (*mask.shape, 10)
+    np.testing.assert_allclose(probs.sum(-1), 255, atol=6)  # rounding of 10 classes
+    assert (probs.argmax(-1) == mask).mean() > 0.999  # ties at uint8 precision may differ
+
+
+def _region_model(tmp_path) -> Path:
+    """The test network read as a 10-region model (BraTS-style unions), to run its path."""
+    model = tmp_path / "regions"
+    shutil.copytree(MODEL, model)
+    spec = json.loads((model / "dataset.json").read_text())
+    spec["labels"] = {"background": 0, **{f"region_{i}": list(range(i, 11)) for i in range(1, 11)}}
+    spec["regions_class_order"] = list(range(1, 11))
+    (model / "dataset.json").write_text(json.dumps(spec))
+    return model
+
+
+def test_a_region_model_runs_and_refuses_probabilities(tmp_path, small_scan):
+    model = _region_model(tmp_path)
+    proc = run_cli_here("infer", "--model", model, "--input", small_scan, "--output",
+                        tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    written = json.loads((tmp_path / "out" / "labels.json").read_text())["labels"]
+    assert written["10"] == "region_10" and len(written) == 11
+    proc = run_cli_here("infer", "--model", model, "--input", small_scan, "--output",
+                        tmp_path / "out2", "--save-probabilities")
+    assert proc.returncode == 2 and "has no class probabilities to save" in proc.stderr
