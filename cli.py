@@ -324,6 +324,24 @@ def plan(manifest, output, device, memory_gb, overwrite):
 @click.option("--roi-subset", default=None,
               help="TotalSegmentator tasks: only these classes, e.g. liver,spleen (runs only "
                    "the parts that have them).")
+@click.option("--crf", is_flag=True,
+              help="Refine with a fully connected CRF on the CT intensities (DeepLab's "
+                   "post-processing; docs/models.md says where it helps and where it hurts).")
+@click.option("--crf-iterations", type=click.IntRange(min=0), show_default=True,
+              default=_default(InferOptions, "crf_iterations"), help="Mean-field iterations.")
+@click.option("--crf-appearance-mm", type=Finite(min=0, min_open=True), show_default=True,
+              default=_default(InferOptions, "crf_appearance_mm"),
+              help="Spatial width of the appearance kernel (voxels of similar HU agree).")
+@click.option("--crf-appearance-hu", type=Finite(min=0, min_open=True), show_default=True,
+              default=_default(InferOptions, "crf_appearance_hu"),
+              help="Intensity width of the appearance kernel.")
+@click.option("--crf-appearance-weight", type=Finite(min=0), show_default=True,
+              default=_default(InferOptions, "crf_appearance_weight"))
+@click.option("--crf-smoothness-mm", type=Finite(min=0, min_open=True), show_default=True,
+              default=_default(InferOptions, "crf_smoothness_mm"),
+              help="Width of the smoothness kernel (neighbours agree).")
+@click.option("--crf-smoothness-weight", type=Finite(min=0), show_default=True,
+              default=_default(InferOptions, "crf_smoothness_weight"))
 @click.option("--nproc", default=1, show_default=True, type=click.IntRange(min=1),
               help="Processes (one per GPU) that split the cases, launched with torchrun.")
 @user_errors

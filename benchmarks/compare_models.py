@@ -24,13 +24,10 @@ TRAIN_CASES, HELDOUT_CASES = 24, 4
 ITERS_PER_EPOCH = 25
 
 
-def run_model(name: str, dims: int, out: Path, iterations: int, batch_size: int = 2,
-              context_slices: int = 0) -> dict:
-    """Train one model, segment the held-out cases, and return its figures."""
-    from medseg.data.manifest import load_labels
-    from medseg.evaluation.evaluate import evaluate_folders
-    from medseg.inference.batch import infer_cases
-    from medseg.inference.options import InferOptions
+def train_model(name: str, dims: int, out: Path, iterations: int, batch_size: int = 2,
+                context_slices: int = 0) -> tuple[Path, dict, Path]:
+    """Train one model on the 24 phantoms: (its run folder, train()'s result, the held-out
+    data set's folder)."""
     from medseg.training.config import TrainConfig
     from medseg.training.loop import train
 
@@ -44,14 +41,26 @@ def run_model(name: str, dims: int, out: Path, iterations: int, batch_size: int 
                          spatial_dims=dims, context_slices=context_slices, epochs=epochs,
                          iters_per_epoch=ITERS_PER_EPOCH, batch_size=batch_size,
                          val_every=epochs)
-    trained = train(config, overwrite=True)  # its own folder, rerun
+    return run, train(config, overwrite=True), heldout  # its own folder, rerun
+
+
+def run_model(name: str, dims: int, out: Path, iterations: int, batch_size: int = 2,
+              context_slices: int = 0) -> dict:
+    """Train one model, segment the held-out cases, and return its figures."""
+    from medseg.data.manifest import load_labels
+    from medseg.evaluation.evaluate import evaluate_folders
+    from medseg.inference.batch import infer_cases
+    from medseg.inference.options import InferOptions
+
+    run, trained, heldout = train_model(name, dims, out, iterations, batch_size, context_slices)
     start = time.perf_counter()
     infer_cases(run, heldout / "imagesTr", run / "predictions", InferOptions(overwrite=True))
     infer_seconds = (time.perf_counter() - start) / HELDOUT_CASES
     summary = evaluate_folders(run / "predictions", heldout / "labelsTr", run / "evaluation",
                                load_labels(heldout / "dataset.json"))
     return {"model": name, "dims": dims, "context_slices": context_slices,
-            "batch_size": batch_size, "iterations": epochs * ITERS_PER_EPOCH,
+            "batch_size": batch_size, "iterations": math.ceil(iterations / ITERS_PER_EPOCH)
+            * ITERS_PER_EPOCH,
             "train_seconds": trained["seconds"], "infer_seconds_per_case": infer_seconds,
             "val_dice": trained["best_val_dice"], "heldout_dice": summary["mean_dice"],
             "organs": {k: v["dice_mean"] for k, v in summary["organs"].items()}}

@@ -34,7 +34,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_TAG = "BENCH "
-PIPELINES = {"medseg": "(a) medseg infer", "canonical": "(b) canonical MONAI"}
+PIPELINES = {"medseg": "(a) medseg infer", "canonical": "(b) canonical MONAI",
+             "medseg_crf": "(c) medseg infer --crf"}
 REFERENCE_SPACING = (0.8, 0.8, 2.5)
 LARGE_SPACING = (0.8, 0.8, 1.25)
 LARGE_INPLANE = 512
@@ -217,9 +218,10 @@ def child_command(pipeline: str, checkpoint: Path, scan: Path, out_dir: Path,
                   overlap: float) -> list[str]:
     """The command line of child (a) or (b)."""
     script = [sys.executable, str(Path(__file__).resolve())]
-    if pipeline == "medseg":
+    if pipeline in ("medseg", "medseg_crf"):
         return [*script, "--as-medseg", "infer", "--model", str(checkpoint), "--input", str(scan),
-                "--output", str(out_dir), "--overwrite", "--overlap", str(overlap)]
+                "--output", str(out_dir), "--overwrite", "--overlap", str(overlap),
+                *(["--crf"] if pipeline == "medseg_crf" else [])]
     return [*script, "--canonical", "--model", str(checkpoint), "--scan", str(scan),
             "--output", str(out_dir), "--overlap", str(overlap)]
 
@@ -415,12 +417,17 @@ def estimate_line(case: Case, config: dict, runs: dict[str, list[Run]]) -> str:
     from medseg.inference.memory import inference_bytes
 
     header = nib.load(str(case.scan))
-    need, _ = inference_bytes(header.shape[:3], voxel_spacing(header.affine), config["spacing"],
-                              len(config["labels"]))
-    medseg = summarise(runs.get("medseg", []))
-    peak = f"{medseg.peak_gb:.2f} GB" if medseg else "no successful run"
-    return (f"medseg.inference.memory's estimate for this scan: {need / 1e9:.2f} GB; "
-            f"measured peak: {peak}")
+    lines = []
+    for pipeline, crf in (("medseg", False), ("medseg_crf", True)):
+        if pipeline not in runs:
+            continue
+        need, _ = inference_bytes(header.shape[:3], voxel_spacing(header.affine),
+                                  config["spacing"], len(config["labels"]), crf=crf)
+        measured = summarise(runs[pipeline])
+        peak = f"{measured.peak_gb:.2f} GB" if measured else "no successful run"
+        lines.append(f"medseg.inference.memory's estimate for {PIPELINES[pipeline]}: "
+                     f"{need / 1e9:.2f} GB; measured peak: {peak}")
+    return "\n".join(lines)
 
 
 def target_lines(case: Case, runs: dict[str, list[Run]], slices: int | None) -> list[str]:
@@ -444,7 +451,8 @@ def prepare_case(args: argparse.Namespace, work: Path) -> Case:
     if args.large and not args.trained:
         scan = write_large_scan(work, args.large, args.seed)
         checkpoint = write_random_checkpoint(work / "random14.pt", args.seed)
-        pipelines = ["medseg", "canonical"] if args.with_canonical else ["medseg"]
+        pipelines = (["medseg", "canonical"] if args.with_canonical else ["medseg"]
+                     ) + (["medseg_crf"] if args.crf else [])
         name = f"512x512x{args.large} at {'x'.join(map(str, LARGE_SPACING))} mm, 14 classes"
         return Case(name, scan, checkpoint, pipelines, TARGET_PEAK_GB.get(args.large))
     import nibabel as nib
@@ -461,14 +469,16 @@ def prepare_case(args: argparse.Namespace, work: Path) -> Case:
 
     if args.large:  # --trained: realistic predictions (an untrained model's are noise)
         scan = write_large_scan(work, args.large, args.seed)
-        pipelines = ["medseg", "canonical"] if args.with_canonical else ["medseg"]
+        pipelines = (["medseg", "canonical"] if args.with_canonical else ["medseg"]
+                     ) + (["medseg_crf"] if args.crf else [])
         name = (f"512x512x{args.large} at {'x'.join(map(str, LARGE_SPACING))} mm, "
                 f"trained model ({args.model.name})")
         return Case(name, scan, args.model.resolve(), pipelines)
     scan = write_reference_scan(work, args.seed)
     shape = "x".join(map(str, nib.load(str(scan)).shape))
     name = f"phantom {shape} at {'x'.join(map(str, REFERENCE_SPACING))} mm"
-    return Case(name, scan, args.model.resolve(), ["medseg", "canonical"])
+    return Case(name, scan, args.model.resolve(),
+                ["medseg", "canonical"] + (["medseg_crf"] if args.crf else []))
 
 
 def compare(args: argparse.Namespace, work: Path) -> None:
@@ -500,6 +510,10 @@ def compare(args: argparse.Namespace, work: Path) -> None:
             if run.error:
                 print(f"{PIPELINES[pipeline]}, run {number} failed: {run.error}")
     print(estimate_line(case, config, runs))
+    a, c = summarise(runs.get("medseg", [])), summarise(runs.get("medseg_crf", []))
+    if a and c:
+        print(f"--crf: {c.seconds - a.seconds:+.1f} s ({c.seconds / a.seconds:.2f} x the time), "
+              f"peak {c.peak_gb - a.peak_gb:+.2f} GB ({c.peak_gb / a.peak_gb:.2f} x)")
     for line in target_lines(case, runs, args.large or None):
         print(line)
 
@@ -516,6 +530,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "14-class model, whose noisy output is a worst case for resampling.")
     parser.add_argument("--with-canonical", action="store_true",
                         help="With --large, also run (b): about 175 bytes per voxel.")
+    parser.add_argument("--crf", action="store_true",
+                        help="Also run (c), medseg infer --crf: the time and memory it adds.")
     parser.add_argument("--overlap", type=float, default=0.5)
     parser.add_argument("--repeats", type=int, default=2, help="Runs of each pipeline.")
     parser.add_argument("--seed", type=int, default=0, help="Phantom (and random weights) seed.")

@@ -337,3 +337,26 @@ def test_a_region_model_runs_and_refuses_probabilities(tmp_path, small_scan):
     proc = run_cli_here("infer", "--model", model, "--input", small_scan, "--output",
                         tmp_path / "out2", "--save-probabilities")
     assert proc.returncode == 2 and "has no class probabilities to save" in proc.stderr
+
+
+def test_crf_refines_an_nnunet_model_on_its_working_grid(tmp_path, scans, labels):
+    """--crf on an imported model: the same grid, some boundary voxels moved, and the organs the
+    model finds (liver and stomach for this small network) no worse against the phantom's truth
+    than nnU-Net's own mask (measured: liver 0.843 -> 0.832, stomach 0.551 -> 0.666). A
+    region-based model, which has no class probabilities, is refused in one line."""
+    scan = scans / "phantom_thin_0000.nii.gz"
+    proc = run_cli_here("infer", "--model", MODEL, "--input", scan, "--output", tmp_path / "crf",
+                        "--crf")
+    assert proc.returncode == 0, proc.stderr
+    refined = nib.load(str(tmp_path / "crf" / "phantom_thin.nii.gz"))
+    oracle = nib.load(str(PREDICTIONS / "no_tta" / "phantom_thin.nii.gz"))
+    assert refined.shape == oracle.shape
+    np.testing.assert_allclose(refined.affine, oracle.affine, atol=1e-4)
+    ours, theirs = np.asarray(refined.dataobj), np.asarray(oracle.dataobj)
+    truth = np.asarray(nib.load(str(scans.parent / "references" / "phantom_thin.nii.gz")).dataobj)
+    assert (ours != theirs).sum() > 1000
+    for label in (i for i in labels if i and _dice(theirs == i, truth == i) > 0.3):
+        assert _dice(ours == label, truth == label) >= _dice(theirs == label, truth == label) - 0.05
+    proc = run_cli_here("infer", "--model", _region_model(tmp_path), "--input", scan,
+                        "--output", tmp_path / "regions", "--crf")
+    assert proc.returncode == 2 and "--crf cannot refine this model" in proc.stderr

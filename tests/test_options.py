@@ -43,6 +43,7 @@ def commands(tmp):
         (train, "--ce-weight", lambda v: math.isfinite(v) and v >= 0),
         (infer, "--overlap", lambda v: 0 <= v <= 0.95),
         (infer, "--min-volume", lambda v: math.isfinite(v) and v >= 0),
+        ([*infer, "--crf"], "--crf-appearance-hu", lambda v: math.isfinite(v) and v > 0),
         (["plan", "--manifest", missing], "--memory-gb", lambda v: math.isfinite(v) and v >= 0.5),
         (evaluate, "--nsd-tolerance", lambda v: math.isfinite(v) and v >= 0),
     ]
@@ -63,7 +64,7 @@ def assert_one_clear_error(result, *fragments):
         assert fragment in result.stderr
 
 
-@pytest.mark.parametrize("index", range(7))
+@pytest.mark.parametrize("index", range(8))
 @SETTINGS
 @given(value=NUMBERS)
 def test_numeric_options_take_finite_values_in_range_or_say_which_option(tmp_path, index,

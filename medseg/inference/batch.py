@@ -180,7 +180,8 @@ def check_fits_predictor(scan, path: Path, predictor: Predictor) -> None:
                           "model is 3D; give the whole series, or use a model trained with "
                           "--dims 2")
     check_inference_memory(path, shape, voxel_spacing(scan.affine), predictor.spacing,
-                           len(predictor.labels), predictor.options.save_probabilities)
+                           len(predictor.labels), predictor.options.save_probabilities,
+                           crf=predictor.options.crf)
 
 
 def gather_results(results: list[CaseResult]) -> list[CaseResult]:

@@ -29,6 +29,8 @@ from scipy import ndimage
 from medseg.data.geometry import voxel_spacing
 from medseg.distributed import local_device
 from medseg.errors import MedsegError
+from medseg.inference.crf import EPS as CRF_EPS
+from medseg.inference.crf import refine, softmax_
 from medseg.inference.nnunet_folder import NNUNetModel, read_model_folder
 from medseg.inference.options import InferOptions
 from medseg.inference.postprocess import clean_components, voxels_for_volume
@@ -193,6 +195,7 @@ class NNUNetPredictor:
             raise MedsegError(f"{self.model.folder}: a region-based model (overlapping regions, "
                               "one sigmoid each) has no class probabilities to save; drop "
                               "--save-probabilities")
+        self._check_crf()
         self.model_id = MODEL_ID_PREFIX + "nnunet " + self.model.model_id()
         self.network = self.model.build_network().to(self.device).eval()
         for path, weights in zip(self.model.checkpoints, self.model.weights):
@@ -204,6 +207,19 @@ class NNUNetPredictor:
         self.axes = network_axes(self.model.transpose_forward)
         # The working spacing in the scan's axis order (for the memory estimate).
         self.spacing = tuple(self.target[self.axes.index(a)] for a in range(3))
+
+    def _check_crf(self) -> None:
+        """--crf needs class probabilities and intensities that map back to HU."""
+        if not self.options.crf:
+            return
+        scheme = self.model.configuration["normalization_schemes"][0]
+        if self.model.regions or scheme != "CTNormalization":
+            why = ("a region-based model (one sigmoid per region) has no class probabilities"
+                   if self.model.regions else
+                   f"its input is normalised with {scheme}, not CTNormalization, so its "
+                   "intensities do not map back to HU")
+            raise MedsegError(f"{self.model.folder}: --crf cannot refine this model: {why}; "
+                              "drop --crf")
 
     def _check_weights(self, path, weights: dict) -> None:
         try:
@@ -231,6 +247,8 @@ class NNUNetPredictor:
         working = resample_image(cropped, new_shape(cropped.shape, spacing, self.target),
                                  spacing, self.target)
         logits = self.logits(torch.from_numpy(working))
+        if self.options.crf:
+            logits = self.refined(logits, working)
         mask_cropped, probs_cropped = self.back_to_crop(logits, cropped.shape, spacing)
         del logits
         mask = np.zeros(array.shape, dtype=np.uint8)
@@ -246,6 +264,16 @@ class NNUNetPredictor:
         min_voxels = voxels_for_volume(self.options.min_volume_mm3, affine)
         mask = clean_components(mask, self.options.keep_largest, min_voxels)
         return mask, probabilities
+
+    @torch.inference_mode()
+    def refined(self, logits: torch.Tensor, working: np.ndarray) -> torch.Tensor:
+        """The dense CRF on the working grid, on intensities mapped back to HU (clipped as
+        CTNormalization clipped them); its log-probabilities replace the logits."""
+        intensity = self.model.intensity
+        hu = torch.from_numpy(working) * max(intensity["std"], 1e-8) + intensity["mean"]
+        probabilities = softmax_(logits)  # in place: the logits are not needed again
+        refined = refine(probabilities, hu, self.target, self.options.crf_settings)
+        return refined.clamp_(min=CRF_EPS).log_()
 
     @torch.inference_mode()
     def logits(self, image: torch.Tensor) -> torch.Tensor:

@@ -3,11 +3,27 @@ checkpoints). Light to import, so the command line shows these defaults in --hel
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+
+from medseg.errors import MedsegError
 
 # Windows overlap by half: training validates with it too, so its Dice is what infer gives (at
 # 0.25 a model 12 epochs into the real case scored aorta 0.01 on the working grid, at 0.5 0.69).
 OVERLAP = 0.5
+
+
+@dataclass(frozen=True)
+class CRFSettings:
+    """The dense CRF's parameters (medseg.inference.crf); the CT defaults were chosen on
+    phantoms held out from the benchmark's test cases (docs/models.md)."""
+
+    iterations: int = 5
+    smoothness_mm: float = 3.0  # width (standard deviation) of the smoothness kernel
+    smoothness_weight: float = 1.0
+    appearance_mm: float = 20.0  # spatial width of the appearance kernel
+    appearance_hu: float = 15.0  # intensity width of the appearance kernel
+    appearance_weight: float = 3.0
+    window: tuple[float, float] = (-200.0, 300.0)  # HU beyond are clipped (air, bone)
 
 
 @dataclass
@@ -25,3 +41,26 @@ class InferOptions:
     overwrite: bool = False
     folds: str | None = None  # nnU-Net model folders: "0,1,2" or "all"; default every fold
     roi_subset: str | None = None  # TotalSegmentator tasks: "liver,spleen"; default all
+    crf: bool = False  # refine with a dense CRF (the crf_* fields are its CRFSettings)
+    crf_iterations: int = CRFSettings.iterations
+    crf_smoothness_mm: float = CRFSettings.smoothness_mm
+    crf_smoothness_weight: float = CRFSettings.smoothness_weight
+    crf_appearance_mm: float = CRFSettings.appearance_mm
+    crf_appearance_hu: float = CRFSettings.appearance_hu
+    crf_appearance_weight: float = CRFSettings.appearance_weight
+
+    def __post_init__(self):
+        changed = [f.name for f in fields(CRFSettings) if hasattr(self, f"crf_{f.name}")
+                   and getattr(self, f"crf_{f.name}") != getattr(CRFSettings, f.name)]
+        if changed and not self.crf:
+            shown = ", ".join("--crf-" + name.replace("_", "-") for name in changed)
+            raise MedsegError(f"{shown} set without --crf; add --crf (crf=True in Python) to "
+                              "refine with the CRF")
+
+    @property
+    def crf_settings(self) -> CRFSettings | None:
+        """The CRF's settings, None without --crf."""
+        if not self.crf:
+            return None
+        return CRFSettings(**{f.name: getattr(self, f"crf_{f.name}") for f in fields(CRFSettings)
+                              if hasattr(self, f"crf_{f.name}")})

@@ -16,6 +16,7 @@ from monai.transforms import Compose
 from medseg.data.network_input import NetworkInput
 from medseg.distributed import local_device
 from medseg.errors import MedsegError, first_line
+from medseg.inference.crf import refine
 from medseg.inference.options import InferOptions
 from medseg.inference.postprocess import clean_components, voxels_for_volume
 from medseg.inference.resample import resample_to_grid
@@ -169,6 +170,9 @@ class Predictor:
         """A uint8 organ mask on exactly the scan's grid, and uint8 probabilities if asked."""
         image = self.resample_to_working_grid(scan)
         probs = self.probabilities(image)
+        if self.options.crf:
+            probs = refine(probs, image[0].as_subclass(torch.Tensor).to(probs.device),
+                           self.spacing, self.options.crf_settings)
         mask, probabilities = resample_to_grid(
             probs, np.asarray(image.affine), np.asarray(scan.affine), tuple(scan.shape[1:]),
             keep_probabilities=self.options.save_probabilities)
