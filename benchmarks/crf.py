@@ -6,10 +6,10 @@ without it, and the time it adds.
 
 Phantoms: each 3D registry model is trained as `benchmarks/compare_models.py` trains it (24
 phantoms, seed 0; 300 iterations), then segments the 4 held-out phantoms (seed 1) without and
-with the CRF. Real: a model fitted to the real DICOM series in ../shared/data (the fit test's
-recipe: 3 mm, 48 x 48 x 12 patches, 30 epochs), scored against its TotalSegmentator mask on
-the scan it was fitted to. A trained model is reused on a rerun; results go to
-OUTPUT/results.json and one Markdown table per case set.
+with the CRF. Real: resunet and dilated fitted to the real DICOM series in ../shared/data
+(the fit test's recipe: 3 mm, 48 x 48 x 12 patches, 30 epochs), scored against its
+TotalSegmentator mask on the scan they were fitted to. A trained model is reused on a
+rerun; results go to OUTPUT/results.json and one Markdown table per case set.
 
 --tune scores a grid of CRF settings on the working grid of 2 other phantoms (seed 2, never
 the held-out ones) with the listed models' probabilities and prints the best few.
@@ -89,14 +89,14 @@ def real_data_set(out: Path) -> Path:
     return manifest
 
 
-def real_run(out: Path, epochs: int) -> Path:
-    """A resunet fitted to the real series (the fit test's recipe), reused if there."""
+def real_run(name: str, out: Path, epochs: int) -> Path:
+    """A model fitted to the real series (the fit test's recipe), reused if there."""
     from medseg.training.config import TrainConfig
     from medseg.training.loop import train
 
-    run = out / "real_resunet"
+    run = out / f"real_{name}"
     if not (run / "best.pt").exists():
-        train(TrainConfig(manifest=str(real_data_set(out)), output=str(run),
+        train(TrainConfig(manifest=str(real_data_set(out)), output=str(run), model=name,
                           spacing=(3.0, 3.0, 3.0), patch_size=(48, 48, 12), epochs=epochs,
                           val_every=epochs), overwrite=True)
     return run
@@ -133,8 +133,8 @@ def markdown(results: dict) -> str:
 
 # --- choosing the defaults ---------------------------------------------------------------------
 
-TUNING_GRID = {"appearance_mm": (10.0, 20.0, 40.0), "appearance_hu": (10.0, 15.0, 30.0),
-               "appearance_weight": (1.0, 3.0, 5.0), "smoothness_weight": (0.0, 1.0, 3.0)}
+TUNING_GRID = {"appearance_mm": (10.0, 20.0, 40.0), "appearance_hu": (10.0, 20.0, 40.0),
+               "appearance_weight": (1.0, 3.0, 5.0), "smoothness_weight": (0.0, 1.0)}
 
 
 def working_grid_cases(run: Path, folder: Path):
@@ -167,9 +167,11 @@ def mean_dice(mask, label, classes: int) -> float:
     return float(np.mean(scores))
 
 
-def tune(models: list[str], out: Path, iterations: int) -> list[tuple[float, dict]]:
-    """Mean working-grid Dice of each setting in TUNING_GRID (5 iterations, 3 mm smoothness)
-    over the tuning phantoms and models; best first, with the no-CRF baseline."""
+def tune(models: list[str], out: Path, iterations: int, grid: dict | None = None
+         ) -> tuple[list[tuple[float, dict]], float]:
+    """Mean working-grid Dice of each setting in `grid` (default TUNING_GRID; the others at
+    their defaults) over the tuning phantoms and models; best first, and the no-CRF Dice."""
+    grid = grid or TUNING_GRID
     from medseg.inference.crf import refine
     from medseg.inference.options import CRFSettings
 
@@ -178,11 +180,11 @@ def tune(models: list[str], out: Path, iterations: int) -> list[tuple[float, dic
              for case in working_grid_cases(trained_run(name, out, iterations)[0], folder)]
     baseline = np.mean([mean_dice(p.argmax(0), label, p.shape[0]) for p, _, label, _ in cases])
     scored = []
-    for values in itertools.product(*TUNING_GRID.values()):
-        settings = replace(CRFSettings(), **dict(zip(TUNING_GRID, values)))
+    for values in itertools.product(*grid.values()):
+        settings = replace(CRFSettings(), **dict(zip(grid, values)))
         dice = np.mean([mean_dice(refine(p.clone(), image, spacing, settings).argmax(0), label,
                                   p.shape[0]) for p, image, label, spacing in cases])
-        scored.append((float(dice), dict(zip(TUNING_GRID, values))))
+        scored.append((float(dice), dict(zip(grid, values))))
         print(f"{dice:.4f} {scored[-1][1]} (no CRF {baseline:.4f})", flush=True)
     return sorted(scored, key=lambda s: -s[0]), float(baseline)
 
@@ -193,12 +195,18 @@ def main() -> None:
     parser.add_argument("--models", default=MODELS, help="comma-separated registry names")
     parser.add_argument("--iterations", type=int, default=300 // ITERS_PER_EPOCH * ITERS_PER_EPOCH)
     parser.add_argument("--real-epochs", type=int, default=30)
+    parser.add_argument("--real-models", default="resunet,dilated",
+                        help="models fitted to the real series")
     parser.add_argument("--tune", default=None, help="models whose probabilities choose the "
                         "defaults (instead of the comparison)")
+    parser.add_argument("--tune-grid", type=json.loads, default=None,
+                        help='JSON {setting: [values]}, e.g. \'{"appearance_mm": [5, 10]}\' '
+                             "(default: TUNING_GRID)")
     args = parser.parse_args()
     tune_allocator()
     if args.tune:
-        scored, baseline = tune(args.tune.split(","), args.output, args.iterations)
+        scored, baseline = tune(args.tune.split(","), args.output, args.iterations,
+                                args.tune_grid)
         print(f"no CRF: {baseline:.4f}")
         for dice, setting in scored[:8]:
             print(f"{dice:.4f} {setting}")
@@ -215,12 +223,13 @@ def main() -> None:
                 load_labels(heldout / "dataset.json"), run / "crf_benchmark")
             path.write_text(json.dumps(results, indent=1))
             print(markdown({name: results["phantoms"][name]}), flush=True)
-    if REAL.is_dir() and "resunet (fitted)" not in results["real"]:
-        run = real_run(args.output, args.real_epochs)
-        folder = real_data_set(args.output).parent
-        results["real"]["resunet (fitted)"] = compare(run, folder / "images", folder / "labels",
-                                                      REAL_LABELS, run / "crf_benchmark")
-        path.write_text(json.dumps(results, indent=1))
+    for name in args.real_models.split(",") if REAL.is_dir() else []:
+        if f"{name} (fitted)" not in results["real"]:
+            run = real_run(name, args.output, args.real_epochs)
+            folder = real_data_set(args.output).parent
+            results["real"][f"{name} (fitted)"] = compare(
+                run, folder / "images", folder / "labels", REAL_LABELS, run / "crf_benchmark")
+            path.write_text(json.dumps(results, indent=1))
     print("## Held-out phantoms\n\n" + markdown(results["phantoms"]))
     if results["real"]:
         print("\n## The real DICOM series (a model fitted to it)\n\n" + markdown(results["real"]))

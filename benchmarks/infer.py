@@ -183,8 +183,9 @@ def write_large_scan(work: Path, slices: int, seed: int) -> Path:
     return path
 
 
-def write_random_checkpoint(path: Path, seed: int) -> Path:
-    """A 14-class (background + BTCV organs) checkpoint with random weights, demo settings."""
+def write_random_checkpoint(path: Path, seed: int, spacing: float = 4.0) -> Path:
+    """A 14-class (background + BTCV organs) checkpoint with random weights, demo settings
+    (its working spacing `spacing` mm)."""
     import torch
 
     from medseg.nets.checkpoint import save_checkpoint
@@ -195,7 +196,7 @@ def write_random_checkpoint(path: Path, seed: int) -> Path:
     config = {
         "model": {**LARGE_MODEL, "in_channels": 1},
         "labels": {str(i): name for i, name in enumerate(("background", *BTCV_ORGANS))},
-        "spacing": [4.0, 4.0, 4.0],
+        "spacing": [spacing] * 3,
         "patch_size": [80, 64, 48],
         "intensity": CT_INTENSITY,
     }
@@ -450,10 +451,12 @@ def prepare_case(args: argparse.Namespace, work: Path) -> Case:
     """Write the scan (and for --large the random 14-class checkpoint) this run compares."""
     if args.large and not args.trained:
         scan = write_large_scan(work, args.large, args.seed)
-        checkpoint = write_random_checkpoint(work / "random14.pt", args.seed)
+        checkpoint = write_random_checkpoint(work / "random14.pt", args.seed,
+                                             args.working_spacing)
         pipelines = (["medseg", "canonical"] if args.with_canonical else ["medseg"]
                      ) + (["medseg_crf"] if args.crf else [])
-        name = f"512x512x{args.large} at {'x'.join(map(str, LARGE_SPACING))} mm, 14 classes"
+        name = (f"512x512x{args.large} at {'x'.join(map(str, LARGE_SPACING))} mm, 14 classes, "
+                f"working grid {args.working_spacing:g} mm")
         return Case(name, scan, checkpoint, pipelines, TARGET_PEAK_GB.get(args.large))
     import nibabel as nib
 
@@ -530,6 +533,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "14-class model, whose noisy output is a worst case for resampling.")
     parser.add_argument("--with-canonical", action="store_true",
                         help="With --large, also run (b): about 175 bytes per voxel.")
+    parser.add_argument("--working-spacing", type=float, default=4.0,
+                        help="--large: the random model's working spacing (mm).")
     parser.add_argument("--crf", action="store_true",
                         help="Also run (c), medseg infer --crf: the time and memory it adds.")
     parser.add_argument("--overlap", type=float, default=0.5)

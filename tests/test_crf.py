@@ -51,7 +51,7 @@ def test_the_appearance_filter_approximates_the_exact_bilateral_sum(spacing):
         approx = (kernels._appearance(torch.from_numpy(q), everything) / kernels.norm).numpy()
         exact = _exact_appearance(image, q, spacing, settings)
         error = np.abs(approx - exact)
-        assert error.max() < 0.03 and error.mean() < 0.01, (error.max(), error.mean())
+        assert error.max() < 0.05 and error.mean() < 0.01, (error.max(), error.mean())
 
 
 def test_the_smoothness_blur_is_scipys_gaussian_with_edges_repeated():
