@@ -45,9 +45,10 @@ def trained_run(name: str, out: Path, iterations: int) -> tuple[Path, Path]:
 
 
 def segment_and_score(run: Path, images: Path, references: Path, labels: dict[int, str],
-                      out: Path, crf: bool) -> dict:
+                      out: Path, crf: bool, resample: bool = False) -> dict:
     """Segment every scan under `images`, evaluate against `references`; per-organ figures
-    and seconds per case."""
+    and seconds per case. resample: the references store the same grid in another axis order
+    (the real series' mask is LAS, the mask of its DICOM series LPS)."""
     from medseg.evaluation.evaluate import evaluate_folders
     from medseg.inference.batch import infer_cases
     from medseg.inference.options import InferOptions
@@ -56,7 +57,7 @@ def segment_and_score(run: Path, images: Path, references: Path, labels: dict[in
     results = infer_cases(run, images, out / "masks", InferOptions(overwrite=True, crf=crf))
     seconds = (time.perf_counter() - start) / len(results)
     summary = evaluate_folders(out / "masks", references, out / "evaluation", labels,
-                               figures=False)
+                               resample=resample, figures=False)
     organs = {name: {"dice": o["dice_mean"], "hd95": o["hd95_mm_mean"], "nsd": o["nsd_mean"]}
               for name, o in summary["organs"].items() if o["dice_mean"] is not None}
     return {"seconds_per_case": seconds, "organs": organs}
@@ -103,10 +104,18 @@ def real_run(name: str, out: Path, epochs: int) -> Path:
 
 
 def compare(run: Path, images: Path, references: Path, labels: dict[int, str],
-            out: Path) -> dict:
+            out: Path, resample: bool = False) -> dict:
     """Without and with the CRF."""
-    return {kind: segment_and_score(run, images, references, labels, out / kind, kind == "crf")
+    return {kind: segment_and_score(run, images, references, labels, out / kind, kind == "crf",
+                                    resample)
             for kind in ("plain", "crf")}
+
+
+def _shown(value, metric: str) -> str:
+    """A figure for the table; '-' where it is undefined (HD95 of an organ never found)."""
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if metric == "hd95" else f"{value:.3f}"
 
 
 def markdown(results: dict) -> str:
@@ -116,8 +125,7 @@ def markdown(results: dict) -> str:
         plain, crf = result["plain"], result["crf"]
         for organ, before in plain["organs"].items():
             after = crf["organs"].get(organ, {})
-            cells = [f"{before[m]:.3f} -> {after.get(m, float('nan')):.3f}"
-                     if m != "hd95" else f"{before[m]:.1f} -> {after.get(m, float('nan')):.1f}"
+            cells = [f"{_shown(before.get(m), m)} -> {_shown(after.get(m), m)}"
                      for m in ("dice", "hd95", "nsd")]
             lines.append(f"| {model} | {organ} | " + " | ".join(cells) + " |")
         mean = {kind: np.mean([o["dice"] for o in result[kind]["organs"].values()])
@@ -228,7 +236,8 @@ def main() -> None:
             run = real_run(name, args.output, args.real_epochs)
             folder = real_data_set(args.output).parent
             results["real"][f"{name} (fitted)"] = compare(
-                run, folder / "images", folder / "labels", REAL_LABELS, run / "crf_benchmark")
+                run, folder / "images", folder / "labels", REAL_LABELS, run / "crf_benchmark",
+                resample=True)
             path.write_text(json.dumps(results, indent=1))
     print("## Held-out phantoms\n\n" + markdown(results["phantoms"]))
     if results["real"]:

@@ -121,7 +121,8 @@ class Kernels:
         self.cell = [max(1, int(settings.appearance_mm / s / CELLS_PER_MM_WIDTH)) for s in spacing]
         self.cell_sigma = [settings.appearance_mm / (s * c) for s, c in zip(spacing, self.cell)]
         self.smoothness_sigma = [settings.smoothness_mm / s for s in spacing]
-        reach = TRUNCATE * max(settings.appearance_mm, settings.smoothness_mm)
+        reach = TRUNCATE * max(settings.appearance_mm,
+                               settings.smoothness_mm if settings.smoothness_weight else 0)
         self.margin = [math.ceil(reach / s) + c for s, c in zip(spacing, self.cell)]
         lo, hi = settings.window
         bin_hu = settings.appearance_hu / BINS_PER_HU_WIDTH
@@ -150,10 +151,12 @@ class Kernels:
 
     def message(self, q: torch.Tensor, box: tuple[slice, ...]) -> torch.Tensor:
         """w_a * appearance + w_s * smoothness of one class map q, the part inside box."""
-        appearance = self._appearance(q, box).div_(self.norm[box])
-        smooth = blur(q, self.smoothness_sigma, replicate=True)
-        return appearance.mul_(self.settings.appearance_weight).add_(
-            smooth, alpha=self.settings.smoothness_weight)
+        message = self._appearance(q, box).div_(self.norm[box])
+        message.mul_(self.settings.appearance_weight)
+        if self.settings.smoothness_weight:
+            message.add_(blur(q, self.smoothness_sigma, replicate=True),
+                         alpha=self.settings.smoothness_weight)
+        return message
 
     def _appearance(self, q: torch.Tensor, box: tuple[slice, ...]) -> torch.Tensor:
         """sum_j k(i, j) q(j) over the box (which starts on a cell boundary): splat, blur,
