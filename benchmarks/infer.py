@@ -419,7 +419,9 @@ def estimate_line(case: Case, config: dict, runs: dict[str, list[Run]]) -> str:
 
     header = nib.load(str(case.scan))
     lines = []
-    for pipeline, crf in (("medseg", False), ("medseg_crf", True)):
+    from medseg.inference.options import CRFSettings
+
+    for pipeline, crf in (("medseg", None), ("medseg_crf", CRFSettings())):
         if pipeline not in runs:
             continue
         need, _ = inference_bytes(header.shape[:3], voxel_spacing(header.affine),

@@ -125,11 +125,15 @@ def test_zero_iterations_change_nothing_and_an_absent_class_stays_absent():
     assert _wrong(refined[:2], truth) <= _wrong(torch.from_numpy(probabilities), truth)
 
 
-def test_the_crf_estimate_covers_its_extra_memory():
-    shape, spacing, working = (512, 512, 300), (0.8, 0.8, 2.0), (3.0, 3.0, 3.0)
+def test_the_crf_estimate_counts_its_voxels_and_its_grid():
+    """512 x 512 x 300 at 0.8 x 0.8 x 2 mm on a 2 mm working grid (205 x 205 x 300 voxels):
+    with 10 mm and 10 HU kernels, cells 2.5 voxels wide (83 x 83 x 121 of them, counted by
+    hand as floor((n - 1) / 2.5) + 2) and 52 HU bins over -200..300."""
+    shape, spacing, working = (512, 512, 300), (0.8, 0.8, 2.0), (2.0, 2.0, 2.0)
     plain, grid = inference_bytes(shape, spacing, working, 14)
-    with_crf, _ = inference_bytes(shape, spacing, working, 14, crf=True)
-    assert with_crf - plain == int(np.prod(grid)) * 48
+    assert grid == (205, 205, 300)
+    with_crf, _ = inference_bytes(shape, spacing, working, 14, crf=CRFSettings())
+    assert with_crf - plain == 205 * 205 * 300 * 48 + 52 * 83 * 83 * 121 * 16
 
 
 def test_crf_settings_without_crf_are_refused():

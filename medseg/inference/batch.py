@@ -181,7 +181,7 @@ def check_fits_predictor(scan, path: Path, predictor: Predictor) -> None:
                           "--dims 2")
     check_inference_memory(path, shape, voxel_spacing(scan.affine), predictor.spacing,
                            len(predictor.labels), predictor.options.save_probabilities,
-                           crf=predictor.options.crf)
+                           crf=predictor.options.crf_settings)
 
 
 def gather_results(results: list[CaseResult]) -> list[CaseResult]:

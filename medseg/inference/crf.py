@@ -50,6 +50,22 @@ CELLS_PER_MM_WIDTH = 2
 BINS_PER_HU_WIDTH = 1
 
 
+# Bytes per working voxel that refine holds besides three copies of the probabilities: the
+# scan's bins and normaliser (10), one class's lookup (coordinates and two reads, about 28) and
+# the background's sum (4). Per grid cell: the grid and the blur's copies, 4 of float32.
+VOXEL_BYTES, GRID_BYTES = 48, 16
+
+
+def workspace_bytes(shape, spacing, settings: CRFSettings) -> int:
+    """What refine needs beyond three copies of the probabilities, at most (a box that is the
+    whole working grid), for the up-front memory estimate."""
+    cells = [math.floor((n - 1) / max(1.0, settings.appearance_mm / float(s) / CELLS_PER_MM_WIDTH))
+             + 2 for n, s in zip(shape, spacing)]
+    bins = int(math.floor((settings.window[1] - settings.window[0])
+                          / (settings.appearance_hu / BINS_PER_HU_WIDTH))) + 2
+    return VOXEL_BYTES * math.prod(shape) + GRID_BYTES * bins * math.prod(cells)
+
+
 def refine(probabilities: torch.Tensor, image: torch.Tensor, spacing,
            settings: CRFSettings | None = None) -> torch.Tensor:
     """Mean-field refined probabilities, (C, X, Y, Z) like `probabilities` (class 0 the
@@ -117,13 +133,14 @@ class Kernels:
     def __init__(self, image: torch.Tensor, spacing, settings: CRFSettings):
         self.settings, self.shape = settings, tuple(image.shape)
         spacing = [float(s) for s in spacing]
-        # Cells half a kernel width wide (at least a voxel): the blur is two cells wide.
-        self.cell = [max(1, int(settings.appearance_mm / s / CELLS_PER_MM_WIDTH)) for s in spacing]
+        # Cells half a kernel width wide (at least a voxel; a fraction of voxels in general): the
+        # blur is two cells wide.
+        self.cell = [max(1.0, settings.appearance_mm / s / CELLS_PER_MM_WIDTH) for s in spacing]
         self.cell_sigma = [settings.appearance_mm / (s * c) for s, c in zip(spacing, self.cell)]
         self.smoothness_sigma = [settings.smoothness_mm / s for s in spacing]
         reach = TRUNCATE * max(settings.appearance_mm,
                                settings.smoothness_mm if settings.smoothness_weight else 0)
-        self.margin = [math.ceil(reach / s) + c for s, c in zip(spacing, self.cell)]
+        self.margin = [math.ceil(reach / s + c) for s, c in zip(spacing, self.cell)]
         lo, hi = settings.window
         bin_hu = settings.appearance_hu / BINS_PER_HU_WIDTH
         self.bins = int(math.floor((hi - lo) / bin_hu)) + 2
@@ -137,16 +154,15 @@ class Kernels:
 
     def box(self, probability: torch.Tensor) -> tuple[slice, ...] | None:
         """Where a class's messages matter: its probability's bounding box, widened by the
-        kernels' reach, starting on a cell boundary; None if it is nowhere likely."""
+        kernels' reach; None if it is nowhere likely."""
         present = probability > BOX_PROBABILITY
         if not present.any():
             return None
         box = []
-        for axis, (n, c, m) in enumerate(zip(self.shape, self.cell, self.margin)):
+        for axis, (n, m) in enumerate(zip(self.shape, self.margin)):
             other = tuple(a for a in range(3) if a != axis)
             where = present.any(dim=other[1]).any(dim=other[0]).nonzero()
-            start = max(0, int(where[0]) - m) // c * c
-            box.append(slice(start, min(n, int(where[-1]) + m + 1)))
+            box.append(slice(max(0, int(where[0]) - m), min(n, int(where[-1]) + m + 1)))
         return tuple(box)
 
     def message(self, q: torch.Tensor, box: tuple[slice, ...]) -> torch.Tensor:
@@ -159,28 +175,35 @@ class Kernels:
         return message
 
     def _appearance(self, q: torch.Tensor, box: tuple[slice, ...]) -> torch.Tensor:
-        """sum_j k(i, j) q(j) over the box (which starts on a cell boundary): splat, blur,
-        slice."""
-        cells = [math.ceil(n / c) for n, c in zip(q.shape, self.cell)]
+        """sum_j k(i, j) q(j) over the box: splat, blur, slice."""
+        axes = [self._axis(sl, c, q.device) for sl, c in zip(box, self.cell)]
         lower_bin, upper_weight = self.lower_bin[box], self.upper_weight[box]
-        grid = self._splat(q, lower_bin, upper_weight, cells)
+        grid = self._splat(q, lower_bin, upper_weight, axes)
         grid = blur(grid, [BINS_PER_HU_WIDTH, *self.cell_sigma], replicate=False)
-        return self._slice(grid, lower_bin, upper_weight)
+        return self._slice(grid, lower_bin, upper_weight, axes)
 
-    def _cell_index(self, shape, cells, device) -> torch.Tensor:
-        """Each voxel's cell, as a flat index into the box's (cells) grid, (X, Y, Z)."""
-        index = torch.zeros((), dtype=torch.long, device=device)
-        for axis, (n, c, g) in enumerate(zip(shape, self.cell, cells)):
-            view = [1, 1, 1]
-            view[axis] = n
-            index = index * g + (torch.arange(n, device=device) // c).view(view)
-        return index
+    @staticmethod
+    def _axis(voxels: slice, cell: float, device) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Along one axis of a box: each voxel's cell (the nearest cell centre; centres lie
+        every `cell` voxels from the scan's first voxel), its position in cell units, both
+        counted from the box's first cell, and the number of cells."""
+        position = torch.arange(voxels.start, voxels.stop, dtype=torch.float64,
+                                device=device) / cell
+        first = round(voxels.start / cell)
+        position -= first
+        index = position.round().long()
+        return index, position.float(), int(index[-1]) + 1
 
-    def _splat(self, q, lower_bin, upper_weight, cells) -> torch.Tensor:
+    def _splat(self, q, lower_bin, upper_weight, axes) -> torch.Tensor:
         """Each voxel's value into its cell, shared linearly between its two intensity bins:
         a (bins, gx, gy, gz) grid."""
+        cells = [g for _, _, g in axes]
         per_bin = math.prod(cells)
-        index = lower_bin.long().mul_(per_bin).add_(self._cell_index(q.shape, cells, q.device))
+        index = lower_bin.long().mul_(per_bin)
+        for axis, (along, _, _) in enumerate(axes):
+            view = [1, 1, 1]
+            view[axis] = len(along)
+            index.add_(along.view(view) * math.prod(cells[axis + 1:]))
         index = index.view(-1)
         share = q * upper_weight
         grid = torch.zeros(self.bins * per_bin, device=q.device)
@@ -188,29 +211,26 @@ class Kernels:
         grid.index_add_(0, index.sub_(per_bin), share.neg_().add_(q).view(-1))  # the lower
         return grid.view(self.bins, *cells)
 
-    def _slice(self, grid: torch.Tensor, lower_bin, upper_weight) -> torch.Tensor:
-        """Each voxel's value read back: trilinear in space within its lower bin and the one
-        above (the grid and its copy shifted by one bin, as two channels of one lookup), then
-        linear between the two."""
+    def _slice(self, grid: torch.Tensor, lower_bin, upper_weight, axes) -> torch.Tensor:
+        """Each voxel's value read back: trilinear in space within its lower bin, then within
+        the bin above (one lookup each, no copy of the grid), and linear between the two."""
         bins, gx, gy, gz = grid.shape
-        shifted = torch.cat([grid[1:], torch.zeros_like(grid[:1])])
-        stacked = torch.stack([grid, shifted]).view(1, 2, bins * gx, gy, gz)
-        sampled = F.grid_sample(stacked, self._coords(lower_bin, (gx, gy, gz)), mode="bilinear",
-                                padding_mode="border", align_corners=True)[0]
-        lower, upper = sampled
+        stacked = grid.view(1, 1, bins * gx, gy, gz)
+        coords = self._coords(lower_bin, axes)
+        lower = F.grid_sample(stacked, coords, mode="bilinear", padding_mode="border",
+                              align_corners=True)[0, 0]
+        coords[..., 2] += 2 * gx / max(bins * gx - 1, 1)  # the next bin's rows (always there:
+        upper = F.grid_sample(stacked, coords, mode="bilinear",  # lower bins stop one short)
+                              padding_mode="border", align_corners=True)[0, 0]
         return upper.sub_(lower).mul_(upper_weight).add_(lower)
 
-    def _coords(self, lower_bin: torch.Tensor, cells) -> torch.Tensor:
+    def _coords(self, lower_bin: torch.Tensor, axes) -> torch.Tensor:
         """grid_sample coordinates of every voxel in its lower bin's grid: the bins' grids are
-        stacked along the first axis; a voxel's position is in cell units (cell centres at
-        integers), clamped to its bin's grid so that interpolation never reads into the next.
-        grid_sample wants (z, y, x) order, in [-1, 1]."""
-        positions = []
-        for n, c, g in zip(lower_bin.shape, self.cell, cells):
-            position = (torch.arange(n, dtype=torch.float32, device=lower_bin.device) + 0.5) / c
-            positions.append(position.sub_(0.5).clamp_(0, g - 1) / max(g - 1, 1))
-        px, py, pz = positions
-        gx = cells[0]
+        stacked along the first axis; a voxel's position (in cell units) is clamped to its
+        bin's grid so that interpolation never reads into the next. grid_sample wants
+        (z, y, x) order, in [-1, 1]."""
+        px, py, pz = (position.clamp(0, g - 1) / max(g - 1, 1) for _, position, g in axes)
+        gx = axes[0][2]
         stacked_x = ((px.view(-1, 1, 1) * (gx - 1) + lower_bin.float() * gx)
                      / max(self.bins * gx - 1, 1))
         coords = torch.broadcast_tensors((pz * 2 - 1).view(1, 1, -1), (py * 2 - 1).view(1, -1, 1),

@@ -8,11 +8,6 @@ from pathlib import Path
 
 from medseg.errors import MedsegError
 
-# What the dense CRF (medseg.inference.crf) needs per working-grid voxel besides three copies
-# of the probabilities, at most: the scan's intensity bins (6 bytes), the normaliser (4), and
-# one class's splat or lookup (about 36).
-CRF_BYTES_PER_VOXEL = 48
-
 
 def _read_int(path: str) -> int | None:
     try:
@@ -41,7 +36,7 @@ def available_bytes() -> int | None:
 
 
 def inference_bytes(shape, spacing, working_spacing, num_classes: int,
-                    probabilities: bool = False, crf: bool = False) -> tuple[int, tuple[int, ...]]:
+                    probabilities: bool = False, crf=None) -> tuple[int, tuple[int, ...]]:
     """Peak memory of segmenting one scan, roughly, and the working grid's size.
 
     On the working grid: the resampled and normalised image, and about three float32 copies
@@ -50,21 +45,28 @@ def inference_bytes(shape, spacing, working_spacing, num_classes: int,
     file's integers, the float32 scan, a finiteness mask; 11-12 bytes per voxel measured on
     int16 NIfTIs of 512 x 512 x 600 and x 1200), which outlasts the later uint8 mask and its
     post-processing copy; plus uint8 probabilities when they are saved, the resampling's
-    128 MB slabs, and 0.5 GB for torch, MONAI and the model. The dense CRF (--crf) holds
-    three copies of the probabilities too, and BYTES_PER_VOXEL more on the working grid.
+    128 MB slabs, and 0.5 GB for torch, MONAI and the model. The dense CRF (`crf`, its
+    CRFSettings) holds three copies of the probabilities too, and its workspace_bytes more.
     """
     working = tuple(max(1, math.ceil(n * s / w))
                     for n, s, w in zip(shape, spacing, working_spacing))
     voxels, own = math.prod(working), math.prod(shape)
     total = (voxels * 4 * (3 * num_classes + 3) + (128 << 20) + (500 << 20)
              + own * (12 + (num_classes if probabilities else 0))
-             + (voxels * CRF_BYTES_PER_VOXEL if crf else 0))
+             + (_crf_bytes(working, working_spacing, crf) if crf else 0))
     return total, working
+
+
+def _crf_bytes(working, working_spacing, settings) -> int:
+    """The dense CRF's workspace (imported only when asked for: it needs torch)."""
+    from medseg.inference.crf import workspace_bytes
+
+    return workspace_bytes(working, working_spacing, settings)
 
 
 def check_inference_memory(path: Path, shape, spacing, working_spacing, num_classes: int,
                            probabilities: bool = False, budget: int | None = None,
-                           crf: bool = False) -> None:
+                           crf=None) -> None:
     """Refuse a scan whose estimated peak memory exceeds what is available, with the estimate."""
     budget = available_bytes() if budget is None else budget
     if budget is None:
