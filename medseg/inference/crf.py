@@ -57,14 +57,28 @@ BINS_PER_HU_WIDTH = 1
 VOXEL_BYTES, GRID_BYTES = 48, 16
 
 
+def cell_widths(spacing, settings: CRFSettings) -> list[float]:
+    """The bilateral grid's cell width along each axis, in voxels (half a kernel width, at
+    least a voxel; a fraction of voxels in general): the blur is then two cells wide."""
+    return [max(1.0, settings.appearance_mm / float(s) / CELLS_PER_MM_WIDTH) for s in spacing]
+
+
+def bin_hu(settings: CRFSettings) -> float:
+    """The width of the grid's intensity bins."""
+    return settings.appearance_hu / BINS_PER_HU_WIDTH
+
+
+def bin_count(settings: CRFSettings) -> int:
+    """Intensity bins over the window, one more so that every voxel has a bin above it."""
+    lo, hi = settings.window
+    return int(math.floor((hi - lo) / bin_hu(settings))) + 2
+
+
 def workspace_bytes(shape, spacing, settings: CRFSettings) -> int:
     """What refine needs beyond three copies of the probabilities, at most (a box that is the
     whole working grid), for the up-front memory estimate."""
-    cells = [math.floor((n - 1) / max(1.0, settings.appearance_mm / float(s) / CELLS_PER_MM_WIDTH))
-             + 2 for n, s in zip(shape, spacing)]
-    bins = int(math.floor((settings.window[1] - settings.window[0])
-                          / (settings.appearance_hu / BINS_PER_HU_WIDTH))) + 2
-    return VOXEL_BYTES * math.prod(shape) + GRID_BYTES * bins * math.prod(cells)
+    cells = [math.floor((n - 1) / c) + 2 for n, c in zip(shape, cell_widths(spacing, settings))]
+    return VOXEL_BYTES * math.prod(shape) + GRID_BYTES * bin_count(settings) * math.prod(cells)
 
 
 def refine(probabilities: torch.Tensor, image: torch.Tensor, spacing,
@@ -134,18 +148,15 @@ class Kernels:
     def __init__(self, image: torch.Tensor, spacing, settings: CRFSettings):
         self.settings, self.shape = settings, tuple(image.shape)
         spacing = [float(s) for s in spacing]
-        # Cells half a kernel width wide (at least a voxel; a fraction of voxels in general): the
-        # blur is two cells wide.
-        self.cell = [max(1.0, settings.appearance_mm / s / CELLS_PER_MM_WIDTH) for s in spacing]
+        self.cell = cell_widths(spacing, settings)
         self.cell_sigma = [settings.appearance_mm / (s * c) for s, c in zip(spacing, self.cell)]
         self.smoothness_sigma = [settings.smoothness_mm / s for s in spacing]
         reach = TRUNCATE * max(settings.appearance_mm,
                                settings.smoothness_mm if settings.smoothness_weight else 0)
         self.margin = [math.ceil(reach / s + c) for s, c in zip(spacing, self.cell)]
         lo, hi = settings.window
-        bin_hu = settings.appearance_hu / BINS_PER_HU_WIDTH
-        self.bins = int(math.floor((hi - lo) / bin_hu)) + 2
-        level = (image.float().clamp(lo, hi) - lo).div_(bin_hu)
+        self.bins = bin_count(settings)
+        level = (image.float().clamp(lo, hi) - lo).div_(bin_hu(settings))
         lower = level.floor().clamp_(max=self.bins - 2)
         self.upper_weight = level.sub_(lower)  # linear weights between two intensity bins
         self.lower_bin = lower.to(torch.int16)
