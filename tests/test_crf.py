@@ -129,6 +129,16 @@ def test_zero_iterations_change_nothing_and_an_absent_class_stays_absent():
     assert _wrong(refined[:2], truth) <= _wrong(torch.from_numpy(probabilities), truth)
 
 
+@pytest.mark.parametrize("shape", [(20, 20, 1), (1, 20, 20), (2, 3, 1)])
+def test_a_single_slice_and_a_tiny_volume_are_refined(shape):
+    """2D models segment single slices: a grid axis of one cell must work too."""
+    probabilities = torch.softmax(torch.randn(3, *shape, generator=torch.Generator().manual_seed(0))
+                                  * 3, dim=0)
+    refined = refine(probabilities.clone(), torch.full(shape, 40.0), (0.8, 0.8, 5.0))
+    assert refined.shape == probabilities.shape
+    assert torch.allclose(refined.sum(0), torch.ones(()), atol=1e-5)
+
+
 def test_the_crf_estimate_counts_its_voxels_and_its_grid():
     """512 x 512 x 300 at 0.8 x 0.8 x 2 mm on a 2 mm working grid (205 x 205 x 300 voxels):
     with 10 mm and 10 HU kernels, cells 2.5 voxels wide (83 x 83 x 121 of them, counted by
