@@ -24,6 +24,11 @@ TRAIN_CASES, HELDOUT_CASES = 24, 4
 ITERS_PER_EPOCH = 25
 
 
+def epochs_for(iterations: int) -> int:
+    """Whole epochs of ITERS_PER_EPOCH that cover `iterations`."""
+    return math.ceil(iterations / ITERS_PER_EPOCH)
+
+
 def train_model(name: str, dims: int, out: Path, iterations: int, batch_size: int = 2,
                 context_slices: int = 0) -> tuple[Path, dict, Path]:
     """Train one model on the 24 phantoms: (its run folder, train()'s result, the held-out
@@ -34,7 +39,7 @@ def train_model(name: str, dims: int, out: Path, iterations: int, batch_size: in
     train_manifest = ensure_dataset(out / "data" / "train", TRAIN_CASES, seed=0)
     heldout = ensure_dataset(out / "data" / "heldout", HELDOUT_CASES, seed=1).parent
     run = out / f"{name}_{dims}d"
-    epochs = math.ceil(iterations / ITERS_PER_EPOCH)
+    epochs = epochs_for(iterations)
     # The demo recipe's grid and patch for every model (docs/models.md); intensity is planned.
     config = TrainConfig(manifest=str(train_manifest), output=str(run), model=name,
                          spacing=(4.0, 4.0, 4.0), patch_size=(80, 64, 48),
@@ -59,8 +64,7 @@ def run_model(name: str, dims: int, out: Path, iterations: int, batch_size: int 
     summary = evaluate_folders(run / "predictions", heldout / "labelsTr", run / "evaluation",
                                load_labels(heldout / "dataset.json"))
     return {"model": name, "dims": dims, "context_slices": context_slices,
-            "batch_size": batch_size, "iterations": math.ceil(iterations / ITERS_PER_EPOCH)
-            * ITERS_PER_EPOCH,
+            "batch_size": batch_size, "iterations": epochs_for(iterations) * ITERS_PER_EPOCH,
             "train_seconds": trained["seconds"], "infer_seconds_per_case": infer_seconds,
             "val_dice": trained["best_val_dice"], "heldout_dice": summary["mean_dice"],
             "organs": {k: v["dice_mean"] for k, v in summary["organs"].items()}}

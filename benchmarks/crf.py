@@ -26,13 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.compare_models import ITERS_PER_EPOCH, train_model
-from medseg.demo import ensure_dataset
+from benchmarks.compare_models import train_model
+from medseg.demo import REAL_CASE_LABELS, ensure_dataset, write_real_case
 from medseg.runtime import tune_allocator
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "petct_dicom"
-REAL_LABELS = {0: "background", 1: "liver", 2: "spleen", 3: "right_kidney", 4: "left_kidney",
-               5: "stomach", 6: "aorta"}
 MODELS = "dilated,deeplabv3,pspnet,fcn,deeplabv3plus,unet,resunet"
 
 
@@ -64,30 +62,8 @@ def segment_and_score(run: Path, images: Path, references: Path, labels: dict[in
 
 
 def real_data_set(out: Path) -> Path:
-    """The real series with its TotalSegmentator mask remapped to REAL_LABELS by name, as a
-    Decathlon data set (the series linked in); its dataset.json."""
-    import nibabel as nib
-
-    from medseg.data.labels import remap_by_name, totalsegmentator_map
-
-    folder = out / "data" / "real"
-    manifest = folder / "dataset.json"
-    if manifest.exists():
-        return manifest
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    (folder / "labels").mkdir(exist_ok=True)
-    if not (folder / "images" / "petct").exists():
-        (folder / "images" / "petct").symlink_to(REAL / "dicom")
-    mask = nib.load(str(REAL / "reference_seg_totalsegmentator_v2fast.nii.gz"))
-    totalseg = totalsegmentator_map(REAL / "totalseg_classmap_total_v2.json")["labels"]
-    ours = remap_by_name(np.asarray(mask.dataobj), {int(k): v for k, v in totalseg.items()},
-                         REAL_LABELS)
-    nib.save(nib.Nifti1Image(ours, mask.affine, mask.header),
-             str(folder / "labels" / "petct.nii.gz"))
-    manifest.write_text(json.dumps({"labels": {str(k): v for k, v in REAL_LABELS.items()},
-                                    "training": [{"image": "./images/petct",
-                                                  "label": "./labels/petct.nii.gz"}]}))
-    return manifest
+    """The real series and its remapped TotalSegmentator mask as a data set; its dataset.json."""
+    return write_real_case(REAL, out / "data" / "real")
 
 
 def real_run(name: str, out: Path, epochs: int) -> Path:
@@ -148,6 +124,7 @@ TUNING_GRID = {"appearance_mm": (10.0, 20.0, 40.0), "appearance_hu": (10.0, 20.0
 def working_grid_cases(run: Path, folder: Path):
     """Per tuning case: (probabilities, HU image, label) on the model's working grid."""
     import torch
+    from monai.transforms import Compose
 
     from medseg.data.io import load_scan
     from medseg.inference.predictor import Predictor
@@ -157,7 +134,6 @@ def working_grid_cases(run: Path, folder: Path):
     for entry in manifest["training"]:
         scan = load_scan(folder / entry["image"])
         label = load_scan(folder / entry["label"])
-        from monai.transforms import Compose
         grid = Compose(predictor.spec.working_grid(("image", "label")))(
             {"image": scan, "label": label})
         probs = predictor.probabilities(grid["image"])
@@ -201,7 +177,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=Path("runs/crf"))
     parser.add_argument("--models", default=MODELS, help="comma-separated registry names")
-    parser.add_argument("--iterations", type=int, default=300 // ITERS_PER_EPOCH * ITERS_PER_EPOCH)
+    parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--real-epochs", type=int, default=30)
     parser.add_argument("--real-models", default="resunet,dilated",
                         help="models fitted to the real series")
@@ -212,6 +188,8 @@ def main() -> None:
                              "(default: TUNING_GRID)")
     args = parser.parse_args()
     tune_allocator()
+    from medseg.data.manifest import load_labels
+
     if args.tune:
         scored, baseline = tune(args.tune.split(","), args.output, args.iterations,
                                 args.tune_grid)
@@ -224,8 +202,6 @@ def main() -> None:
     for name in args.models.split(","):
         if name not in results["phantoms"]:
             run, heldout = trained_run(name, args.output, args.iterations)
-            from medseg.data.manifest import load_labels
-
             results["phantoms"][name] = compare(
                 run, heldout / "imagesTr", heldout / "labelsTr",
                 load_labels(heldout / "dataset.json"), run / "crf_benchmark")
@@ -236,8 +212,8 @@ def main() -> None:
             run = real_run(name, args.output, args.real_epochs)
             folder = real_data_set(args.output).parent
             results["real"][f"{name} (fitted)"] = compare(
-                run, folder / "images", folder / "labels", REAL_LABELS, run / "crf_benchmark",
-                resample=True)
+                run, folder / "images", folder / "labels", REAL_CASE_LABELS,
+                run / "crf_benchmark", resample=True)
             path.write_text(json.dumps(results, indent=1))
     print("## Held-out phantoms\n\n" + markdown(results["phantoms"]))
     if results["real"]:

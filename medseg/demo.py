@@ -27,6 +27,43 @@ def ensure_dataset(folder: Path, cases: int, seed: int) -> Path:
     return manifest
 
 
+# The real case in ../shared/data/real/petct_dicom: its organs, remapped by name from its
+# TotalSegmentator mask (the kidneys lie below its 20 slices: kept as classes no case holds).
+REAL_CASE_LABELS = {0: "background", 1: "liver", 2: "spleen", 3: "right_kidney",
+                    4: "left_kidney", 5: "stomach", 6: "aorta"}
+
+
+def write_real_case(source: Path, folder: Path) -> Path:
+    """The real DICOM series (source/dicom, linked as folder/images/petct) with its
+    TotalSegmentator mask remapped to REAL_CASE_LABELS by name (folder/labels/petct.nii.gz),
+    as a Decathlon data set; returns its dataset.json (reused when already there)."""
+    import json
+
+    import nibabel as nib
+    import numpy as np
+
+    from medseg.data.labels import remap_by_name, totalsegmentator_map
+
+    folder, source = Path(folder), Path(source)
+    manifest = folder / "dataset.json"
+    if manifest.exists():
+        return manifest
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "labels").mkdir(exist_ok=True)
+    if not (folder / "images" / "petct").exists():
+        (folder / "images" / "petct").symlink_to(source / "dicom")
+    mask = nib.load(str(source / "reference_seg_totalsegmentator_v2fast.nii.gz"))
+    totalseg = totalsegmentator_map(source / "totalseg_classmap_total_v2.json")["labels"]
+    ours = remap_by_name(np.asarray(mask.dataobj), {int(k): v for k, v in totalseg.items()},
+                         REAL_CASE_LABELS)
+    nib.save(nib.Nifti1Image(ours, mask.affine, mask.header),
+             str(folder / "labels" / "petct.nii.gz"))
+    manifest.write_text(json.dumps({"labels": {str(k): v for k, v in REAL_CASE_LABELS.items()},
+                                    "training": [{"image": "./images/petct",
+                                                  "label": "./labels/petct.nii.gz"}]}))
+    return manifest
+
+
 def run_demo(out: Path, epochs: int, iters_per_epoch: int) -> dict:
     """The whole vertical slice: synth -> train -> infer -> evaluate."""
     from medseg.data.manifest import load_labels

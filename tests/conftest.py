@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from medseg.demo import REAL_CASE_LABELS, write_real_case
+
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 # Coarse fixed spacing keeps every phantom around 90 x 65 x 40 voxels.
 TINY_SPACING = (4.0, 4.0, 6.0)
@@ -122,30 +124,13 @@ def _write_dicom_slices(folder: Path, uid: str, z_positions: list[float]) -> Non
         writer.Execute(sl)
 
 
-# The real case's organs, remapped by name from its TotalSegmentator mask (the kidneys lie
-# below its 20 slices: kept as classes no case contains).
-REAL_LABELS = {0: "background", 1: "liver", 2: "spleen", 3: "right_kidney", 4: "left_kidney",
-               5: "stomach", 6: "aorta"}
+# The real case's organs, remapped by name from its TotalSegmentator mask.
+REAL_LABELS = REAL_CASE_LABELS
 
 
 @pytest.fixture(scope="session")
 def real_case(real_data, tmp_path_factory) -> Path:
     """The real DICOM series with its TotalSegmentator mask remapped to REAL_LABELS by name, as a
-    Decathlon data set (the series linked in); returns the dataset.json path."""
-    import json
-
-    from medseg.data.labels import remap_by_name, totalsegmentator_map
-
-    folder = tmp_path_factory.mktemp("real_case")
-    source = real_data / "petct_dicom"
-    (folder / "dicom").symlink_to(source / "dicom")
-    mask = nib.load(str(source / "reference_seg_totalsegmentator_v2fast.nii.gz"))
-    totalseg = totalsegmentator_map(source / "totalseg_classmap_total_v2.json")["labels"]
-    ours = remap_by_name(np.asarray(mask.dataobj), {int(k): v for k, v in totalseg.items()},
-                         REAL_LABELS)
-    nib.save(nib.Nifti1Image(ours, mask.affine, mask.header), str(folder / "label.nii.gz"))
-    manifest = folder / "dataset.json"
-    manifest.write_text(json.dumps({"labels": {str(k): v for k, v in REAL_LABELS.items()},
-                                    "training": [{"image": "./dicom",
-                                                  "label": "./label.nii.gz"}]}))
-    return manifest
+    Decathlon data set: images/petct (the series, linked) and labels/petct.nii.gz; returns the
+    dataset.json path."""
+    return write_real_case(real_data / "petct_dicom", tmp_path_factory.mktemp("real_case"))

@@ -72,7 +72,7 @@ def test_plan_on_the_real_case_gives_a_patch_that_fits_it(real_case):
     from medseg.training.planning import make_plan
 
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(real_case.parent / "dicom")))
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(real_case.parent / "images" / "petct")))
     series = reader.Execute()
     extent_mm = np.array(series.GetSize()) * np.array(series.GetSpacing())  # 500 x 500 x 40
     plan = make_plan(real_case, device="cpu")
@@ -99,10 +99,11 @@ def test_fit_the_real_scan_and_segment_it_through_infer(real_case, tmp_path):
     assert trained.exit_code == 0, trained.output
     assert "class 'right_kidney' (3) is in no training case" in trained.output
     inferred = CliRunner().invoke(main, ["infer", "--model", str(run), "--input",
-                                         str(real_case.parent / "dicom"), "--output", str(masks)])
+                                         str(real_case.parent / "images" / "petct"), "--output",
+                                         str(masks)])
     assert inferred.exit_code == 0, inferred.output
-    pred, pred_affine = _canonical(masks / "dicom.nii.gz")
-    ref, ref_affine = _canonical(real_case.parent / "label.nii.gz")
+    pred, pred_affine = _canonical(masks / "petct.nii.gz")  # folder X/ -> X.nii.gz
+    ref, ref_affine = _canonical(real_case.parent / "labels" / "petct.nii.gz")
     np.testing.assert_allclose(pred_affine, ref_affine, atol=1e-3)
     dice = {organ: _dice(pred, ref, label) for label, organ in REAL_LABELS.items()
             if organ in ("liver", "spleen", "stomach", "aorta")}

@@ -270,7 +270,7 @@ class NNUNetPredictor:
         """The dense CRF on the working grid, on intensities mapped back to HU (clipped as
         CTNormalization clipped them); its log-probabilities replace the logits."""
         intensity = self.model.intensity
-        hu = torch.from_numpy(working) * max(intensity["std"], 1e-8) + intensity["mean"]
+        hu = torch.from_numpy(working).mul(max(intensity["std"], 1e-8)).add_(intensity["mean"])
         probabilities = softmax_(logits)  # in place: the logits are not needed again
         refined = refine(probabilities, hu, self.target, self.options.crf_settings)
         return refined.clamp_(min=CRF_EPS).log_()
