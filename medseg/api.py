@@ -150,28 +150,44 @@ def evaluate(pred: str | Path, ref: str | Path, output: str | Path, labels=None,
     """`medseg evaluate`: per-organ metrics of predicted masks against references; writes
     per_case.csv, summary.json and the reports to `output` and returns the summary.
 
-    Label maps are a JSON file, a shipped name (btcv, amos, ...) or a {id: name} dict; by
-    default the dataset.json beside the reference folder."""
+    Label maps are a JSON file, a shipped name (btcv, amos, ...) or a {id: name} dict. Without
+    one, each side's masks describe themselves (OUTPUT/labels.json of `medseg infer`, each
+    mask's CASE.labels.json or header label table, organ folders' file names); references that
+    do not fall back to the dataset.json beside them, predictions to the references' map."""
     from medseg.data.labels import load_label_map
     from medseg.evaluation.evaluate import evaluate_folders
 
-    # The masks' own label map (labels.json, which `medseg infer` writes) unless one is given.
-    pred_labels = pred_labels or (None if labels else _written_by_infer(Path(pred)))
-    default = labels or (None if ref_labels and pred_labels else _labels_beside(Path(ref)))
-    ref_map, pred_map = (load_label_map(spec or default) for spec in (ref_labels, pred_labels))
-    return evaluate_folders(Path(pred), Path(ref), Path(output), ref_map, pred_map,
+    pred, ref = Path(pred), Path(ref)
+    ref_map = _label_map(ref_labels or labels, ref, pred) or load_label_map(_labels_beside(ref))
+    pred_map = _label_map(pred_labels or labels, pred, ref) or ref_map
+    return evaluate_folders(pred, ref, Path(output), ref_map, pred_map,
                             tolerance_mm=nsd_tolerance, resample=resample_pred, workers=workers,
                             figures=figures, progress=progress)
 
 
-def _written_by_infer(pred: Path) -> Path | None:
-    """OUTPUT/labels.json of `medseg infer` beside (or in) the predictions, if there is one."""
+def _label_map(given, masks: Path, other: Path) -> dict[int, str] | None:
+    """The label map given for one side, else the one its masks describe themselves with
+    (`other`: the other side, whose being one file makes a folder of organ files one case)."""
+    from medseg.data.io import case_name
+    from medseg.data.labels import load_label_map
+    from medseg.evaluation.mask_files import folder_labels, list_cases
+
+    if given is not None:
+        return load_label_map(given)
+    written = _written_by_infer(masks)
+    if written is not None:
+        return load_label_map(written)
+    single = case_name(other) if other.is_file() else None
+    described = folder_labels(list(list_cases(masks, single).values()))
+    return None if described is None else load_label_map(described)
+
+
+def _written_by_infer(masks: Path) -> Path | None:
+    """OUTPUT/labels.json of `medseg infer` in the masks' folder (beside a single mask)."""
     from medseg.inference.batch import LABEL_MAP_NAME
 
-    for candidate in (pred / LABEL_MAP_NAME, pred.parent / LABEL_MAP_NAME):
-        if candidate.is_file():
-            return candidate
-    return None
+    candidate = (masks.parent if masks.is_file() else masks) / LABEL_MAP_NAME
+    return candidate if candidate.is_file() else None
 
 
 def _labels_beside(ref: Path) -> Path:

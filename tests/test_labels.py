@@ -85,7 +85,7 @@ def test_maps_are_paired_by_name_not_by_id():
 def test_evaluation_maps_may_have_gaps_but_training_manifests_may_not(tmp_path):
     subset = tmp_path / "subset.json"
     subset.write_text(json.dumps({"labels": {"1": "Spleen", "6": "Liver"}}))
-    assert load_label_map(subset) == {0: "background", 1: "spleen", 6: "liver"}
+    assert load_label_map(subset) == {0: "background", 1: "Spleen", 6: "Liver"}  # as spelt
     manifest = tmp_path / "dataset.json"
     manifest.write_text(json.dumps({"labels": {"1": "spleen", "6": "liver"},
                                     "training": [{"image": "a", "label": "b"}]}))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import logging
 import os
 import stat
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,13 +126,30 @@ def _reader_for(path: Path):
     return SimpleITKReader()
 
 
+@functools.cache
+def _image_loader(dtype):
+    """MONAI's LoadImage, built once per dtype. Building it instantiates every reader MONAI
+    knows; with pydicom installed (for DICOM outputs) that includes a GPU DICOM decoder which
+    warns, on every machine without it, that it is unavailable. medseg passes its own reader at
+    each call, so that decoder is never used: its warning is kept from users."""
+    from monai.transforms import LoadImage
+
+    plugin_log = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    level = plugin_log.level
+    plugin_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
+            return LoadImage(image_only=True, ensure_channel_first=True, dtype=dtype)
+    finally:
+        plugin_log.setLevel(level)
+
+
 def load_scan(path: Path, what: str = "image", dtype=np.float32) -> torch.Tensor:
     """Load a 3D volume as a channel-first MetaTensor (1, X, Y, Z), or raise a clear MedsegError.
 
     dtype=None keeps the file's own type (a uint8 mask stays 1 byte per voxel).
     """
-    from monai.transforms import LoadImage
-
     path = Path(path)
     if not path.exists():
         raise MedsegError(f"{path}: {what} file not found; check the path")
@@ -138,8 +157,7 @@ def load_scan(path: Path, what: str = "image", dtype=np.float32) -> torch.Tensor
         _check_scan_file(path)
     try:
         # The reader given at call time, so its own error (not MONAI's "no suitable reader") shows.
-        volume = LoadImage(image_only=True, ensure_channel_first=True, dtype=dtype)(
-            str(path), reader=_reader_for(path))
+        volume = _image_loader(dtype)(str(path), reader=_reader_for(path))
     except Exception as exc:  # noqa: BLE001 - readers raise anything from EOFError to RuntimeError
         reason = first_line(exc).replace(f"cannot read {path}: ", "")
         advice = "" if path.is_dir() else "; the file is damaged or not a scan: export it again"
@@ -381,10 +399,12 @@ def _forms_match(header, affine: np.ndarray) -> bool:
 
 
 def save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, like: Path | None = None,
-               description: str | None = None) -> None:
+               description: str | None = None, labels: dict[int, str] | None = None) -> None:
     """Write array atomically as NIfTI; with a NIfTI `like`, keep its qform and sform exactly.
 
-    `description` goes into the header's descrip field (80 bytes), e.g. which model wrote it.
+    `description` goes into the header's descrip field (80 bytes), e.g. which model wrote it;
+    `labels` into a label-table extension (medseg.data.mask_labels). Extensions of `like` (what
+    the scan's header carried) are not copied.
     """
     if like is not None and scan_suffix(Path(like)) in NIFTI_SUFFIXES:
         header = nib.load(str(like)).header
@@ -402,6 +422,11 @@ def save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, like: Path | N
     image.header.set_slope_inter(1.0, 0.0)
     if description is not None:
         image.header["descrip"] = description.encode()[:80]
+    image.header.extensions.clear()
+    if labels is not None:
+        from medseg.data.mask_labels import label_extension
+
+        image.header.extensions.append(label_extension(labels))
     with atomic_output(path) as tmp:
         nib.save(image, str(tmp))
 

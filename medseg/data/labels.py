@@ -71,43 +71,49 @@ def canonical_labels(labels: dict[int, str], source: str) -> dict[int, str]:
 
 
 def load_label_map(spec: str | Path | Mapping) -> dict[int, str]:
-    """A label map {id: canonical name} from a JSON file, a shipped map name ('btcv', ...), or
-    a mapping in either JSON form ({1: "liver"} or {"liver": 1})."""
+    """A label map {id: name} from a JSON file, a shipped map name ('btcv', ...), or a mapping
+    in either JSON form ({1: "liver"} or {"liver": 1}). Names stay as the map spells them
+    (reports show them); two ids naming the same organ are refused."""
     if isinstance(spec, Mapping):
-        return canonical_labels(parse_labels(dict(spec), "the label map", contiguous=False),
-                                "the label map")
+        labels = parse_labels(dict(spec), "the label map", contiguous=False)
+        canonical_labels(labels, "the label map")
+        return labels
     path = Path(spec)
     if not path.exists() and str(spec) in SHIPPED_MAPS:
         path = LABEL_MAP_DIR / f"{spec}.json"
     elif not path.exists():
         raise MedsegError(f"{spec}: no such label map file; shipped maps are "
                           f"{', '.join(SHIPPED_MAPS)}")
-    return canonical_labels(load_labels(path, contiguous=False), str(path))
+    labels = load_labels(path, contiguous=False)
+    canonical_labels(labels, str(path))
+    return labels
 
 
 @dataclass
 class LabelMatch:
-    """Both label maps (canonical names), the organs they share and those only one side has."""
+    """Both label maps (names as their maps spell them), the organs they share and those only
+    one side has."""
 
     reference: dict[int, str]
     prediction: dict[int, str]
-    organs: list[tuple[str, int, int]]  # (name, reference id, prediction id), reference order
+    organs: list[tuple[str, int, int]]  # (reference's name, reference id, prediction id)
     reference_only: list[str]
     prediction_only: list[str]
 
 
 def match_label_maps(ref: dict[int, str], pred: dict[int, str]) -> LabelMatch:
-    """Pair reference and prediction ids by canonical organ name."""
-    ref = canonical_labels(ref, "reference labels")
-    pred = canonical_labels(pred, "prediction labels")
-    ref_ids = {n: i for i, n in ref.items() if i > 0}
-    pred_ids = {n: i for i, n in pred.items() if i > 0}
-    organs = [(name, ref_ids[name], pred_ids[name]) for name in ref_ids if name in pred_ids]
+    """Pair reference and prediction ids by canonical organ name (kidney_right and Right Kidney
+    are one organ); the pairs carry the reference's own spelling."""
+    ref_ids = {n: i for i, n in canonical_labels(ref, "reference labels").items() if i > 0}
+    pred_ids = {n: i for i, n in canonical_labels(pred, "prediction labels").items() if i > 0}
+    organs = [(ref[ref_ids[key]], ref_ids[key], pred_ids[key]) for key in ref_ids
+              if key in pred_ids]
     if not organs:
         raise MedsegError("the reference and prediction label maps share no organ name; "
                           "check --ref-labels and --pred-labels")
-    return LabelMatch(ref, pred, organs, [n for n in ref_ids if n not in pred_ids],
-                      [n for n in pred_ids if n not in ref_ids])
+    return LabelMatch(dict(ref), dict(pred), organs,
+                      [ref[i] for key, i in ref_ids.items() if key not in pred_ids],
+                      [pred[i] for key, i in pred_ids.items() if key not in ref_ids])
 
 
 def totalsegmentator_map(classmap: Path) -> dict:

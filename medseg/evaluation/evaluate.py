@@ -26,12 +26,12 @@ from medseg.data.io import (
     case_name,
     check_apart,
     check_writable,
-    list_scans,
     load_mask,
     write_json,
 )
 from medseg.data.labels import LabelMatch, match_label_maps
 from medseg.errors import MedsegError
+from medseg.evaluation.mask_files import is_organ_folder, list_cases, load_organ_folder
 from medseg.evaluation.metrics import METRICS, case_metrics, label_boxes
 from medseg.evaluation.report import html_report, markdown_report, markdown_table
 
@@ -49,7 +49,10 @@ CSV_FIELDS = ("case", "organ", "status", *METRICS, "ref_voxels", "pred_voxels")
 
 
 def load_label_volume(path: Path, labels: dict[int, str]) -> tuple[np.ndarray, np.ndarray]:
-    """A label volume as an integer array and its affine; whole, non-negative ids of `labels`."""
+    """A label volume as an integer array and its affine; whole, non-negative ids of `labels`.
+    A folder of organ files becomes one label volume."""
+    if is_organ_folder(path):
+        return load_organ_folder(path, labels)
     array, affine = load_mask(path)
     if array.dtype.kind == "f":
         if not (np.isfinite(array).all() and np.array_equal(array, np.round(array))):
@@ -209,9 +212,12 @@ def evaluate_pairs(pairs: list[tuple[Path, Path]], match: LabelMatch, tolerance_
 
 def match_cases(pred_dir: Path, ref_dir: Path) -> tuple[list[tuple[Path, Path]], list[str],
                                                         list[str]]:
-    """Predictions paired with references by case name, then the unpaired names of each side."""
-    preds = {case_name(p): p for p in list_scans(pred_dir)}
-    refs = {case_name(p): p for p in list_scans(ref_dir)}
+    """Predictions paired with references by case name, then the unpaired names of each side.
+    Against one reference file, a folder of organ files is that case's prediction (and the
+    other way round)."""
+    pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
+    refs = list_cases(ref_dir, case_name(pred_dir) if pred_dir.is_file() else None)
+    preds = list_cases(pred_dir, next(iter(refs)) if ref_dir.is_file() else None)
     pairs = [(preds[name], refs[name]) for name in sorted(refs) if name in preds]
     if not pairs:
         raise MedsegError(f"no case names in common between {pred_dir} and {ref_dir}")

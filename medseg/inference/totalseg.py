@@ -96,7 +96,7 @@ class TotalSegmentatorPredictor:
         self.options = options or InferOptions()
         self.task, folders = task_folders(name)
         classes = class_map()
-        ids = {n: i for i, n in classes.items()}
+        ids = {canonical_name(n): i for i, n in classes.items()}
         wanted = self._roi(roi_subset, ids, name)
         # The parts run with no post-processing: that applies once, to the merged mask.
         part_options = replace(self.options, keep_largest=False, min_volume_mm3=0.0,
