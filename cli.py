@@ -24,6 +24,7 @@ from medseg.choices import (
     MAX_OVERLAP,
     MAX_PATCH,
     OPTIMIZERS,
+    OUTPUT_TYPES,
     PHASES,
     PRECISIONS,
     SCHEDULES,
@@ -59,6 +60,25 @@ class Finite(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return number
+
+
+class Device(click.ParamType):
+    """auto, cpu, cuda, mps, or cuda:N for one GPU of several."""
+
+    name = "device"
+
+    def convert(self, value, param, ctx):
+        from medseg.choices import check_device
+        from medseg.errors import MedsegError
+
+        try:
+            check_device(value)
+        except MedsegError as exc:
+            self.fail(str(exc).removeprefix("device "), param, ctx)
+        return value
+
+    def get_metavar(self, param, ctx=None):
+        return "[" + "|".join(DEVICES) + "|cuda:N]"
 
 
 def _parse_triple(kind, lo, hi):
@@ -201,7 +221,7 @@ def synth(outdir: Path, cases: int, seed: int, spacing, phase):
                                                "[default: planned for resunet].")
 @click.option("--val-every", type=click.IntRange(min=1),
               help=_train_help("val_every", "Epochs between validations."))
-@click.option("--device", type=click.Choice(DEVICES), help=_train_help("device"))
+@click.option("--device", type=Device(), help=_train_help("device"))
 @click.option("--seed", type=int, help=_train_help("seed"))
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), help=_train_help("optimizer"))
 @click.option("--schedule", type=click.Choice(SCHEDULES), help=_train_help("schedule"))
@@ -317,13 +337,25 @@ def plan(manifest, output, device, memory_gb, overwrite):
 @click.option("--save-probabilities", is_flag=True,
               help="Also write CASE_probabilities.nii.gz (uint8, probability x 255).")
 @click.option("--device", default=_default(InferOptions, "device"), show_default=True,
-              type=click.Choice(DEVICES))
+              type=Device(), help="auto: CUDA if there is one, else the CPU; cuda:1 picks a GPU "
+                                  "of several; mps: an Apple GPU.")
 @click.option("--folds", default=None,
               help="nnU-Net model folders: the folds to average, e.g. 0,1,2 or all "
                    "[default: every fold present].")
 @click.option("--roi-subset", default=None,
-              help="TotalSegmentator tasks: only these classes, e.g. liver,spleen (runs only "
-                   "the parts that have them).")
+              help="Only these organs, e.g. liver,spleen, named as the model's labels name them "
+                   "(TotalSegmentator tasks run only the parts that have them).")
+@click.option("--output-type", "output_types", multiple=True, default=("nifti",),
+              show_default=True, type=click.Choice(OUTPUT_TYPES),
+              help="Repeat for several. The NIfTI mask is always written; dicom-seg "
+                   "(CASE.seg.dcm) and rtstruct (CASE.rtstruct.dcm) need DICOM series inputs "
+                   "(docs/outputs.md).")
+@click.option("--statistics", is_flag=True,
+              help="Per organ: volume, HU statistics, extent, cut off at the scan's edge "
+                   "(CASE.stats.json, statistics.csv).")
+@click.option("--preview", is_flag=True,
+              help="A picture per scan with the organs over the CT (CASE.preview.png) and "
+                   "index.html.")
 @click.option("--crf", is_flag=True,
               help="Refine with a fully connected CRF on the CT intensities (DeepLab's "
                    "post-processing; docs/models.md says where it helps and where it hurts).")
@@ -346,7 +378,8 @@ def plan(manifest, output, device, memory_gb, overwrite):
               help="Processes (one per GPU) that split the cases, launched with torchrun.")
 @user_errors
 def infer(checkpoints, inputs, output, nproc, **options):
-    """Segment scans; writes one uint8 NIfTI mask per scan, on the scan's own grid."""
+    """Segment scans; writes one uint8 NIfTI mask per scan, on the scan's own grid (with
+    CASE.labels.json), and the outputs asked for beside it (docs/outputs.md)."""
     if nproc > 1:
         _relaunch_with_torchrun(nproc)
     _prepare_runtime()

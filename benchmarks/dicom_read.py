@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medseg.data.io import load_scan
-from medseg.data.sitk_reader import _dicom_series_files, _slice_positions
+from medseg.data.sitk_reader import _slice_positions, dicom_series_files
 
 REAL_SERIES = Path(__file__).resolve().parents[2] / "shared/data/real/petct_dicom/dicom"
 
@@ -50,7 +50,7 @@ def write_series(folder: Path, slices: int) -> Path:
 
 
 def time_reads(folder: Path, repeats: int) -> dict:
-    files = _dicom_series_files(folder)
+    files = dicom_series_files(folder)
     best = {"load_scan": float("inf"), "load_scan + header pass": float("inf")}
     for _ in range(repeats):
         start = time.perf_counter()

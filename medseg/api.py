@@ -31,8 +31,12 @@ class Segmentation:
     probabilities: np.ndarray | None = None  # uint8 (C, X, Y, Z), probability x 255, if asked
 
     def organ(self, name: str) -> np.ndarray:
-        """The boolean mask of one organ, by name."""
-        ids = {organ: label for label, organ in self.labels.items()}
+        """The boolean mask of one organ, by any spelling of its name (kidney_right,
+        right_kidney)."""
+        from medseg.data.labels import canonical_name
+
+        ids = {canonical_name(organ): label for label, organ in self.labels.items()}
+        name = canonical_name(name)
         if name not in ids:
             raise MedsegError(f"no organ {name!r} in this model's labels; it has: "
                               f"{', '.join(v for k, v in self.labels.items() if k)}")
@@ -45,11 +49,12 @@ class Segmentation:
         return nib.Nifti1Image(self.mask, self.affine)
 
     def save(self, path: str | Path, like: str | Path | None = None) -> Path:
-        """Write the mask as NIfTI, atomically; `like`: the scan's own NIfTI file, whose
-        qform and sform codes the mask then keeps."""
+        """Write the mask as NIfTI, atomically, its label names in the header; `like`: the
+        scan's own NIfTI file, whose qform and sform codes the mask then keeps."""
         from medseg.data.io import save_nifti
 
-        save_nifti(self.mask, self.affine, Path(path), like=Path(like) if like else None)
+        save_nifti(self.mask, self.affine, Path(path), like=Path(like) if like else None,
+                   labels=self.labels)
         return Path(path)
 
 
@@ -98,11 +103,11 @@ def segment(image, model, affine=None, **options) -> Segmentation:
 def infer(model, inputs: str | Path, output: str | Path, **options) -> list:
     """`medseg infer`: segment a scan or a folder of scans into `output` (one rank's share under
     torchrun, results gathered from all ranks); returns one CaseResult per scan."""
-    from medseg.inference.batch import gather_results, infer_cases
+    from medseg.inference.batch import infer_cases
 
     models = [model] if isinstance(model, (str, Path)) else list(model)
     settings = _options(InferOptions, options)
-    return gather_results(infer_cases(models, Path(inputs), Path(output), settings))
+    return infer_cases(models, Path(inputs), Path(output), settings)
 
 
 def train(config: TrainConfig | None = None, recipe: str | Path | None = None,

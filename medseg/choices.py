@@ -12,7 +12,7 @@ import re
 
 from medseg.errors import MedsegError
 
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N, one GPU of several
 # auto: bf16 on CUDA (and, for training, on CPUs with native bf16), else fp32.
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 AUGMENTATIONS = ("light", "nnunet")  # light: the demo's short CPU runs; nnunet: nnU-Net's set
@@ -34,7 +34,22 @@ MAX_PATCH = 1024  # voxels along an axis
 MAX_OVERLAP = 0.95  # sliding windows: at 1 they would never advance
 
 
+# What `medseg infer` writes per scan: the NIfTI mask always (it marks the case done and is what
+# evaluate reads), DICOM-SEG and RTSTRUCT beside it for DICOM series inputs.
+OUTPUT_TYPES = ("nifti", "dicom-seg", "rtstruct")
+
+
 def check_device(name) -> None:
     """A device name torch takes: one of DEVICES, or cuda:N for one GPU of several."""
     if name not in DEVICES and not re.fullmatch(r"cuda:[0-9]+", str(name)):
         raise MedsegError(f"device {name!r}: choose one of {', '.join(DEVICES)}, or cuda:N")
+
+
+def check_output_types(types) -> tuple[str, ...]:
+    """Output types from a list or 'a,b': known names, each once, in the given order."""
+    names = [t.strip() for t in (types.split(",") if isinstance(types, str) else types)]
+    unknown = [t for t in names if t not in OUTPUT_TYPES]
+    if unknown or not names:
+        raise MedsegError(f"output type {', '.join(map(repr, unknown)) or '(none)'}: choose from "
+                          f"{', '.join(OUTPUT_TYPES)}")
+    return tuple(dict.fromkeys(names))

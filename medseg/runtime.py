@@ -42,7 +42,13 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MedsegError("--device cuda was asked for, but this torch build sees no CUDA GPU")
+        raise MedsegError(f"--device {name} was asked for, but this torch build sees no CUDA GPU")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise MedsegError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA "
+                          f"GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise MedsegError("--device mps was asked for, but this machine has no Apple GPU (MPS) "
+                          "that torch can use")
     return torch.device(name)
 
 

@@ -276,7 +276,8 @@ def test_missing_totalsegmentator_weights_say_where_and_how(tmp_path, small_scan
 def test_unknown_roi_names_are_named(tmp_path, small_scan, totalseg_home):
     proc = run_cli_here("infer", "--model", "totalsegmentator:total", "--input", small_scan,
                         "--output", tmp_path / "out", "--roi-subset", "liver,livr")
-    assert proc.returncode != 0 and "livr not in totalsegmentator:total's classes" in proc.stderr
+    assert proc.returncode == 2 and ("'livr' (did you mean liver?) not among "
+                                     "totalsegmentator:total's organs") in proc.stderr
 
 
 def test_an_nnunet_checkpoint_file_points_at_its_folder(tmp_path, small_scan):
@@ -290,9 +291,23 @@ def test_options_of_one_kind_of_model_are_refused_for_another(tmp_path, small_sc
     proc = run_cli_here("infer", "--model", tiny_run, "--input", small_scan, "--output",
                         tmp_path / "out", "--folds", "0")
     assert proc.returncode == 2 and "--folds applies to nnU-Net model folders" in proc.stderr
-    proc = run_cli_here("infer", "--model", MODEL, "--input", small_scan, "--output",
-                        tmp_path / "out", "--roi-subset", "liver")
-    assert proc.returncode == 2 and "--roi-subset applies to TotalSegmentator" in proc.stderr
+
+
+def test_roi_subset_keeps_only_those_organs_of_an_nnunet_model(tmp_path, scans, labels):
+    """--roi-subset is for every model; the oracle is nnUNetv2_predict's whole mask."""
+    out = tmp_path / "out"
+    proc = run_cli_here("infer", "--model", MODEL, "--input", scans / "phantom_thin_0000.nii.gz",
+                        "--output", out, "--roi-subset", "Liver,kidney_right")
+    assert proc.returncode == 0, proc.stderr
+    oracle = np.asarray(nib.load(str(PREDICTIONS / "no_tta" / "phantom_thin.nii.gz")).dataobj)
+    mine = np.asarray(nib.load(str(out / "phantom_thin.nii.gz")).dataobj)
+    kept = {5: "liver", 2: "right_kidney"}  # the test model's dataset.json ids
+    assert {labels[i] for i in kept} == set(kept.values())
+    assert set(np.unique(mine)) <= {0, *kept} and len(set(np.unique(oracle))) > 3
+    for organ in kept:
+        assert _dice(mine == organ, oracle == organ) >= 0.98
+    assert json.loads((out / "labels.json").read_text())["labels"] == {
+        "0": "background", "2": "right_kidney", "5": "liver"}
 
 
 def test_an_nnunet_model_is_not_ensembled_with_others(tmp_path, small_scan, tiny_run):

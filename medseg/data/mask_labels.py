@@ -36,7 +36,7 @@ def labels_from_header(header) -> dict[int, str] | None:
         if extension.get_code() not in (0, CARET_CODE):
             continue
         try:
-            root = ET.fromstring(extension.get_content())
+            root = ET.fromstring(extension.content)
         except ET.ParseError:
             continue
         entries = root.findall("./VolumeInformation/LabelTable/Label")

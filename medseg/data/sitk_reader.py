@@ -44,7 +44,7 @@ def _sitk_reason(err: RuntimeError) -> str:
     return reason
 
 
-def _dicom_series_files(folder: Path, series_name: str = "") -> tuple[str, ...]:
+def dicom_series_files(folder: Path, series_name: str = "") -> tuple[str, ...]:
     """Return the slice files of the one DICOM series in `folder`, sorted along the slice normal."""
     with _itk_warnings_hidden():  # "No Series were found": said below
         series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
@@ -175,7 +175,7 @@ def _read_one(path: Path, series_name: str, **kwargs: Any) -> sitk.Image:
             return sitk.ReadImage(str(path), **kwargs)
         except RuntimeError as err:
             raise ValueError(f"cannot read {path}: {_sitk_reason(err)}") from err
-    files = _dicom_series_files(path, series_name)
+    files = dicom_series_files(path, series_name)
     try:
         # A list of slice files makes sitk.ReadImage use ImageSeriesReader (rescale slope
         # applied). Its "non uniform sampling" warning is judged below instead of printed.

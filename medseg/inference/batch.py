@@ -21,12 +21,19 @@ from medseg.data.io import (
     save_nifti,
     write_json,
 )
+from medseg.data.mask_labels import write_labels_file
 from medseg.distributed import all_gather, rank_and_world
 from medseg.errors import MedsegError, OutputError, find_medseg_error
 from medseg.inference.memory import check_inference_memory
 from medseg.inference.models import load_predictor
 from medseg.inference.options import InferOptions
 from medseg.inference.predictor import MODEL_ID_PREFIX, Predictor
+from medseg.outputs.case import (
+    check_scans_fit,
+    extra_outputs,
+    write_case_outputs,
+    write_folder_outputs,
+)
 
 
 @dataclass
@@ -74,19 +81,23 @@ def checked_scans(inputs: Path, out_dir: Path) -> list[Path]:
 
 def segment_scans(predictor: Predictor, every_scan: list[Path], out_dir: Path
                   ) -> list[CaseResult]:
-    """Segment this rank's share of the scans; a failure doesn't stop the rest."""
+    """Segment this rank's share of the scans; a failure doesn't stop the rest. Returns every
+    rank's results (gathered under torchrun), after the folder's summaries are written."""
     options = predictor.options
+    check_scans_fit(every_scan, options)
     rank, world = rank_and_world()
     finished = set() if options.overwrite else finished_masks(every_scan, out_dir,
-                                                                predictor.model_id)
+                                                                predictor.model_id, options)
     scans = shard_for_rank(every_scan, rank, world)
     # Closed also when a case stops the batch, so the error starts on a line of its own.
     with tqdm(scans, desc="infer" if world == 1 else f"infer rank {rank}", unit="case") as progress:
         results = [CaseResult(scan, output_path(scan, out_dir), "skipped") if scan in finished
                    else segment_case(predictor, scan, out_dir, progress)
                    for scan in progress]
-    if any(r.status != "failed" for r in results):  # beside masks only, never alone
+    results = gather_results(results)  # every rank done: the summaries see every case
+    if rank == 0 and any(r.status != "failed" for r in results):  # beside masks, never alone
         write_label_map(predictor.labels, out_dir)
+        write_folder_outputs(every_scan, out_dir, options)
     return results
 
 
@@ -105,13 +116,18 @@ def segment_case(predictor: Predictor, scan_path: Path, out_dir: Path, progress)
     target = output_path(scan_path, out_dir)
     start = time.perf_counter()
     try:
-        mask, probabilities, affine = predict_scan(predictor, load_scan(scan_path), scan_path)
+        scan = load_scan(scan_path)
+        mask, probabilities, affine = predict_scan(predictor, scan, scan_path)
         if probabilities is not None:
             save_nifti(np.moveaxis(probabilities, 0, -1), affine,
                        Path(out_dir) / f"{case_name(scan_path)}_probabilities.nii.gz",
                        like=scan_path)
-        # The mask last: it marks "done", and its header says which model made it.
-        save_nifti(mask, affine, target, like=scan_path, description=predictor.model_id)
+        write_case_outputs(predictor, scan, scan_path, mask, affine, out_dir)
+        write_labels_file(predictor.labels, target)
+        # The mask last: it marks "done", its header says which model made it and what its
+        # ids mean.
+        save_nifti(mask, affine, target, like=scan_path, description=predictor.model_id,
+                   labels=predictor.labels)
     except Exception as exc:  # noqa: BLE001 - one bad case must not stop a batch
         error = find_medseg_error(exc)
         if isinstance(error, OutputError):
@@ -150,9 +166,11 @@ def mask_author(path: Path) -> str | None:
     return text if text.startswith(MODEL_ID_PREFIX) else None
 
 
-def finished_masks(scans: list[Path], out_dir: Path, model_id: str) -> set[Path]:
-    """The scans whose mask this model already finished (skipped without --overwrite); any
-    other file at a mask's path is refused before any work."""
+def finished_masks(scans: list[Path], out_dir: Path, model_id: str,
+                   options: InferOptions | None = None) -> set[Path]:
+    """The scans whose mask this model already finished, with every extra output `options` ask
+    for (skipped without --overwrite; a missing extra output redoes the case); any other file
+    at a mask's path is refused before any work."""
     existing = {scan: output_path(scan, out_dir) for scan in scans}
     existing = {scan: path for scan, path in existing.items() if os.path.lexists(path)}
     foreign = [path for path in existing.values() if mask_author(path) != model_id]
@@ -161,7 +179,9 @@ def finished_masks(scans: list[Path], out_dir: Path, model_id: str) -> set[Path]
         raise MedsegError(f"{out_dir}: already holds {len(foreign)} file(s) that this model did "
                           f"not write ({shown}); pass --overwrite to replace them, or choose "
                           "another output folder")
-    return set(existing)
+    options = options or InferOptions()
+    return {scan for scan in existing
+            if all(p.is_file() for p in extra_outputs(scan, out_dir, options))}
 
 
 def predict_scan(predictor: Predictor, scan, source: Path):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from medseg.errors import MedsegError
 from medseg.inference.options import InferOptions
+from medseg.inference.roi import SubsetPredictor, parse_subset
 
 
 def model_kind(model) -> str:
@@ -34,21 +35,21 @@ def load_predictor(models, options: InferOptions | None = None):
         foreign = next(m for m, k in zip(given, kinds) if k != "medseg")
         raise MedsegError(f"{foreign}: an nnU-Net or TotalSegmentator model runs alone; give "
                           "one --model (nnU-Net folds: --folds)")
-    if options.roi_subset and kind != "totalsegmentator":
-        raise MedsegError("--roi-subset applies to TotalSegmentator tasks "
-                          "(--model totalsegmentator:TASK)")
     if options.folds is not None and kind != "nnunet":
         raise MedsegError("--folds applies to nnU-Net model folders; for medseg models give "
                           "one --model per run folder")
+    roi = parse_subset(options.roi_subset)
     if kind == "totalsegmentator":
         from medseg.inference.totalseg import TotalSegmentatorPredictor
 
-        roi = [r.strip() for r in options.roi_subset.split(",")] if options.roi_subset else None
+        # Runs only the parts that hold the subset's organs.
         return TotalSegmentatorPredictor(str(given[0]), options, roi)
     if kind == "nnunet":
         from medseg.inference.nnunet_predictor import NNUNetPredictor
 
-        return NNUNetPredictor(Path(given[0]), options, options.folds)
-    from medseg.inference.predictor import Predictor
+        predictor = NNUNetPredictor(Path(given[0]), options, options.folds)
+    else:
+        from medseg.inference.predictor import Predictor
 
-    return Predictor(given, options)
+        predictor = Predictor(given, options)
+    return predictor if roi is None else SubsetPredictor(predictor, roi, str(given[0]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from medseg.choices import check_output_types
 from medseg.errors import MedsegError
 
 # Windows overlap by half: training validates with it too, so its Dice is what infer gives (at
@@ -32,7 +33,7 @@ class CRFSettings:
 class InferOptions:
     """How to run inference; the model-specific settings come from the checkpoints."""
 
-    device: str = "auto"  # one of choices.DEVICES
+    device: str = "auto"  # one of choices.DEVICES, or cuda:N
     overlap: float = OVERLAP
     sw_batch_size: int = 2
     precision: str = "auto"  # one of choices.PRECISIONS
@@ -42,7 +43,10 @@ class InferOptions:
     save_probabilities: bool = False
     overwrite: bool = False
     folds: str | None = None  # nnU-Net model folders: "0,1,2" or "all"; default every fold
-    roi_subset: str | None = None  # TotalSegmentator tasks: "liver,spleen"; default all
+    roi_subset: str | None = None  # "liver,spleen": only these organs; default all
+    output_types: tuple[str, ...] = ("nifti",)  # choices.OUTPUT_TYPES; the NIfTI mask always
+    statistics: bool = False  # CASE.stats.json per scan and statistics.csv per folder
+    preview: bool = False  # CASE.preview.png per scan and index.html per folder
     crf: bool = False  # refine with a dense CRF (the crf_* fields are its CRFSettings)
     crf_iterations: int = CRFSettings.iterations
     crf_smoothness_mm: float = CRFSettings.smoothness_mm
@@ -52,6 +56,7 @@ class InferOptions:
     crf_appearance_weight: float = CRFSettings.appearance_weight
 
     def __post_init__(self):
+        self.output_types = check_output_types(self.output_types)
         changed = [f.name for f in fields(CRFSettings) if hasattr(self, f"crf_{f.name}")
                    and getattr(self, f"crf_{f.name}") != getattr(CRFSettings, f.name)]
         if changed and not self.crf:

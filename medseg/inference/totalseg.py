@@ -26,6 +26,7 @@ from medseg.inference.nnunet_predictor import NNUNetPredictor
 from medseg.inference.options import InferOptions
 from medseg.inference.postprocess import clean_components, voxels_for_volume
 from medseg.inference.predictor import MODEL_ID_PREFIX
+from medseg.inference.roi import subset_ids
 
 SCHEME = "totalsegmentator:"
 
@@ -97,7 +98,7 @@ class TotalSegmentatorPredictor:
         self.task, folders = task_folders(name)
         classes = class_map()
         ids = {canonical_name(n): i for i, n in classes.items()}
-        wanted = self._roi(roi_subset, ids, name)
+        wanted = self._roi(roi_subset, classes, name)
         # The parts run with no post-processing: that applies once, to the merged mask.
         part_options = replace(self.options, keep_largest=False, min_volume_mm3=0.0,
                                save_probabilities=False)
@@ -124,15 +125,10 @@ class TotalSegmentatorPredictor:
         self.spacing = (self.task.spacing,) * 3
 
     @staticmethod
-    def _roi(roi_subset, ids: dict[str, int], name: str) -> set[str] | None:
+    def _roi(roi_subset, classes: dict[int, str], name: str) -> set[str] | None:
         if not roi_subset:
             return None
-        wanted = {canonical_name(r) for r in roi_subset}
-        unknown = sorted(w for w in wanted if w not in ids)
-        if unknown:
-            raise MedsegError(f"--roi-subset: {', '.join(unknown)} not in {name}'s classes "
-                              "(data_manifests/label_maps/totalseg_v2.json)")
-        return wanted
+        return {canonical_name(classes[i]) for i in subset_ids(roi_subset, classes, name)}
 
     def predict(self, scan: torch.Tensor) -> tuple[np.ndarray, None]:
         """The merged uint8 mask on exactly the scan's grid (probabilities are not kept)."""

@@ -1,0 +1,180 @@
+"""DICOM outputs of a mask: a DICOM-SEG (highdicom) and an RTSTRUCT (rt-utils), both referencing
+the source series. Frames and contours are placed on the source slices by geometry: every pixel
+of every slice is mapped through its ImagePositionPatient, ImageOrientationPatient and
+PixelSpacing into the mask's voxel grid, so no assumption about axis order or flips is made (the
+mirrored-SEG bugs TotalSegmentator's users reported came from such assumptions)."""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+
+from medseg.data.io import atomic_output
+from medseg.data.organ_codes import ANATOMICAL_STRUCTURE, organ_code
+from medseg.errors import MedsegError
+
+log = logging.getLogger("medseg")
+
+OUTPUT_TYPES = ("nifti", "dicom-seg", "rtstruct")
+DICOM_TYPES = ("dicom-seg", "rtstruct")
+SUFFIXES = {"dicom-seg": ".seg.dcm", "rtstruct": ".rtstruct.dcm"}
+LPS = np.array([-1.0, -1.0, 1.0])  # DICOM patient (LPS) <-> NIfTI world (RAS): x and y flip
+GRID_TOLERANCE = 1e-2  # voxels: a slice pixel farther than this from a voxel centre is refused
+
+
+def source_slices(series: Path) -> list:
+    """The source series' slice datasets (without pixel data), as the scan was read, in
+    ascending order along the slice normal (the order rt-utils indexes slices in)."""
+    import pydicom
+
+    from medseg.data.sitk_reader import dicom_series_files
+
+    slices = [pydicom.dcmread(f, stop_before_pixels=True) for f in dicom_series_files(series)]
+    complete_uids(slices, series)
+    return sorted(slices, key=_along_normal)
+
+
+def _along_normal(dataset) -> float:
+    orientation = np.asarray(dataset.ImageOrientationPatient, dtype=float)
+    return float(np.cross(orientation[:3], orientation[3:]) @
+                 np.asarray(dataset.ImagePositionPatient, dtype=float))
+
+
+def complete_uids(slices: list, series: Path) -> None:
+    """Fill identifiers de-identification emptied, in memory: each slice's SOP class and
+    instance UIDs from its own file meta, and a missing study or series UID with one derived
+    from the frame of reference (the same in every output of the series; with a warning)."""
+    from pydicom.uid import generate_uid
+
+    for dataset in slices:
+        meta = getattr(dataset, "file_meta", None)
+        for key, meta_key in (("SOPClassUID", "MediaStorageSOPClassUID"),
+                              ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+            if not dataset.get(key) and meta is not None and meta.get(meta_key):
+                setattr(dataset, key, meta.get(meta_key))
+        if not dataset.get("SOPInstanceUID"):
+            raise MedsegError(f"{series}: a slice has no SOPInstanceUID, so a DICOM output cannot "
+                              "reference it; export the series with its UIDs")
+    for key in ("StudyInstanceUID", "SeriesInstanceUID"):
+        if not slices[0].get(key):
+            made = generate_uid(entropy_srcs=[key, str(slices[0].get("FrameOfReferenceUID")),
+                                              *sorted(str(d.SOPInstanceUID) for d in slices)])
+            log.warning("%s: the series has no %s (de-identified?); the DICOM outputs reference "
+                        "%s instead", series, key, made)
+            for dataset in slices:
+                setattr(dataset, key, made)
+
+
+def slice_voxels(dataset, inverse_affine: np.ndarray, shape: tuple[int, ...],
+                 series: Path) -> tuple[np.ndarray, ...]:
+    """Index arrays (rows x columns each) of the mask voxels under every pixel of one slice."""
+    rows, columns = int(dataset.Rows), int(dataset.Columns)
+    position = np.asarray(dataset.ImagePositionPatient, dtype=float)
+    orientation = np.asarray(dataset.ImageOrientationPatient, dtype=float)
+    row_spacing, column_spacing = (float(v) for v in dataset.PixelSpacing)
+    r, c = np.mgrid[0:rows, 0:columns]
+    # Along a row the column index grows (first direction cosine), down a column the row index.
+    lps = (position + c[..., None] * column_spacing * orientation[:3]
+           + r[..., None] * row_spacing * orientation[3:])
+    index = (lps * LPS) @ inverse_affine[:3, :3].T + inverse_affine[:3, 3]
+    nearest = np.rint(index)
+    off = float(np.abs(index - nearest).max())
+    inside = (nearest >= 0).all() and (nearest < np.array(shape)).all()
+    if off > GRID_TOLERANCE or not inside:
+        raise MedsegError(f"{series}: slice {dataset.SOPInstanceUID} does not lie on the mask's "
+                          "grid; the mask was not made from this series")
+    return tuple(nearest.astype(np.intp)[..., axis] for axis in range(3))
+
+
+def frames_on_slices(mask: np.ndarray, affine: np.ndarray, slices: list,
+                     series: Path) -> np.ndarray:
+    """The mask as (slices, rows, columns) frames, frame n lying on source slice n."""
+    inverse = np.linalg.inv(np.asarray(affine, dtype=float))
+    return np.stack([mask[slice_voxels(ds, inverse, mask.shape, series)] for ds in slices])
+
+
+def check_dicom_input(output_types, scan_path: Path) -> None:
+    """DICOM outputs reference a DICOM series: any other input is refused in one line."""
+    wanted = [t for t in output_types if t in DICOM_TYPES]
+    if wanted and not Path(scan_path).is_dir():
+        raise MedsegError(f"{scan_path}: --output-type {', '.join(wanted)} needs a DICOM series "
+                          "input (a folder of slices) to reference; for NIfTI, NRRD or MHA scans "
+                          "use --output-type nifti")
+
+
+def _segment_description(number: int, name: str, label_id: int, algorithm):
+    import highdicom as hd
+
+    code = organ_code(name, label_id)
+    description = hd.seg.SegmentDescription(
+        segment_number=number, segment_label=name,
+        segmented_property_category=hd.sr.CodedConcept(*ANATOMICAL_STRUCTURE[:1], "SCT",
+                                                       ANATOMICAL_STRUCTURE[1]),
+        segmented_property_type=hd.sr.CodedConcept(code.type_code, "SCT", code.type_meaning),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+        display_color=hd.color.CIELabColor.from_rgb(*code.rgb))
+    if code.modifier is not None:  # laterality: inside the type's code item, as DICOM has it
+        description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence \
+            = [hd.sr.CodedConcept(code.modifier[0], "SCT", code.modifier[1])]
+    return description
+
+
+def write_dicom_seg(mask: np.ndarray, affine: np.ndarray, labels: dict[int, str], series: Path,
+                    slices: list, target: Path, model_id: str) -> Path:
+    """A binary DICOM-SEG, one segment per organ of `labels` the mask holds (named as the label
+    map names it, coded in SNOMED CT), its frames on the source slices (source_slices of
+    `series`); written atomically."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    frames = frames_on_slices(mask, affine, slices, series)
+    present = [i for i in sorted(labels) if i and (frames == i).any()]
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="medseg", version=version("medseg"), family=codes.DCM.ArtificialIntelligence,
+        parameters={"model": model_id})
+    numbered = np.zeros(max(labels) + 1, dtype=np.uint8)
+    numbered[present] = np.arange(1, len(present) + 1)
+    descriptions = [_segment_description(n, labels[i], i, algorithm)
+                    for n, i in enumerate(present, start=1)]
+    if not descriptions:  # DICOM-SEG needs a segment: an empty mask gets one empty segment
+        descriptions = [_segment_description(1, "no organ found", 0, algorithm)]
+    seg = hd.seg.Segmentation(
+        source_images=slices, pixel_array=numbered[frames],
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=900,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="medseg",
+        manufacturer_model_name=model_id[:64], software_versions=version("medseg"),
+        device_serial_number="0", series_description="medseg segmentation",
+        omit_empty_frames=bool(present))
+    with atomic_output(target) as tmp:
+        seg.save_as(tmp, enforce_file_format=True)
+    return target
+
+
+def write_rtstruct(mask: np.ndarray, affine: np.ndarray, labels: dict[int, str], series: Path,
+                   slices: list, target: Path) -> Path:
+    """An RTSTRUCT with one ROI per organ the mask holds (closed planar contours on each source
+    slice, named as the label map names them), referencing the series (source_slices of
+    `series`); written atomically."""
+    from rt_utils import RTStruct, ds_helper
+
+    rtstruct = RTStruct(slices, ds_helper.create_rtstruct_dataset(slices))
+    first = slices[0]
+    if float(first.PixelSpacing[0]) != float(first.PixelSpacing[1]):
+        raise MedsegError(f"{series}: pixels of {first.PixelSpacing[0]} x "
+                          f"{first.PixelSpacing[1]} mm; RTSTRUCT output needs square pixels "
+                          "(rt-utils places contours as if they were); use --output-type "
+                          "dicom-seg")
+    frames = frames_on_slices(mask, affine, slices, series)
+    for label_id in sorted(labels):
+        organ = np.moveaxis(frames == label_id, 0, -1)  # rt-utils: rows x columns x slices
+        if label_id and organ.any():
+            rtstruct.add_roi(mask=organ, name=labels[label_id],
+                             color=list(organ_code(labels[label_id], label_id).rgb))
+    with atomic_output(target) as tmp:
+        rtstruct.ds.save_as(tmp, enforce_file_format=True)
+    return target
