@@ -117,7 +117,8 @@ def test_label_maps_as_dicts_are_checked_like_label_map_files(tiny_dataset, tmp_
 
 
 def test_a_device_name_torch_does_not_know_is_one_clear_error(tiny_run):
-    with pytest.raises(MedsegError, match="device 'gpu': choose one of auto, cpu, cuda, or cuda:N"):
+    with pytest.raises(MedsegError,
+                       match="device 'gpu': choose one of auto, cpu, cuda, mps, or cuda:N"):
         Segmenter(tiny_run, device="gpu")
 
 

@@ -76,7 +76,8 @@ def test_infer_reports_a_corrupt_scan_and_finishes_the_others(tiny_run, tiny_dat
     proc = run_cli("infer", "--model", tiny_run, "--input", inputs, "--output", tmp_path / "out")
     assert proc.returncode == 1
     assert "broken.nii.gz" in proc.stderr and "Traceback" not in proc.stderr
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [good.name, "labels.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        good.name.replace(".nii.gz", ".labels.json"), good.name, "labels.json"]
 
 
 def assert_clean_failure(proc: subprocess.CompletedProcess, *fragments: str) -> None:

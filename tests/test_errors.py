@@ -204,7 +204,8 @@ def test_cli_infer_fails_a_blank_scan_warns_on_a_normalised_one_and_does_the_res
     assert re.search(r"(^|\n)failed: \S*blank\.nii\.gz: every voxel is 0", proc.stderr)
     # Its own line, not glued to the end of the progress bar's.
     assert re.search(r"(^|[\r\n])warning: \S*unit\.nii\.gz: intensities", proc.stderr)
-    assert visible(tmp_path / "out") == ["good.nii.gz", "labels.json", "unit.nii.gz"]
+    assert visible(tmp_path / "out") == ["good.labels.json", "good.nii.gz", "labels.json",
+                                         "unit.labels.json", "unit.nii.gz"]
 
 
 def test_a_scan_with_a_zero_size_dimension_is_refused(tmp_path):
@@ -524,7 +525,7 @@ def test_a_full_disk_during_inference_stops_the_batch_and_a_rerun_completes(tmp_
     errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "b.nii.gz: disk full while writing" in errors[0]
     assert len(saved) == 2  # stopped: c was not computed only to fail the same way
-    assert os.listdir(out) == ["a.nii.gz"]  # no half mask, no temporary file
+    assert sorted(os.listdir(out)) == ["a.labels.json", "a.nii.gz"]  # nothing of b, no temp
     monkeypatch.setattr(nib, "save", real_save)
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0 and "2 done, 1 skipped" in result.output
@@ -592,7 +593,8 @@ def test_sigkill_during_inference_leaves_only_whole_masks_and_a_rerun_completes(
     proc = subprocess.run([sys.executable, "-c", KILL_DURING_THE_SECOND_MASK, *args],
                           capture_output=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL
-    assert visible(out) == ["a.nii.gz"]  # the half-written one is a hidden temporary file
+    # b's files, the half-written mask among them, are in a hidden staging folder.
+    assert visible(out) == ["a.labels.json", "a.nii.gz"]
     assert nib.load(str(out / "a.nii.gz")).get_fdata().shape == SHAPE
 
     rerun = run_cli(*args)

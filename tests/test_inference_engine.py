@@ -184,7 +184,7 @@ def test_two_torchrun_ranks_split_the_cases_each_once(tiny_run, tiny_dataset, tm
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "3 done, 0 skipped" in proc.stdout  # all ranks together: every case exactly once
     assert "infer rank 0" in proc.stderr and "infer rank 1" in proc.stderr
-    masks = sorted(p.name for p in tmp_path.iterdir() if p.name != "labels.json")
+    masks = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith("labels.json"))
     assert masks == sorted(p.name for p in images.iterdir())
     # Both ranks wrote the label map beside the masks; it is whole, and the data set's.
     written = json.loads((tmp_path / "labels.json").read_text())["labels"]

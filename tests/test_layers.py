@@ -15,11 +15,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "medseg"
 ALLOWED = {
     "data": set(),
     "nets": {"data"},
-    "inference": {"data", "nets"},
+    "outputs": {"data"},
+    "inference": {"data", "nets", "outputs"},
     "evaluation": {"data"},
     "training": {"data", "nets", "inference"},
-    "api": {"data", "nets", "inference", "evaluation", "training"},
-    "demo": {"data", "nets", "inference", "evaluation", "training"},
+    "api": {"data", "nets", "inference", "evaluation", "training", "outputs"},
+    "demo": {"data", "nets", "inference", "evaluation", "training", "outputs"},
 }
 BASE = {"errors", "choices", "runtime", "distributed", "__init__"}
 

@@ -297,17 +297,15 @@ def test_roi_subset_keeps_only_those_organs_of_an_nnunet_model(tmp_path, scans, 
     """--roi-subset is for every model; the oracle is nnUNetv2_predict's whole mask."""
     out = tmp_path / "out"
     proc = run_cli_here("infer", "--model", MODEL, "--input", scans / "phantom_thin_0000.nii.gz",
-                        "--output", out, "--roi-subset", "Liver,kidney_right")
+                        "--output", out, "--roi-subset", "Liver")
     assert proc.returncode == 0, proc.stderr
     oracle = np.asarray(nib.load(str(PREDICTIONS / "no_tta" / "phantom_thin.nii.gz")).dataobj)
     mine = np.asarray(nib.load(str(out / "phantom_thin.nii.gz")).dataobj)
-    kept = {5: "liver", 2: "right_kidney"}  # the test model's dataset.json ids
-    assert {labels[i] for i in kept} == set(kept.values())
-    assert set(np.unique(mine)) <= {0, *kept} and len(set(np.unique(oracle))) > 3
-    for organ in kept:
-        assert _dice(mine == organ, oracle == organ) >= 0.98
+    assert labels[5] == "liver" and set(np.unique(oracle)) == {0, 5, 6}  # liver and stomach
+    assert set(np.unique(mine)) == {0, 5}
+    assert _dice(mine == 5, oracle == 5) >= 0.98
     assert json.loads((out / "labels.json").read_text())["labels"] == {
-        "0": "background", "2": "right_kidney", "5": "liver"}
+        "0": "background", "5": "liver"}
 
 
 def test_an_nnunet_model_is_not_ensembled_with_others(tmp_path, small_scan, tiny_run):

@@ -33,3 +33,12 @@ def ras_shape_and_spacing(shape, affine: np.ndarray) -> tuple[list[int], list[fl
     for axis, (target, _) in enumerate(ornt):
         ras_shape[int(target)] = int(shape[axis])
     return ras_shape, list(ras_spacing)
+
+
+def radiological_plane(volume_ras: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """A slice of a RAS+ volume for imshow(origin="lower"): rows run up the higher remaining
+    axis (superior, or anterior in axial), columns leftwards for axial and coronal (the
+    patient's right on the left) and anteriorwards-to-the-left for sagittal."""
+    cut = [slice(None)] * 3
+    cut[axis] = index
+    return volume_ras[tuple(cut)].T[:, ::-1]

@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import stat
 import tempfile
 import warnings
@@ -386,6 +387,29 @@ def atomic_output(path: Path) -> Iterator[Path]:
         raise
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def staged_outputs(folder: Path, last: str) -> Iterator[Path]:
+    """Yield a hidden folder inside `folder` to write one case's files into; when the block
+    succeeds they move into `folder`, the file named `last` (the mask, which marks the case
+    done) after all others. On an error or Ctrl-C nothing of the case is left; a killed process
+    leaves at most the hidden folder."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{last}.", suffix=".stage", dir=folder))
+    except OSError as exc:
+        raise _output_error(folder, exc) from None
+    try:
+        yield stage
+        written = sorted(stage.iterdir(), key=lambda p: p.name == last)
+        for path in written:
+            check_replaceable(folder / path.name)
+        for path in written:
+            os.replace(path, folder / path.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _forms_match(header, affine: np.ndarray) -> bool:

@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from medseg.data.geometry import ras_orientation, voxel_spacing
+from medseg.data.geometry import radiological_plane, ras_orientation, voxel_spacing
 from medseg.data.io import save_png
 from medseg.evaluation.metrics import label_boxes, union_box
 
@@ -66,10 +66,9 @@ def organ_slices(ref: np.ndarray, pred: np.ndarray, spacing, ref_id: int,
     centre = [int(round(c.mean())) for c in np.nonzero(centre_of)]
     out = []
     for axis in (2, 1, 0):  # axial, coronal, sagittal
-        index = [slice(None)] * 3
-        index[axis] = centre[axis]
-        # Transposed and flipped: superior/anterior up, patient's right on the viewer's left.
-        planes = [m[tuple(index)].T[:, ::-1] for m in (ref_mask, pred_mask, ref > 0)]
+        # Superior/anterior up, the patient's right on the viewer's left.
+        planes = [radiological_plane(m, axis, centre[axis]) for m in (ref_mask, pred_mask,
+                                                                      ref > 0)]
         rows, cols = [d for d in range(3) if d != axis][::-1]
         extent = (0, planes[0].shape[1] * spacing[cols], 0, planes[0].shape[0] * spacing[rows])
         out.append((agreement_image(*planes), extent))

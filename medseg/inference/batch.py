@@ -19,6 +19,7 @@ from medseg.data.io import (
     list_scans,
     load_scan,
     save_nifti,
+    staged_outputs,
     write_json,
 )
 from medseg.data.mask_labels import write_labels_file
@@ -118,16 +119,17 @@ def segment_case(predictor: Predictor, scan_path: Path, out_dir: Path, progress)
     try:
         scan = load_scan(scan_path)
         mask, probabilities, affine = predict_scan(predictor, scan, scan_path)
-        if probabilities is not None:
-            save_nifti(np.moveaxis(probabilities, 0, -1), affine,
-                       Path(out_dir) / f"{case_name(scan_path)}_probabilities.nii.gz",
-                       like=scan_path)
-        write_case_outputs(predictor, scan, scan_path, mask, affine, out_dir)
-        write_labels_file(predictor.labels, target)
-        # The mask last: it marks "done", its header says which model made it and what its
-        # ids mean.
-        save_nifti(mask, affine, target, like=scan_path, description=predictor.model_id,
-                   labels=predictor.labels)
+        # Every file of the case appears at once, the mask last: it marks "done", its header
+        # says which model made it and what its ids mean.
+        with staged_outputs(out_dir, last=target.name) as stage:
+            if probabilities is not None:
+                save_nifti(np.moveaxis(probabilities, 0, -1), affine,
+                           stage / f"{case_name(scan_path)}_probabilities.nii.gz",
+                           like=scan_path)
+            write_case_outputs(predictor, scan, scan_path, mask, affine, stage)
+            write_labels_file(predictor.labels, stage / target.name)
+            save_nifti(mask, affine, stage / target.name, like=scan_path,
+                       description=predictor.model_id, labels=predictor.labels)
     except Exception as exc:  # noqa: BLE001 - one bad case must not stop a batch
         error = find_medseg_error(exc)
         if isinstance(error, OutputError):

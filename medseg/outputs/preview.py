@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from medseg.data.geometry import ras_orientation
+from medseg.data.geometry import radiological_plane, ras_orientation
 from medseg.data.io import atomic_output, save_png
 from medseg.data.organ_codes import colours
 
@@ -23,15 +23,6 @@ ALPHA = 0.45
 VIEW_AXES = {"axial": 2, "coronal": 1, "sagittal": 0}  # the RAS axis each view cuts
 # Letters at the left, right, bottom and top edges of each view (what lies that way).
 EDGES = {"axial": "RLPA", "coronal": "RLIS", "sagittal": "APIS"}
-
-
-def radiological_plane(volume_ras: np.ndarray, axis: int, index: int) -> np.ndarray:
-    """A slice of a RAS+ volume for imshow(origin="lower"): rows run up the higher remaining
-    axis (superior, or anterior in axial), columns leftwards for axial and coronal (the
-    patient's right on the left) and anteriorwards-to-the-left for sagittal."""
-    cut = [slice(None)] * 3
-    cut[axis] = index
-    return volume_ras[tuple(cut)].T[:, ::-1]
 
 
 @dataclass
