@@ -79,7 +79,10 @@ def seg_as_volume(path: Path, shape, affine, labels: dict[int, str]) -> np.ndarr
     volume = np.zeros(shape, dtype=np.uint8)
     for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence):
         position = item.PlanePositionSequence[0].ImagePositionPatient
-        number = item.SegmentIdentificationSequence[0].ReferencedSegmentNumber
+        # Per frame, or shared by all frames (a one-segment SEG).
+        identification = (item.get("SegmentIdentificationSequence")
+                          or shared.SegmentIdentificationSequence)
+        number = identification[0].ReferencedSegmentNumber
         voxels = to_voxels(pixel_centres_lps(position, orientation, spacing, seg.Rows,
                                              seg.Columns), affine)
         on = frame > 0
@@ -446,3 +449,72 @@ def test_roi_subset_names_are_checked_with_a_suggestion():
     assert subset_ids(["right_kidney", "Liver"], labels, "m") == [2, 5]
     with pytest.raises(MedsegError, match=r"'livr' \(did you mean liver\?\) not among m's organs"):
         subset_ids(["livr"], labels, "m")
+
+
+# --- refusals -------------------------------------------------------------------------------
+
+def test_rtstruct_refuses_non_square_pixels_and_dicom_seg_takes_them(tmp_path):
+    import locale
+
+    import SimpleITK as sitk
+
+    from medseg.errors import MedsegError
+
+    series = tmp_path / "series"
+    series.mkdir()
+    saved = locale.setlocale(locale.LC_ALL)  # GDCM's writer switches the locale (conftest)
+    try:
+        for k in range(3):
+            plane = sitk.GetImageFromArray(np.full((6, 5), 40 * k, dtype=np.int16))
+            plane.SetSpacing((0.7, 0.9))  # columns 0.7 mm apart, rows 0.9 mm
+            for tag, value in {"0008|0016": "1.2.840.10008.5.1.4.1.1.2", "0008|0060": "CT",
+                               "0008|0018": f"1.2.3.4.{k + 1}", "0020|000d": "1.2.3.1",
+                               "0020|000e": "1.2.3.2", "0020|0052": "1.2.3.3",
+                               "0020|0032": f"0\\0\\{2.0 * k}", "0020|0037": "1\\0\\0\\0\\1\\0",
+                               "0018|0050": "2"}.items():
+                plane.SetMetaData(tag, value)
+            writer = sitk.ImageFileWriter()
+            writer.KeepOriginalImageUIDOn()
+            writer.SetFileName(str(series / f"{k}.dcm"))
+            writer.Execute(plane)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+    scan = load_scan(series)
+    affine = np.asarray(scan.affine, dtype=float)
+    mask = np.zeros(scan.shape[1:], dtype=np.uint8)
+    mask[1:4, 2:5, 1] = 1  # 3 columns x 3 rows on the middle slice
+    labels = {0: "background", 1: "liver"}
+    with pytest.raises(MedsegError, match="pixels of 0.9 x 0.7 mm; RTSTRUCT output needs square"):
+        write_rtstruct(mask, affine, labels, series, source_slices(series), tmp_path / "r.dcm")
+    seg = write_dicom_seg(mask, affine, labels, series, source_slices(series),
+                          tmp_path / "s.dcm", "m")
+    np.testing.assert_array_equal(seg_as_volume(seg, mask.shape, affine, labels), mask)
+
+
+def test_organ_folders_name_a_file_the_map_lacks_or_a_grid_that_differs(tmp_path):
+    from medseg.data.io import save_nifti
+    from medseg.errors import MedsegError
+    from medseg.evaluation.mask_files import load_organ_folder
+
+    folder = tmp_path / "case"
+    save_nifti(np.ones((4, 4, 4), np.uint8), np.eye(4), folder / "liver.nii.gz")
+    save_nifti(np.ones((4, 4, 4), np.uint8), np.eye(4), folder / "brain.nii.gz")
+    with pytest.raises(MedsegError, match="brain.nii.gz: organ 'brain' is not in the label map"):
+        load_organ_folder(folder, {0: "background", 1: "liver"})
+    save_nifti(np.ones((4, 4, 5), np.uint8), np.eye(4), folder / "brain.nii.gz")
+    with pytest.raises(MedsegError, match="liver.nii.gz: not on the grid of brain.nii.gz"):
+        load_organ_folder(folder, {0: "background", 1: "liver", 2: "brain"})
+
+
+def test_masks_whose_label_tables_disagree_need_a_label_map(tmp_path):
+    from medseg.data.io import save_nifti
+
+    mask = np.zeros((6, 6, 4), np.uint8)
+    mask[1:3, 1:3, 1:3] = 1
+    save_nifti(mask, np.eye(4), tmp_path / "p" / "a.nii.gz", labels={0: "background", 1: "liver"})
+    save_nifti(mask, np.eye(4), tmp_path / "p" / "b.nii.gz", labels={0: "background", 1: "spleen"})
+    save_nifti(mask, np.eye(4), tmp_path / "r" / "a.nii.gz", labels={0: "background", 1: "liver"})
+    proc = run_cli_here("evaluate", "--pred", tmp_path / "p", "--ref", tmp_path / "r",
+                        "--output", tmp_path / "e")
+    assert proc.returncode == 2 and "its label 1 is 'spleen', another mask's is 'liver'" in \
+        proc.stderr

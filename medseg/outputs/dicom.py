@@ -34,7 +34,13 @@ def source_slices(series: Path) -> list:
 
     slices = [pydicom.dcmread(f, stop_before_pixels=True) for f in dicom_series_files(series)]
     complete_uids(slices, series)
-    return sorted(slices, key=_along_normal)
+    slices = sorted(slices, key=_along_normal)
+    if any(ds.get("SliceThickness") in (None, "") for ds in slices):
+        # A type 2 attribute some exports leave out; DICOM-SEG's pixel measures need it.
+        step = abs(_along_normal(slices[1]) - _along_normal(slices[0])) if len(slices) > 1 else 1
+        for ds in slices:
+            ds.SliceThickness = ds.get("SliceThickness") or round(step, 6)
+    return slices
 
 
 def _along_normal(dataset) -> float:
@@ -70,23 +76,35 @@ def complete_uids(slices: list, series: Path) -> None:
 
 def slice_voxels(dataset, inverse_affine: np.ndarray, shape: tuple[int, ...],
                  series: Path) -> tuple[np.ndarray, ...]:
-    """Index arrays (rows x columns each) of the mask voxels under every pixel of one slice."""
+    """Index arrays (rows x columns each) of the mask voxels under every pixel of one slice.
+
+    A pixel's patient position is linear in its row and column, so its voxel index is
+    start + row x row_step + column x column_step: those three vectors are computed once and
+    must be whole numbers (the slice lies on voxel centres), then the indices are exact
+    integers."""
     rows, columns = int(dataset.Rows), int(dataset.Columns)
     position = np.asarray(dataset.ImagePositionPatient, dtype=float)
     orientation = np.asarray(dataset.ImageOrientationPatient, dtype=float)
     row_spacing, column_spacing = (float(v) for v in dataset.PixelSpacing)
-    r, c = np.mgrid[0:rows, 0:columns]
+    to_index = inverse_affine[:3, :3] * LPS  # LPS point -> voxel index (with the offset below)
     # Along a row the column index grows (first direction cosine), down a column the row index.
-    lps = (position + c[..., None] * column_spacing * orientation[:3]
-           + r[..., None] * row_spacing * orientation[3:])
-    index = (lps * LPS) @ inverse_affine[:3, :3].T + inverse_affine[:3, 3]
-    nearest = np.rint(index)
-    off = float(np.abs(index - nearest).max())
-    inside = (nearest >= 0).all() and (nearest < np.array(shape)).all()
+    start = to_index @ position + inverse_affine[:3, 3]
+    column_step = to_index @ (column_spacing * orientation[:3])
+    row_step = to_index @ (row_spacing * orientation[3:])
+    whole = [np.rint(v) for v in (start, row_step, column_step)]
+    off = max(float(np.abs(start - whole[0]).max()),
+              max(rows, columns) * float(np.abs(np.r_[row_step, column_step]
+                                                - np.r_[whole[1], whole[2]]).max()))
+    corners = [whole[0] + r * whole[1] + c * whole[2]
+               for r in (0, rows - 1) for c in (0, columns - 1)]
+    inside = all((0 <= corner).all() and (corner < np.array(shape)).all() for corner in corners)
     if off > GRID_TOLERANCE or not inside:
         raise MedsegError(f"{series}: slice {dataset.SOPInstanceUID} does not lie on the mask's "
                           "grid; the mask was not made from this series")
-    return tuple(nearest.astype(np.intp)[..., axis] for axis in range(3))
+    r = np.arange(rows, dtype=np.intp)[:, None]
+    c = np.arange(columns, dtype=np.intp)[None, :]
+    start, row_step, column_step = (v.astype(np.intp) for v in whole)
+    return tuple(start[a] + r * row_step[a] + c * column_step[a] for a in range(3))
 
 
 def frames_on_slices(mask: np.ndarray, affine: np.ndarray, slices: list,
@@ -164,11 +182,11 @@ def write_rtstruct(mask: np.ndarray, affine: np.ndarray, labels: dict[int, str],
 
     rtstruct = RTStruct(slices, ds_helper.create_rtstruct_dataset(slices))
     first = slices[0]
-    if float(first.PixelSpacing[0]) != float(first.PixelSpacing[1]):
-        raise MedsegError(f"{series}: pixels of {first.PixelSpacing[0]} x "
-                          f"{first.PixelSpacing[1]} mm; RTSTRUCT output needs square pixels "
-                          "(rt-utils places contours as if they were); use --output-type "
-                          "dicom-seg")
+    row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)
+    if row_spacing != column_spacing:
+        raise MedsegError(f"{series}: pixels of {row_spacing:g} x {column_spacing:g} mm; "
+                          "RTSTRUCT output needs square pixels (rt-utils places contours as if "
+                          "they were); use --output-type dicom-seg")
     frames = frames_on_slices(mask, affine, slices, series)
     for label_id in sorted(labels):
         organ = np.moveaxis(frames == label_id, 0, -1)  # rt-utils: rows x columns x slices
