@@ -499,7 +499,7 @@ def compare(args: argparse.Namespace, work: Path) -> None:
           f"machine: {os.cpu_count()} CPUs; load average at start: {load_average()}", flush=True)
     runs = run_case(case, work, args)
     dice = None
-    if all(summarise(runs.get(p, [])) for p in PIPELINES):
+    if all(summarise(runs.get(p, [])) for p in ("medseg", "canonical")):
         masks = compare_masks(output_mask(work / "out_medseg"),
                               output_mask(work / "out_canonical"), len(organs) + 1)
         dice = masks.dice

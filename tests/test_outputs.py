@@ -518,3 +518,29 @@ def test_masks_whose_label_tables_disagree_need_a_label_map(tmp_path):
                         "--output", tmp_path / "e")
     assert proc.returncode == 2 and "its label 1 is 'spleen', another mask's is 'liver'" in \
         proc.stderr
+
+
+def test_the_organ_code_table_agrees_with_pydicoms_snomed_dictionary():
+    """data_manifests/organ_codes.csv against another source: pydicom's code dictionary."""
+    import csv
+
+    from pydicom.sr.codedict import codes
+
+    from medseg.data.labels import canonical_name
+    from medseg.data.organ_codes import ANATOMICAL_STRUCTURE, CODES_FILE
+
+    assert ANATOMICAL_STRUCTURE == (codes.SCT.AnatomicalStructure.value,
+                                    codes.SCT.AnatomicalStructure.meaning)
+    sides = {"Right": codes.SCT.Right.value, "Left": codes.SCT.Left.value}
+    with open(CODES_FILE, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        assert canonical_name(row["organ"]) == row["organ"]
+        if row["pydicom_keyword"]:
+            assert getattr(codes.SCT, row["pydicom_keyword"]).value == row["type_code"], row
+        if row["modifier_code"]:
+            assert sides[row["modifier_meaning"]] == row["modifier_code"]
+            assert row["organ"].startswith(row["modifier_meaning"].lower())
+    assert sum(bool(r["pydicom_keyword"]) for r in rows) == len(rows) - 1  # all but one checked
+    colours = [r["rgb"] for r in rows]
+    assert len(set(colours)) == len(colours)  # every organ its own colour
