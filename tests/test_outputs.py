@@ -204,8 +204,8 @@ def test_rtstruct_contours_rasterise_back_to_the_mask(real_data, real_mask, tmp_
 
 # --- the command line -----------------------------------------------------------------------
 
-def test_infer_writes_every_output_for_the_real_series(real_data, tiny_run, tmp_path):
-    series = real_data / "petct_dicom" / "dicom"
+def test_infer_writes_every_output_for_a_real_series(real_data, tiny_run, tmp_path):
+    series = real_data / "dcmqi_3slice" / "dicom"  # 3 slices: the 20-slice one is above
     out = tmp_path / "out"
     proc = run_cli_here("infer", "--model", tiny_run, "--input", series, "--output", out,
                         "--output-type", "dicom-seg", "--output-type", "rtstruct",
@@ -562,8 +562,8 @@ def test_an_imported_nnunet_model_writes_the_same_outputs(real_data, tmp_path):
     pytest.importorskip("dynamic_network_architectures")
     model = Path(__file__).parent / "data" / "nnunet" / "model"
     out = tmp_path / "out"
-    proc = run_cli_here("infer", "--model", model, "--input", real_data / "petct_dicom" / "dicom",
-                        "--output", out, "--output-type", "dicom-seg", "--statistics")
+    proc = run_cli_here("infer", "--model", model, "--input", real_data / "dcmqi_3slice" /
+                        "dicom", "--output", out, "--output-type", "dicom-seg", "--statistics")
     assert proc.returncode == 0, proc.stderr
     image = nib.load(str(out / "dicom.nii.gz"))
     mask = np.asarray(image.dataobj)

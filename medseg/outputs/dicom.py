@@ -34,6 +34,9 @@ def source_slices(series: Path) -> list:
 
     slices = [pydicom.dcmread(f, stop_before_pixels=True) for f in dicom_series_files(series)]
     complete_uids(slices, series)
+    for ds in slices:
+        if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
+            del ds.SpecificCharacterSet  # empty (seen from a GE scanner): the default repertoire
     slices = sorted(slices, key=_along_normal)
     if any(ds.get("SliceThickness") in (None, "") for ds in slices):
         # A type 2 attribute some exports leave out; DICOM-SEG's pixel measures need it.
