@@ -576,3 +576,14 @@ def test_an_imported_nnunet_model_writes_the_same_outputs(real_data, tmp_path):
         seg_as_volume(out / "dicom.seg.dcm", mask.shape, image.affine, labels), mask)
     stats = json.loads((out / "dicom.stats.json").read_text())["organs"]
     assert set(stats) == {n for i, n in labels.items() if i}
+
+
+def test_an_empty_mask_gives_a_seg_with_one_empty_segment(real_data, real_mask, tmp_path):
+    mask, affine, labels, _ = real_mask
+    series = real_data / "petct_dicom" / "dicom"
+    empty = np.zeros_like(mask)
+    target = write_dicom_seg(empty, affine, labels, series, source_slices(series),
+                             tmp_path / "empty.seg.dcm", "m")
+    seg = pydicom.dcmread(target)
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["no organ found"]
+    assert not seg_as_volume(target, mask.shape, affine, labels).any()

@@ -7,6 +7,7 @@ mirrored-SEG bugs TotalSegmentator's users reported came from such assumptions).
 from __future__ import annotations
 
 import logging
+import warnings
 from importlib.metadata import version
 from pathlib import Path
 
@@ -163,17 +164,23 @@ def write_dicom_seg(mask: np.ndarray, affine: np.ndarray, labels: dict[int, str]
                     for n, i in enumerate(present, start=1)]
     if not descriptions:  # DICOM-SEG needs a segment: an empty mask gets one empty segment
         descriptions = [_segment_description(1, "no organ found", 0, algorithm)]
-    seg = hd.seg.Segmentation(
-        source_images=slices, pixel_array=numbered[frames],
+    with warnings.catch_warnings():  # on the source's patient name, copied as it is
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person")
+        seg = _segmentation(hd, slices, numbered[frames], descriptions, model_id, bool(present))
+    with atomic_output(target) as tmp:
+        seg.save_as(tmp, enforce_file_format=True)
+    return target
+
+
+def _segmentation(hd, slices, pixels, descriptions, model_id: str, omit_empty: bool):
+    return hd.seg.Segmentation(
+        source_images=slices, pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=900,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="medseg",
         manufacturer_model_name=model_id[:64], software_versions=version("medseg"),
         device_serial_number="0", series_description="medseg segmentation",
-        omit_empty_frames=bool(present))
-    with atomic_output(target) as tmp:
-        seg.save_as(tmp, enforce_file_format=True)
-    return target
+        omit_empty_frames=omit_empty)
 
 
 def write_rtstruct(mask: np.ndarray, affine: np.ndarray, labels: dict[int, str], series: Path,
