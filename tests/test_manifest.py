@@ -72,3 +72,69 @@ def test_shipped_synthetic_label_map_matches_the_phantoms():
     shipped = Path(__file__).resolve().parents[1] / "data_manifests" / "label_maps"
     assert load_labels(shipped / "synthetic.json") == SYNTHETIC_LABELS
     assert load_labels(shipped / "btcv.json")[6] == "liver"
+
+
+# --- nnU-Net v2 raw data sets, read as they are -----------------------------------------------
+
+def nnunet_raw(folder, source, ending=".nii.gz", **overrides):
+    """An nnU-Net v2 raw data set (imagesTr/CASE_0000, labelsTr/CASE, its dataset.json) laid
+    out from a Decathlon one's files; returns its dataset.json."""
+    import shutil
+
+    from medseg.data.phantoms import SYNTHETIC_LABELS
+
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    entries = json.loads(source.read_text())["training"]
+    for entry in entries:
+        case = entry["image"].split("/")[-1].removesuffix(".nii.gz")
+        shutil.copy(source.parent / entry["image"], folder / "imagesTr" / f"{case}_0000{ending}")
+        shutil.copy(source.parent / entry["label"], folder / "labelsTr" / f"{case}{ending}")
+    dataset = {"channel_names": {"0": "CT"},
+               "labels": {name: i for i, name in SYNTHETIC_LABELS.items()},
+               "numTraining": len(entries), "file_ending": ending, **overrides}
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+    return folder / "dataset.json"
+
+
+def test_an_nnunet_raw_folder_is_read_as_it_is(tiny_dataset, tmp_path):
+    manifest = nnunet_raw(tmp_path / "Dataset001_Phantoms", tiny_dataset)
+    cases, labels = load_manifest(manifest)
+    ours, _ = load_manifest(tiny_dataset)
+    assert labels == load_labels(tiny_dataset)
+    assert [c["image"].split("/")[-1] for c in cases] == [
+        c["image"].split("/")[-1].replace(".nii.gz", "_0000.nii.gz") for c in ours]
+    assert all(c["label"].endswith(c["image"].split("/")[-1].replace("_0000", ""))
+               for c in cases)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"channel_names": {"0": "T1", "1": "T2"}}, "has 2 input channels (T1, T2); medseg trains"),
+    ({"labels": {"background": 0, "organ": [1, 2]}}, "a region-based nnU-Net data set"),
+    ({"numTraining": 7}, "numTraining is 7, but labelsTr holds 3 cases"),
+    ({"file_ending": ".png"}, "file_ending '.png' is not a format medseg reads"),
+])
+def test_nnunet_raw_folders_medseg_cannot_train_on_are_one_line(tiny_dataset, tmp_path, change,
+                                                                message):
+    manifest = nnunet_raw(tmp_path / "raw", tiny_dataset, **change)
+    with pytest.raises(MedsegError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_manifest(manifest)
+
+
+def test_an_nnunet_label_without_its_image_names_the_case(tiny_dataset, tmp_path):
+    manifest = nnunet_raw(tmp_path / "raw", tiny_dataset)
+    (tmp_path / "raw" / "imagesTr" / "case_001_0000.nii.gz").unlink()
+    with pytest.raises(MedsegError, match=r"case_001.nii.gz: no image imagesTr/case_001_0000"):
+        load_manifest(manifest)
+
+
+def test_train_and_plan_take_an_nnunet_raw_folder(tiny_dataset, tmp_path):
+    from conftest import TINY_TRAIN_ARGS, run_cli_here
+
+    manifest = nnunet_raw(tmp_path / "Dataset001_Phantoms", tiny_dataset)
+    proc = run_cli_here("plan", "--manifest", manifest, "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli_here("train", "--manifest", manifest, "--output", tmp_path / "run",
+                        *TINY_TRAIN_ARGS)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["labels"]["5"] == "liver"

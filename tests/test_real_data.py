@@ -185,3 +185,30 @@ def test_the_api_plans_the_real_case_and_says_so_when_a_plan_is_there(real_case,
     assert made["patch_size"][2] <= 20  # never more slices than the 20-slice scan holds
     with pytest.raises(MedsegError, match="a plan .* is already there; pass --overwrite"):
         plan(real_case, tmp_path / "plan.json", device="cpu")
+
+
+def test_the_real_series_as_an_nnunet_raw_data_set_plans_like_its_decathlon_form(real_case,
+                                                                                tmp_path):
+    """nnU-Net v2 raw layout, the image converted to NIfTI by SimpleITK (as nnU-Net users do),
+    plans the same spacing, normalisation and patch as the DICOM series in Decathlon form."""
+    import shutil
+
+    import SimpleITK as sitk
+
+    from medseg.api import plan
+
+    raw = tmp_path / "Dataset900_PetCT"
+    (raw / "imagesTr").mkdir(parents=True)
+    (raw / "labelsTr").mkdir()
+    series = real_case.parent / "images" / "petct"
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(series)))
+    sitk.WriteImage(reader.Execute(), str(raw / "imagesTr" / "petct_0000.nii.gz"))
+    shutil.copy(real_case.parent / "labels" / "petct.nii.gz", raw / "labelsTr" / "petct.nii.gz")
+    (raw / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "CT"}, "labels": {n: i for i, n in REAL_LABELS.items()},
+        "numTraining": 1, "file_ending": ".nii.gz"}))
+    theirs, _ = plan(raw / "dataset.json", tmp_path / "raw_plan.json", device="cpu")
+    ours, _ = plan(real_case, tmp_path / "decathlon_plan.json", device="cpu")
+    for key in ("spacing", "patch_size", "intensity"):
+        assert theirs[key] == ours[key], key

@@ -1,4 +1,6 @@
-"""Decathlon-format data sets (dataset.json): reading and validating them."""
+"""Data sets for training: Decathlon (a dataset.json with a "training" list) and nnU-Net v2 raw
+folders (a dataset.json with "channel_names" and "file_ending" beside imagesTr/ and labelsTr/),
+read as they are and validated."""
 
 from __future__ import annotations
 
@@ -57,6 +59,8 @@ def load_manifest(path: Path) -> tuple[list[dict], dict[int, str]]:
     """The training cases (absolute image/label paths, plus any extra keys) and the label map."""
     path = Path(path)
     data = read_json(path)
+    if "training" not in data and "file_ending" in data:
+        return _nnunet_raw_cases(path, data), _nnunet_raw_labels(path, data)
     for key in ("labels", "training"):
         if key not in data:
             raise MedsegError(f"{path}: missing key {key!r} (a Decathlon dataset.json needs it)")
@@ -77,6 +81,56 @@ def load_manifest(path: Path) -> tuple[list[dict], dict[int, str]]:
             raise MedsegError(f"{path}: training entries {first} and {index} are the same image "
                               f"({case['image']}); remove the duplicate")
     return cases, labels
+
+
+NNUNET_CHANNEL = "_0000"  # nnU-Net v2's first (here: only) input channel
+
+
+def _nnunet_raw_labels(path: Path, data: dict) -> dict[int, str]:
+    """An nnU-Net v2 raw data set's label map ({name: id}); region-based maps are refused."""
+    labels = data.get("labels")
+    if isinstance(labels, dict) and any(isinstance(v, (list, tuple)) for v in labels.values()):
+        raise MedsegError(f"{path}: a region-based nnU-Net data set (labels with lists of ids); "
+                          "medseg trains one class per voxel: give each label one id")
+    if labels is None:
+        raise MedsegError(f"{path}: missing key 'labels' (an nnU-Net dataset.json needs it)")
+    return parse_labels(labels, str(path))
+
+
+def _nnunet_raw_cases(path: Path, data: dict) -> list[dict]:
+    """The cases of an nnU-Net v2 raw folder: every labelsTr/CASE{file_ending} with its
+    imagesTr/CASE_0000{file_ending}, as nnU-Net finds them."""
+    channels = data.get("channel_names", {})
+    if not isinstance(channels, dict) or len(channels) != 1:
+        names = ", ".join(map(str, channels.values())) if isinstance(channels, dict) else channels
+        raise MedsegError(f"{path}: the data set has {len(channels)} input channels ({names}); "
+                          "medseg trains on one scan per case (CT): keep channel 0000 only")
+    ending = data["file_ending"]
+    if not isinstance(ending, str) or scan_suffix(Path("x" + ending)) != ending.lower():
+        raise MedsegError(f"{path}: file_ending {ending!r} is not a format medseg reads "
+                          "(.nii.gz, .nii, .nrrd, .mha, ...); convert the files")
+    images, labels = path.parent / "imagesTr", path.parent / "labelsTr"
+    if not labels.is_dir():
+        raise MedsegError(f"{path}: no labelsTr folder beside it; an nnU-Net raw data set keeps "
+                          "its training labels in labelsTr/")
+    found = sorted(p for p in labels.iterdir() if p.name.endswith(ending)
+                   and not p.name.startswith("."))
+    cases = []
+    for label in found:
+        case = label.name[: -len(ending)]
+        image = images / f"{case}{NNUNET_CHANNEL}{ending}"
+        if not image.is_file():
+            raise MedsegError(f"{label}: no image {image.relative_to(path.parent)} for this "
+                              "label; nnU-Net raw data sets name images CASE_0000"
+                              f"{ending}")
+        cases.append({"image": str(image.resolve()), "label": str(label.resolve())})
+    if not cases:
+        raise MedsegError(f"{labels}: no labels ending in {ending}; add the training cases")
+    expected = data.get("numTraining")
+    if expected is not None and expected != len(cases):
+        raise MedsegError(f"{path}: numTraining is {expected}, but labelsTr holds {len(cases)} "
+                          f"cases ending in {ending}; fix numTraining or the folder")
+    return cases
 
 
 def _data_root(manifest: Path, root) -> Path:
