@@ -186,7 +186,7 @@ def test_two_torchrun_ranks_split_the_cases_each_once(tiny_run, tiny_dataset, tm
     assert "infer rank 0" in proc.stderr and "infer rank 1" in proc.stderr
     masks = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith("labels.json"))
     assert masks == sorted(p.name for p in images.iterdir())
-    # Both ranks wrote the label map beside the masks; it is whole, and the data set's.
+    # Rank 0 wrote the label map beside the masks once every rank was done: whole, the data set's.
     written = json.loads((tmp_path / "labels.json").read_text())["labels"]
     assert written == json.loads((tiny_dataset.parent / "dataset.json").read_text())["labels"]
     json.dumps(proc.stdout)  # printable summary
