@@ -454,6 +454,29 @@ def evaluate(pred, ref, output, labels_spec, ref_spec, pred_spec, nsd_tolerance,
 
 
 @main.command()
+@click.option("--images", required=True, type=GivenPath(path_type=Path),
+              help="The scans: a folder of NIfTI/NRRD/MHA files or DICOM series folders.")
+@click.option("--annotations", required=True, type=GivenPath(file_okay=False, path_type=Path),
+              help="Per case: CASE.dcm (an RTSTRUCT or DICOM-SEG) or CASE/ (one mask per organ).")
+@click.option("--output", required=True, type=GivenPath(file_okay=False, path_type=Path),
+              help="The nnU-Net v2 raw data set to write (imagesTr, labelsTr, dataset.json).")
+@click.option("--labels", "labels_spec", default=None,
+              help="Label map fixing the ids (file or shipped name); default: the organ names "
+                   "found, sorted.")
+@user_errors
+def convert(images, annotations, output, labels_spec):
+    """Turn scans and their RTSTRUCT, DICOM-SEG or per-organ annotations into a data set."""
+    _prepare_runtime()
+    from medseg.api import convert as run_convert
+
+    result = run_convert(images, annotations, output, labels=labels_spec)
+    click.echo(f"converted {len(result['cases'])} cases into {output}/dataset.json")
+    for key in ("unknown_organs", "images_without_annotation", "annotations_without_image"):
+        if result[key]:
+            click.echo(f"{key.replace('_', ' ')}: {', '.join(result[key])}", err=True)
+
+
+@main.command()
 @click.argument("rundir", type=GivenPath(file_okay=False, path_type=Path))
 @click.option("--output", type=GivenPath(dir_okay=False, path_type=Path), default=None,
               help="PNG to write [default: RUNDIR/training_curves.png].")

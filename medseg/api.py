@@ -170,6 +170,18 @@ def evaluate(pred: str | Path, ref: str | Path, output: str | Path, labels=None,
                             figures=figures, progress=progress)
 
 
+def convert(images: str | Path, annotations: str | Path, output: str | Path,
+            labels=None) -> dict:
+    """`medseg convert`: scans and their RTSTRUCT, DICOM-SEG or per-organ annotations -> an
+    nnU-Net v2 raw data set in `output` that `train` and nnU-Net read; `labels` (a file, a
+    shipped name or a dict) fixes the ids, else they follow the organ names found."""
+    from medseg.data.convert import convert_dataset
+    from medseg.data.labels import load_label_map
+
+    return convert_dataset(Path(images), Path(annotations), Path(output),
+                           None if labels is None else load_label_map(labels))
+
+
 def _label_map(given, masks: Path, other: Path) -> dict[int, str] | None:
     """The label map given for one side, else the one its masks describe themselves with
     (`other`: the other side, whose being one file makes a folder of organ files one case)."""

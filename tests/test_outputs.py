@@ -23,32 +23,6 @@ from medseg.data.io import load_scan
 from medseg.data.phantoms import ORGAN_ID, SYNTHETIC_LABELS, make_phantom
 from medseg.outputs.dicom import source_slices, write_dicom_seg, write_rtstruct
 
-# The real mask's abdominal organs, with TotalSegmentator's own spelling of their names.
-ABDOMEN = (1, 2, 3, 4, 5, 6, 7, 8, 9, 19, 52, 63, 64)
-
-
-@pytest.fixture(scope="module")
-def real_mask(real_data):
-    """The real series' TotalSegmentator mask (abdominal organs), on the scan's grid as medseg
-    reads the series, its affine, and its label map as TotalSegmentator spells it."""
-    folder = real_data / "petct_dicom"
-    reference = nib.load(str(folder / "reference_seg_totalsegmentator_v2fast.nii.gz"))
-    scan = load_scan(folder / "dicom")
-    classes = json.loads((folder / "totalseg_classmap_total_v2.json").read_text())
-    labels = {0: "background", **{i: classes[str(i)] for i in ABDOMEN}}
-    mask = np.asarray(reference.dataobj).astype(np.uint8)
-    mask[~np.isin(mask, ABDOMEN)] = 0
-    # The reference is stored with rows the other way round: moved onto the scan's grid by
-    # nearest world position, as any two grids of the same series are related.
-    scan_affine = np.asarray(scan.affine, dtype=float)
-    index = np.linalg.inv(reference.affine) @ scan_affine
-    assert np.allclose(index, np.round(index), atol=1e-3)
-    grid = np.indices(mask.shape).reshape(3, -1)
-    source = np.rint(index[:3, :3] @ grid + index[:3, 3:]).astype(int)
-    on_scan = mask[tuple(source)].reshape(mask.shape)
-    return on_scan, scan_affine, labels, scan[0].numpy()
-
-
 # --- reading DICOM back, independently of medseg's writers ----------------------------------
 
 def pixel_centres_lps(position, orientation, spacing, rows, columns) -> np.ndarray:

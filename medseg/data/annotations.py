@@ -1,0 +1,94 @@
+"""Annotations as they come from planning systems and PACS, read onto an image's voxel grid:
+RTSTRUCT (closed planar contours, rasterised) and DICOM-SEG (frames placed by their patient
+positions), each giving {organ name: boolean mask}."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medseg.errors import MedsegError
+
+LPS = np.array([-1.0, -1.0, 1.0])  # DICOM patient (LPS) <-> NIfTI world (RAS)
+ON_SLICE = 1e-2  # voxels: a contour or frame farther than this from a slice is refused
+
+
+def dicom_modality(path: Path) -> str | None:
+    """The Modality of a DICOM file ('RTSTRUCT', 'SEG', ...), None for anything else."""
+    import pydicom
+
+    try:
+        return str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
+                   .get("Modality", "")) or None
+    except Exception:  # noqa: BLE001 - not DICOM: not an annotation
+        return None
+
+
+def _to_voxels(lps_points: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    inverse = np.linalg.inv(np.asarray(affine, dtype=float))
+    ras = np.asarray(lps_points, dtype=float) * LPS
+    return ras @ inverse[:3, :3].T + inverse[:3, 3]
+
+
+def rtstruct_masks(path: Path, shape: tuple[int, ...], affine: np.ndarray) -> dict[str, np.ndarray]:
+    """Every ROI of an RTSTRUCT as a mask on the image grid: each closed planar contour filled
+    (pixel centres on or inside it, OpenCV's rule), contours of one slice combined even-odd (an
+    inner contour is a hole). The image's slices must be the contours' planes (axis 2)."""
+    import cv2
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    names = {roi.ROINumber: str(roi.ROIName) for roi in ds.get("StructureSetROISequence", [])}
+    masks: dict[str, np.ndarray] = {}
+    for roi in ds.get("ROIContourSequence", []):
+        name = names.get(roi.ReferencedROINumber, f"roi_{roi.ReferencedROINumber}")
+        volume = masks.setdefault(name, np.zeros(shape, dtype=bool))
+        for contour in roi.get("ContourSequence", []):
+            if contour.get("ContourGeometricType", "CLOSED_PLANAR") != "CLOSED_PLANAR":
+                continue  # points and open lines enclose nothing
+            index = _to_voxels(np.asarray(contour.ContourData, float).reshape(-1, 3), affine)
+            k = int(np.rint(index[0, 2]))
+            if np.abs(index[:, 2] - k).max() > ON_SLICE or not 0 <= k < shape[2]:
+                raise MedsegError(f"{path}: a contour of {name!r} lies off the image's slices "
+                                  f"(slice index {index[0, 2]:.2f} of 0..{shape[2] - 1}); the "
+                                  "RTSTRUCT belongs to another series")
+            corners = index[:, :2]
+            if (corners < -0.5).any() or (corners > np.array(shape[:2]) - 0.5).any():
+                raise MedsegError(f"{path}: a contour of {name!r} reaches outside the image; "
+                                  "the RTSTRUCT belongs to another series, or was drawn on a "
+                                  "larger field of view")
+            plane = np.zeros(shape[1::-1], dtype=np.uint8)  # rows: axis 1, columns: axis 0
+            cv2.fillPoly(plane, [np.rint(corners).astype(np.int32)], 1)
+            volume[:, :, k] ^= plane.T.astype(bool)
+    return masks
+
+
+def seg_masks(path: Path, shape: tuple[int, ...], affine: np.ndarray) -> dict[str, np.ndarray]:
+    """Every segment of a DICOM-SEG as a mask on the image grid, each frame's pixels placed by
+    its ImagePositionPatient, the shared orientation and spacing."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    names = {s.SegmentNumber: str(s.SegmentLabel) for s in ds.SegmentSequence}
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    orientation = np.asarray(shared.PlaneOrientationSequence[0].ImageOrientationPatient, float)
+    row_spacing, column_spacing = (float(v) for v in
+                                   shared.PixelMeasuresSequence[0].PixelSpacing)
+    frames = ds.pixel_array.reshape(-1, ds.Rows, ds.Columns)
+    r, c = np.mgrid[0:ds.Rows, 0:ds.Columns]
+    masks = {name: np.zeros(shape, dtype=bool) for name in names.values()}
+    for frame, item in zip(frames, ds.PerFrameFunctionalGroupsSequence):
+        position = np.asarray(item.PlanePositionSequence[0].ImagePositionPatient, float)
+        identification = (item.get("SegmentIdentificationSequence")
+                          or shared.SegmentIdentificationSequence)
+        lps = (position + c[..., None] * column_spacing * orientation[:3]
+               + r[..., None] * row_spacing * orientation[3:])
+        index = _to_voxels(lps[frame > 0], affine)
+        voxels = np.rint(index).astype(int)
+        if len(voxels) and (np.abs(index - voxels).max() > ON_SLICE or (voxels < 0).any()
+                            or (voxels >= np.array(shape)).any()):
+            raise MedsegError(f"{path}: a frame lies off the image's voxel grid; the DICOM-SEG "
+                              "belongs to another series")
+        masks[names[identification[0].ReferencedSegmentNumber]][tuple(voxels.T)] = True
+    return masks

@@ -1,0 +1,114 @@
+"""`medseg convert`: scans and their annotations as hospitals and other tools keep them (an
+RTSTRUCT or DICOM-SEG per series, or a folder of one mask per organ) -> an nnU-Net v2 raw data
+set (imagesTr/CASE_0000.nii.gz, labelsTr/CASE.nii.gz, dataset.json), which medseg and nnU-Net
+both train on. Annotations are put on each scan's own voxel grid; organs are named as the label
+map names them (matched by canonical name) and organs it lacks are listed, not guessed."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from medseg.data.annotations import dicom_modality, rtstruct_masks, seg_masks
+from medseg.data.io import (
+    case_name,
+    check_apart,
+    list_scans,
+    load_mask,
+    load_scan,
+    save_nifti,
+    scan_suffix,
+    write_json,
+)
+from medseg.data.labels import canonical_name
+from medseg.data.scan_checks import check_same_grid
+from medseg.errors import MedsegError
+
+log = logging.getLogger("medseg")
+KINDS = {"RTSTRUCT": rtstruct_masks, "SEG": seg_masks}
+
+
+def find_annotations(folder: Path) -> dict[str, Path]:
+    """{case: annotation} in a folder: CASE/ holding one mask file per organ (NIfTI, NRRD,
+    MHA: ORGAN.nii.gz, ...), or a DICOM file whose
+    name starts with the case name (CASE.dcm, CASE.rtstruct.dcm, ...) that is an RTSTRUCT or a
+    DICOM-SEG."""
+    found: dict[str, Path] = {}
+    for entry in sorted(Path(folder).iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir() and any(scan_suffix(p) for p in entry.iterdir()):
+            found[entry.name] = entry
+        elif entry.is_file() and dicom_modality(entry) in KINDS:
+            found[entry.name.split(".")[0]] = entry
+    if not found:
+        raise MedsegError(f"{folder}: no annotations found; put one RTSTRUCT or DICOM-SEG file "
+                          "per case (CASE.dcm) or one folder of organ masks per case (CASE/) in it")
+    return found
+
+
+def organ_masks(annotation: Path, shape, affine) -> dict[str, np.ndarray]:
+    """{organ name: mask on the image grid} from an RTSTRUCT, a DICOM-SEG or an organ folder."""
+    if annotation.is_file():
+        return KINDS[dicom_modality(annotation)](annotation, shape, affine)
+    masks = {}
+    for path in sorted(p for p in annotation.iterdir() if scan_suffix(p)):
+        array, own_affine = load_mask(path)
+        check_same_grid(shape, affine, array.shape, own_affine, annotation, path)
+        masks[case_name(path)] = _on_image_axes(np.asarray(array) > 0, own_affine, affine)
+    return masks
+
+
+def _on_image_axes(mask: np.ndarray, affine: np.ndarray, image_affine: np.ndarray):
+    from nibabel.orientations import apply_orientation, io_orientation, ornt_transform
+
+    to_image = ornt_transform(io_orientation(affine), io_orientation(image_affine))
+    return apply_orientation(mask, to_image)
+
+
+def convert_dataset(images: Path, annotations: Path, output: Path,
+                    labels: dict[int, str] | None = None) -> dict:
+    """Write the nnU-Net v2 raw data set; returns what was converted and what was left out."""
+    images, annotations, output = Path(images), Path(annotations), Path(output)
+    check_apart(images, output, "images")
+    check_apart(annotations, output, "annotations")
+    scans = {case_name(p): p for p in list_scans(images)}
+    found = find_annotations(annotations)
+    cases = sorted(set(scans) & set(found))
+    if not cases:
+        raise MedsegError(f"no case names in common between {images} and {annotations}")
+    read = {}
+    for case in cases:
+        scan = load_scan(scans[case])
+        affine = np.asarray(scan.meta.get("original_affine", scan.affine), dtype=float)
+        read[case] = (scan, affine, organ_masks(found[case], tuple(scan.shape[1:]), affine))
+    names = sorted({n for _, _, masks in read.values() for n in masks})
+    labels = labels or {0: "background", **dict(enumerate(names, start=1))}
+    ids = {canonical_name(n): i for i, n in labels.items() if i}
+    unknown = sorted({n for n in names if canonical_name(n) not in ids})
+    if unknown:
+        log.warning("organs the label map does not name, left out: %s", ", ".join(unknown))
+    for case, (scan, affine, masks) in read.items():
+        label = np.zeros(scan.shape[1:], dtype=np.uint8)
+        known = sorted((ids[canonical_name(n)], n, m) for n, m in masks.items()
+                       if canonical_name(n) in ids)
+        for label_id, name, mask in known:
+            taken = label[mask]
+            for other in np.unique(taken[taken > 0]):
+                log.warning("%s: %s and %s overlap in %d voxels; %s (the later id) keeps them",
+                            case, labels[int(other)], name, int((taken == other).sum()), name)
+            label[mask] = label_id
+        image = scan[0].numpy()
+        if np.array_equal(image, np.round(image)) and image.min() >= -32768 \
+                and image.max() <= 32767:
+            image = image.astype(np.int16)  # HU are whole numbers: half the size
+        save_nifti(image, affine, output / "imagesTr" / f"{case}_0000.nii.gz")
+        save_nifti(label, affine, output / "labelsTr" / f"{case}.nii.gz", labels=labels)
+    write_json({"channel_names": {"0": "CT"},
+                "labels": {name: i for i, name in sorted(labels.items())},
+                "numTraining": len(cases), "file_ending": ".nii.gz"}, output / "dataset.json")
+    return {"cases": cases, "labels": labels, "unknown_organs": unknown,
+            "images_without_annotation": sorted(set(scans) - set(found)),
+            "annotations_without_image": sorted(set(found) - set(scans))}

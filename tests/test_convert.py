@@ -1,0 +1,113 @@
+"""`medseg convert`: RTSTRUCT, DICOM-SEG and per-organ annotations of real scans -> an nnU-Net
+v2 raw data set, checked against the masks the annotations were made from."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import run_cli_here
+
+from medseg.data.manifest import load_manifest
+from medseg.outputs.dicom import source_slices, write_dicom_seg, write_rtstruct
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+def converted(out, case: str, affine, shape) -> np.ndarray:
+    """labelsTr/CASE.nii.gz, checked to lie on the scan's grid."""
+    image = nib.load(str(out / "labelsTr" / f"{case}.nii.gz"))
+    assert image.shape == tuple(shape)
+    np.testing.assert_allclose(image.affine, affine, atol=1e-4)
+    return np.asarray(image.dataobj)
+
+
+@pytest.mark.parametrize("kind", ["rtstruct", "dicom-seg"])
+def test_a_real_series_annotation_round_trips_into_a_data_set(real_data, real_mask, tmp_path,
+                                                              kind):
+    """mask -> RTSTRUCT (rt-utils) or DICOM-SEG (highdicom) -> medseg convert -> mask, with a
+    label map of medseg's own spelling and ids (matched by name: kidney_right = right_kidney)."""
+    mask, affine, labels, _ = real_mask
+    series = real_data / "petct_dicom" / "dicom"
+    images, annotations = tmp_path / "images", tmp_path / "annotations"
+    images.mkdir()
+    annotations.mkdir()
+    (images / "petct").symlink_to(series)
+    slices = source_slices(series)
+    if kind == "rtstruct":
+        write_rtstruct(mask, affine, labels, series, slices, annotations / "petct.dcm")
+    else:
+        write_dicom_seg(mask, affine, labels, series, slices, annotations / "petct.dcm", "m")
+    ours = {0: "background", 1: "liver", 2: "spleen", 3: "stomach", 4: "aorta",
+            5: "right_adrenal_gland", 6: "pancreas"}
+    (tmp_path / "map.json").write_text(json.dumps({"labels": ours}))
+    out = tmp_path / "Dataset001_PetCT"
+    proc = run_cli_here("convert", "--images", images, "--annotations", annotations,
+                        "--output", out, "--labels", tmp_path / "map.json")
+    assert proc.returncode == 0, proc.stderr
+    # Organs the map does not name are listed, not guessed.
+    assert "unknown organs: inferior_vena_cava, portal_vein_and_splenic_vein" in proc.stderr
+    got = converted(out, "petct", affine, mask.shape)
+    theirs = {"liver": 5, "spleen": 1, "stomach": 6, "aorta": 52, "right_adrenal_gland": 8,
+              "pancreas": 7}
+    scores = {n: dice(got == i, mask == theirs[n]) for i, n in ours.items() if i}
+    print(kind, "converted back, Dice per organ:", {k: round(v, 4) for k, v in scores.items()})
+    assert min(scores.values()) >= (0.98 if kind == "rtstruct" else 1.0), scores
+    assert set(np.unique(got)) <= set(ours)
+    cases, read_labels = load_manifest(out / "dataset.json")  # nnU-Net raw, read as it is
+    assert len(cases) == 1 and read_labels == ours
+
+
+def test_per_organ_nrrd_masks_drawn_by_people_convert(real_data, tmp_path):
+    """The 3-slice series' NRRD masks (liver, spine, heart), one file per organ."""
+    import SimpleITK as sitk
+
+    folder = real_data / "dcmqi_3slice"
+    images, annotations = tmp_path / "images", tmp_path / "annotations" / "ct"
+    images.mkdir()
+    annotations.mkdir(parents=True)
+    (images / "ct").symlink_to(folder / "dicom")
+    for organ in ("liver", "spine", "heart"):
+        (annotations / f"{organ}.nrrd").symlink_to(folder / f"{organ}_seg.nrrd")
+    out = tmp_path / "raw"
+    proc = run_cli_here("convert", "--images", images, "--annotations", annotations.parent,
+                        "--output", out)
+    assert proc.returncode == 0, proc.stderr
+    dataset = json.loads((out / "dataset.json").read_text())
+    assert dataset["labels"] == {"background": 0, "heart": 1, "liver": 2, "spine": 3}
+    image = nib.load(str(out / "imagesTr" / "ct_0000.nii.gz"))
+    label = converted(out, "ct", image.affine, image.shape)
+    # SimpleITK's own reading of the NRRD, placed in the NIfTI grid by world position; where
+    # the rough heart overlaps the liver, the later id of the map wins (and convert says so).
+    expected = np.zeros(image.shape, np.uint8)
+    for organ, organ_id in (("heart", 1), ("liver", 2), ("spine", 3)):
+        nrrd = sitk.ReadImage(str(folder / f"{organ}_seg.nrrd"))
+        inside = np.argwhere(sitk.GetArrayFromImage(nrrd).transpose(2, 1, 0) > 0)
+        lps = np.array([nrrd.TransformContinuousIndexToPhysicalPoint(p.tolist())
+                        for p in inside.astype(float)])
+        voxels = np.rint(nib.affines.apply_affine(np.linalg.inv(image.affine),
+                                                  lps * [-1, -1, 1])).astype(int)
+        expected[tuple(voxels.T)] = organ_id
+    np.testing.assert_array_equal(label, expected)
+    assert "ct: heart and liver overlap in" in proc.stderr
+
+
+def test_an_annotation_of_another_series_is_one_line(real_data, real_mask, tmp_path):
+    """An RTSTRUCT drawn on the 20-slice series, given for the 3-slice one."""
+    mask, affine, labels, _ = real_mask
+    series = real_data / "petct_dicom" / "dicom"
+    images, annotations = tmp_path / "images", tmp_path / "annotations"
+    images.mkdir()
+    annotations.mkdir()
+    (images / "ct").symlink_to(real_data / "dcmqi_3slice" / "dicom")
+    write_rtstruct(mask, affine, labels, series, source_slices(series), annotations / "ct.dcm")
+    proc = run_cli_here("convert", "--images", images, "--annotations", annotations,
+                        "--output", tmp_path / "out")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "lies off the image's slices" in proc.stderr or "reaches outside the image" in \
+        proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
