@@ -25,6 +25,37 @@ def dicom_modality(path: Path) -> str | None:
         return None
 
 
+def plane_voxels(position, orientation, pixel_spacing, rows: int, columns: int,
+                 inverse_affine: np.ndarray, shape) -> tuple[np.ndarray, ...] | None:
+    """Index arrays (rows x columns each) of the voxels under every pixel of a DICOM image plane
+    (ImagePositionPatient, ImageOrientationPatient, PixelSpacing: PS3.3 C.7.6.2.1.1), or None
+    when the plane's pixels are not voxel centres of the grid (`shape`, the inverse of its RAS
+    affine). A pixel's position is linear in its row and column, so its index is start +
+    row x row_step + column x column_step: the three vectors must be whole numbers, and the
+    indices are then exact integers."""
+    position = np.asarray(position, dtype=float)
+    orientation = np.asarray(orientation, dtype=float)
+    row_spacing, column_spacing = (float(v) for v in pixel_spacing)
+    to_index = inverse_affine[:3, :3] * LPS  # an LPS point -> its voxel index (+ the offset)
+    # Along a row the column index grows (first direction cosine), down a column the row index.
+    start = to_index @ position + inverse_affine[:3, 3]
+    column_step = to_index @ (column_spacing * orientation[:3])
+    row_step = to_index @ (row_spacing * orientation[3:])
+    whole = [np.rint(v) for v in (start, row_step, column_step)]
+    off = max(float(np.abs(start - whole[0]).max()),
+              max(rows, columns) * float(np.abs(np.r_[row_step, column_step]
+                                                - np.r_[whole[1], whole[2]]).max()))
+    corners = [whole[0] + r * whole[1] + c * whole[2]
+               for r in (0, rows - 1) for c in (0, columns - 1)]
+    inside = all((0 <= corner).all() and (corner < np.array(shape)).all() for corner in corners)
+    if off > ON_SLICE or not inside:
+        return None
+    r = np.arange(rows, dtype=np.intp)[:, None]
+    c = np.arange(columns, dtype=np.intp)[None, :]
+    start, row_step, column_step = (v.astype(np.intp) for v in whole)
+    return tuple(start[a] + r * row_step[a] + c * column_step[a] for a in range(3))
+
+
 def _to_voxels(lps_points: np.ndarray, affine: np.ndarray) -> np.ndarray:
     inverse = np.linalg.inv(np.asarray(affine, dtype=float))
     ras = np.asarray(lps_points, dtype=float) * LPS
@@ -76,19 +107,18 @@ def seg_masks(path: Path, shape: tuple[int, ...], affine: np.ndarray) -> dict[st
     row_spacing, column_spacing = (float(v) for v in
                                    shared.PixelMeasuresSequence[0].PixelSpacing)
     frames = ds.pixel_array.reshape(-1, ds.Rows, ds.Columns)
-    r, c = np.mgrid[0:ds.Rows, 0:ds.Columns]
+    inverse = np.linalg.inv(np.asarray(affine, dtype=float))
     masks = {name: np.zeros(shape, dtype=bool) for name in names.values()}
     for frame, item in zip(frames, ds.PerFrameFunctionalGroupsSequence):
-        position = np.asarray(item.PlanePositionSequence[0].ImagePositionPatient, float)
+        position = item.PlanePositionSequence[0].ImagePositionPatient
         identification = (item.get("SegmentIdentificationSequence")
                           or shared.SegmentIdentificationSequence)
-        lps = (position + c[..., None] * column_spacing * orientation[:3]
-               + r[..., None] * row_spacing * orientation[3:])
-        index = _to_voxels(lps[frame > 0], affine)
-        voxels = np.rint(index).astype(int)
-        if len(voxels) and (np.abs(index - voxels).max() > ON_SLICE or (voxels < 0).any()
-                            or (voxels >= np.array(shape)).any()):
+        voxels = plane_voxels(position, orientation, (row_spacing, column_spacing), ds.Rows,
+                              ds.Columns, inverse, shape)
+        if voxels is None:
             raise MedsegError(f"{path}: a frame lies off the image's voxel grid; the DICOM-SEG "
                               "belongs to another series")
-        masks[names[identification[0].ReferencedSegmentNumber]][tuple(voxels.T)] = True
+        on = frame > 0
+        masks[names[identification[0].ReferencedSegmentNumber]][
+            tuple(v[on] for v in voxels)] = True
     return masks

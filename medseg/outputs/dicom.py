@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.data.annotations import plane_voxels
 from medseg.data.io import atomic_output
 from medseg.data.organ_codes import ANATOMICAL_STRUCTURE, organ_code
 from medseg.errors import MedsegError
@@ -22,8 +23,6 @@ log = logging.getLogger("medseg")
 OUTPUT_TYPES = ("nifti", "dicom-seg", "rtstruct")
 DICOM_TYPES = ("dicom-seg", "rtstruct")
 SUFFIXES = {"dicom-seg": ".seg.dcm", "rtstruct": ".rtstruct.dcm"}
-LPS = np.array([-1.0, -1.0, 1.0])  # DICOM patient (LPS) <-> NIfTI world (RAS): x and y flip
-GRID_TOLERANCE = 1e-2  # voxels: a slice pixel farther than this from a voxel centre is refused
 
 
 def source_slices(series: Path) -> list:
@@ -78,44 +77,20 @@ def complete_uids(slices: list, series: Path) -> None:
                 setattr(dataset, key, made)
 
 
-def slice_voxels(dataset, inverse_affine: np.ndarray, shape: tuple[int, ...],
-                 series: Path) -> tuple[np.ndarray, ...]:
-    """Index arrays (rows x columns each) of the mask voxels under every pixel of one slice.
-
-    A pixel's patient position is linear in its row and column, so its voxel index is
-    start + row x row_step + column x column_step: those three vectors are computed once and
-    must be whole numbers (the slice lies on voxel centres), then the indices are exact
-    integers."""
-    rows, columns = int(dataset.Rows), int(dataset.Columns)
-    position = np.asarray(dataset.ImagePositionPatient, dtype=float)
-    orientation = np.asarray(dataset.ImageOrientationPatient, dtype=float)
-    row_spacing, column_spacing = (float(v) for v in dataset.PixelSpacing)
-    to_index = inverse_affine[:3, :3] * LPS  # LPS point -> voxel index (with the offset below)
-    # Along a row the column index grows (first direction cosine), down a column the row index.
-    start = to_index @ position + inverse_affine[:3, 3]
-    column_step = to_index @ (column_spacing * orientation[:3])
-    row_step = to_index @ (row_spacing * orientation[3:])
-    whole = [np.rint(v) for v in (start, row_step, column_step)]
-    off = max(float(np.abs(start - whole[0]).max()),
-              max(rows, columns) * float(np.abs(np.r_[row_step, column_step]
-                                                - np.r_[whole[1], whole[2]]).max()))
-    corners = [whole[0] + r * whole[1] + c * whole[2]
-               for r in (0, rows - 1) for c in (0, columns - 1)]
-    inside = all((0 <= corner).all() and (corner < np.array(shape)).all() for corner in corners)
-    if off > GRID_TOLERANCE or not inside:
-        raise MedsegError(f"{series}: slice {dataset.SOPInstanceUID} does not lie on the mask's "
-                          "grid; the mask was not made from this series")
-    r = np.arange(rows, dtype=np.intp)[:, None]
-    c = np.arange(columns, dtype=np.intp)[None, :]
-    start, row_step, column_step = (v.astype(np.intp) for v in whole)
-    return tuple(start[a] + r * row_step[a] + c * column_step[a] for a in range(3))
-
-
 def frames_on_slices(mask: np.ndarray, affine: np.ndarray, slices: list,
                      series: Path) -> np.ndarray:
     """The mask as (slices, rows, columns) frames, frame n lying on source slice n."""
     inverse = np.linalg.inv(np.asarray(affine, dtype=float))
-    return np.stack([mask[slice_voxels(ds, inverse, mask.shape, series)] for ds in slices])
+    frames = []
+    for ds in slices:
+        voxels = plane_voxels(ds.ImagePositionPatient, ds.ImageOrientationPatient,
+                              ds.PixelSpacing, int(ds.Rows), int(ds.Columns), inverse,
+                              mask.shape)
+        if voxels is None:
+            raise MedsegError(f"{series}: slice {ds.SOPInstanceUID} does not lie on the mask's "
+                              "grid; the mask was not made from this series")
+        frames.append(mask[voxels])
+    return np.stack(frames)
 
 
 def check_dicom_input(output_types, scan_path: Path) -> None:
