@@ -111,3 +111,15 @@ def test_an_annotation_of_another_series_is_one_line(real_data, real_mask, tmp_p
     assert "lies off the image's slices" in proc.stderr or "reaches outside the image" in \
         proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_folder_without_annotations_is_one_line(real_data, tmp_path):
+    images, annotations = tmp_path / "images", tmp_path / "annotations"
+    images.mkdir()
+    annotations.mkdir()
+    (images / "ct").symlink_to(real_data / "dcmqi_3slice" / "dicom")
+    (annotations / "notes.txt").write_text("not an annotation")
+    proc = run_cli_here("convert", "--images", images, "--annotations", annotations,
+                        "--output", tmp_path / "out")
+    assert proc.returncode == 2 and "no annotations found; put one RTSTRUCT" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
