@@ -109,7 +109,12 @@ def large_case(folder: Path, slices: int, repeats: int) -> dict[str, float]:
     from medseg.data.io import load_scan, save_nifti
     from medseg.data.mask_labels import write_labels_file
     from medseg.data.phantoms import SYNTHETIC_LABELS
-    from medseg.outputs.dicom import source_slices, write_dicom_seg, write_rtstruct
+    from medseg.outputs.dicom import (
+        frames_on_slices,
+        source_slices,
+        write_dicom_seg,
+        write_rtstruct,
+    )
     from medseg.outputs.preview import write_preview
     from medseg.outputs.statistics import organ_statistics
 
@@ -117,14 +122,20 @@ def large_case(folder: Path, slices: int, repeats: int) -> dict[str, float]:
     image = load_scan(series)[0].numpy()
     labels = SYNTHETIC_LABELS
     out = folder / "large_out"
+    slices = source_slices(series)
+
+    def on_slices():
+        return frames_on_slices(mask, affine, source_slices(series), series)
+
     jobs = {
         "nifti as before (no label table)": lambda: save_nifti(mask, affine, out / "a.nii.gz"),
         "nifti now (label table + labels.json)": lambda: (
             save_nifti(mask, affine, out / "b.nii.gz", labels=labels),
             write_labels_file(labels, out / "b.nii.gz")),
-        "dicom-seg": lambda: write_dicom_seg(mask, affine, labels, series, source_slices(series),
-                                             out / "c.seg.dcm", "benchmark"),
-        "rtstruct": lambda: write_rtstruct(mask, affine, labels, series, source_slices(series),
+        # Each as `medseg infer` writes it alone: the series read, the mask put on its slices.
+        "dicom-seg": lambda: write_dicom_seg(on_slices(), labels, slices, out / "c.seg.dcm",
+                                             "benchmark"),
+        "rtstruct": lambda: write_rtstruct(on_slices(), labels, series, slices,
                                            out / "c.rtstruct.dcm"),
         "statistics": lambda: organ_statistics(mask, image, affine, labels),
         "preview": lambda: write_preview(image, mask, affine, labels, out / "c.preview.png", "c"),

@@ -163,3 +163,24 @@ def real_mask(real_data):
     source = np.rint(index[:3, :3] @ grid + index[:3, 3:]).astype(int)
     on_scan = mask[tuple(source)].reshape(mask.shape)
     return on_scan, scan_affine, labels, scan[0].numpy()
+
+
+def dicom_outputs_of(mask, affine, labels, series, seg=None, rtstruct=None):
+    """A mask on a series' grid written as a DICOM-SEG and/or an RTSTRUCT by medseg's writers
+    (the series read and the mask put on its slices, as `medseg infer` does); returns the
+    paths asked for."""
+    from medseg.outputs.dicom import (
+        frames_on_slices,
+        source_slices,
+        write_dicom_seg,
+        write_rtstruct,
+    )
+
+    slices = source_slices(series)
+    frames = frames_on_slices(mask, affine, slices, series)
+    written = []
+    if seg is not None:
+        written.append(write_dicom_seg(frames, labels, slices, seg, "medseg model test"))
+    if rtstruct is not None:
+        written.append(write_rtstruct(frames, labels, series, slices, rtstruct))
+    return written[0] if len(written) == 1 else written

@@ -8,10 +8,9 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import run_cli_here
+from conftest import dicom_outputs_of, run_cli_here
 
 from medseg.data.manifest import load_manifest
-from medseg.outputs.dicom import source_slices, write_dicom_seg, write_rtstruct
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -37,11 +36,8 @@ def test_a_real_series_annotation_round_trips_into_a_data_set(real_data, real_ma
     images.mkdir()
     annotations.mkdir()
     (images / "petct").symlink_to(series)
-    slices = source_slices(series)
-    if kind == "rtstruct":
-        write_rtstruct(mask, affine, labels, series, slices, annotations / "petct.dcm")
-    else:
-        write_dicom_seg(mask, affine, labels, series, slices, annotations / "petct.dcm", "m")
+    target = {("rtstruct" if kind == "rtstruct" else "seg"): annotations / "petct.dcm"}
+    dicom_outputs_of(mask, affine, labels, series, **target)
     ours = {0: "background", 1: "liver", 2: "spleen", 3: "stomach", 4: "aorta",
             5: "right_adrenal_gland", 6: "pancreas"}
     (tmp_path / "map.json").write_text(json.dumps({"labels": ours}))
@@ -104,7 +100,7 @@ def test_an_annotation_of_another_series_is_one_line(real_data, real_mask, tmp_p
     images.mkdir()
     annotations.mkdir()
     (images / "ct").symlink_to(real_data / "dcmqi_3slice" / "dicom")
-    write_rtstruct(mask, affine, labels, series, source_slices(series), annotations / "ct.dcm")
+    dicom_outputs_of(mask, affine, labels, series, rtstruct=annotations / "ct.dcm")
     proc = run_cli_here("convert", "--images", images, "--annotations", annotations,
                         "--output", tmp_path / "out")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

@@ -17,11 +17,11 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from conftest import run_cli_here
+from conftest import dicom_outputs_of, run_cli_here
 
 from medseg.data.io import load_scan
 from medseg.data.phantoms import ORGAN_ID, SYNTHETIC_LABELS, make_phantom
-from medseg.outputs.dicom import source_slices, write_dicom_seg, write_rtstruct
+from medseg.outputs.dicom import source_slices
 
 # --- reading DICOM back, independently of medseg's writers ----------------------------------
 
@@ -95,8 +95,7 @@ def test_dicom_seg_holds_the_mask_voxel_for_voxel_on_the_source_slices(real_data
                                                                       tmp_path):
     mask, affine, labels, _ = real_mask
     series = real_data / "petct_dicom" / "dicom"
-    target = write_dicom_seg(mask, affine, labels, series, source_slices(series),
-                             tmp_path / "petct.seg.dcm", "medseg model test")
+    target = dicom_outputs_of(mask, affine, labels, series, seg=tmp_path / "petct.seg.dcm")
     np.testing.assert_array_equal(seg_as_volume(target, mask.shape, affine, labels), mask)
     seg = pydicom.dcmread(target)
     sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(series.iterdir())]
@@ -130,12 +129,11 @@ def test_a_mirrored_or_shifted_seg_fails_the_read_back(real_data, real_mask, tmp
     """The check above can fail: a left-right mirrored mask, and frames moved by 5 mm."""
     mask, affine, labels, _ = real_mask
     series = real_data / "petct_dicom" / "dicom"
-    slices = source_slices(series)
-    mirrored = write_dicom_seg(np.ascontiguousarray(mask[::-1]), affine, labels, series, slices,
-                               tmp_path / "mirrored.seg.dcm", "m")
+    mirrored = dicom_outputs_of(np.ascontiguousarray(mask[::-1]), affine, labels, series,
+                                seg=tmp_path / "mirrored.seg.dcm")
     assert not np.array_equal(seg_as_volume(mirrored, mask.shape, affine, labels), mask)
-    shifted = pydicom.dcmread(write_dicom_seg(mask, affine, labels, series, slices,
-                                              tmp_path / "shifted.seg.dcm", "m"))
+    shifted = pydicom.dcmread(dicom_outputs_of(mask, affine, labels, series,
+                                               seg=tmp_path / "shifted.seg.dcm"))
     for frame in shifted.PerFrameFunctionalGroupsSequence:
         position = frame.PlanePositionSequence[0]
         position.ImagePositionPatient = [float(position.ImagePositionPatient[0]) + 5 * 0.9765625,
@@ -150,8 +148,8 @@ def test_a_mirrored_or_shifted_seg_fails_the_read_back(real_data, real_mask, tmp
 def test_rtstruct_contours_rasterise_back_to_the_mask(real_data, real_mask, tmp_path):
     mask, affine, labels, _ = real_mask
     series = real_data / "petct_dicom" / "dicom"
-    target = write_rtstruct(mask, affine, labels, series, source_slices(series),
-                            tmp_path / "petct.rtstruct.dcm")
+    target = dicom_outputs_of(mask, affine, labels, series,
+                              rtstruct=tmp_path / "petct.rtstruct.dcm")
     rois = rtstruct_as_masks(target, mask.shape, affine)
     present = {labels[i]: i for i in np.unique(mask) if i}
     assert set(rois) == set(present)
@@ -469,9 +467,8 @@ def test_rtstruct_refuses_non_square_pixels_and_dicom_seg_takes_them(tmp_path):
     mask[1:4, 2:5, 1] = 1  # 3 columns x 3 rows on the middle slice
     labels = {0: "background", 1: "liver"}
     with pytest.raises(MedsegError, match="pixels of 0.9 x 0.7 mm; RTSTRUCT output needs square"):
-        write_rtstruct(mask, affine, labels, series, source_slices(series), tmp_path / "r.dcm")
-    seg = write_dicom_seg(mask, affine, labels, series, source_slices(series),
-                          tmp_path / "s.dcm", "m")
+        dicom_outputs_of(mask, affine, labels, series, rtstruct=tmp_path / "r.dcm")
+    seg = dicom_outputs_of(mask, affine, labels, series, seg=tmp_path / "s.dcm")
     np.testing.assert_array_equal(seg_as_volume(seg, mask.shape, affine, labels), mask)
 
 
@@ -556,8 +553,7 @@ def test_an_empty_mask_gives_a_seg_with_one_empty_segment(real_data, real_mask, 
     mask, affine, labels, _ = real_mask
     series = real_data / "petct_dicom" / "dicom"
     empty = np.zeros_like(mask)
-    target = write_dicom_seg(empty, affine, labels, series, source_slices(series),
-                             tmp_path / "empty.seg.dcm", "m")
+    target = dicom_outputs_of(empty, affine, labels, series, seg=tmp_path / "empty.seg.dcm")
     seg = pydicom.dcmread(target)
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["no organ found"]
     assert not seg_as_volume(target, mask.shape, affine, labels).any()

@@ -1,17 +1,57 @@
-"""Annotations as they come from planning systems and PACS, read onto an image's voxel grid:
-RTSTRUCT (closed planar contours, rasterised) and DICOM-SEG (frames placed by their patient
-positions), each giving {organ name: boolean mask}."""
+"""Annotations as they come from planning systems, PACS and other tools, read onto an image's
+voxel grid: RTSTRUCT (closed planar contours, rasterised) and DICOM-SEG (frames placed by their
+patient positions), each giving {organ name: boolean mask}, and folders of one mask file per
+organ (TotalSegmentator's layout: case/liver.nii.gz, ...), read one organ at a time."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from medseg.data.io import case_name, load_mask, scan_suffix
+from medseg.data.scan_checks import onto_axes_of, same_grid
 from medseg.errors import MedsegError
 
 LPS = np.array([-1.0, -1.0, 1.0])  # DICOM patient (LPS) <-> NIfTI world (RAS)
 ON_SLICE = 1e-2  # voxels: a contour or frame farther than this from a slice is refused
+
+
+def organ_files(folder: Path) -> list[Path]:
+    """The mask files (NIfTI, NRRD, MHA) of a folder, sorted; empty for anything else (a DICOM
+    series folder)."""
+    if not Path(folder).is_dir():
+        return []
+    return sorted(p for p in Path(folder).iterdir()
+                  if p.is_file() and not p.name.startswith(".") and scan_suffix(p))
+
+
+def organ_folder_masks(folder: Path) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(organ file, its mask (> 0), the grid's affine) for each file of an organ folder, one
+    at a time (a TotalSegmentator folder has over a hundred), every mask with its axes in the
+    first file's order; a file on another grid than the first is refused."""
+    first = None
+    for path in organ_files(folder):
+        array, affine = load_mask(path)
+        if first is None:
+            first = (path, array.shape, affine)
+        elif not same_grid(first[1], first[2], array.shape, affine):
+            raise MedsegError(f"{path}: not on the grid of {first[0].name} in the same folder; "
+                              "an organ folder's files share one grid")
+        yield path, onto_axes_of(np.asarray(array) > 0, affine, first[2]), first[2]
+
+
+def annotation_names(path: Path) -> list[str]:
+    """The organ names an annotation holds, from its header alone (its files, for a folder)."""
+    import pydicom
+
+    if path.is_dir():
+        return [case_name(p) for p in organ_files(path)]
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    if ds.Modality == "SEG":
+        return [str(s.SegmentLabel) for s in ds.SegmentSequence]
+    return [str(roi.ROIName) for roi in ds.get("StructureSetROISequence", [])]
 
 
 def dicom_modality(path: Path) -> str | None:

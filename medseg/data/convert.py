@@ -7,23 +7,29 @@ map names them (matched by canonical name) and organs it lacks are listed, not g
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from medseg.data.annotations import dicom_modality, rtstruct_masks, seg_masks
+from medseg.data.annotations import (
+    annotation_names,
+    dicom_modality,
+    organ_files,
+    organ_folder_masks,
+    rtstruct_masks,
+    seg_masks,
+)
 from medseg.data.io import (
     case_name,
     check_apart,
     list_scans,
-    load_mask,
     load_scan,
     save_nifti,
-    scan_suffix,
     write_json,
 )
 from medseg.data.labels import canonical_name
-from medseg.data.scan_checks import check_same_grid
+from medseg.data.scan_checks import check_same_grid, onto_axes_of
 from medseg.errors import MedsegError
 
 log = logging.getLogger("medseg")
@@ -39,7 +45,7 @@ def find_annotations(folder: Path) -> dict[str, Path]:
     for entry in sorted(Path(folder).iterdir()):
         if entry.name.startswith("."):
             continue
-        if entry.is_dir() and any(scan_suffix(p) for p in entry.iterdir()):
+        if entry.is_dir() and organ_files(entry):
             found[entry.name] = entry
         elif entry.is_file() and dicom_modality(entry) in KINDS:
             found[entry.name.split(".")[0]] = entry
@@ -49,23 +55,15 @@ def find_annotations(folder: Path) -> dict[str, Path]:
     return found
 
 
-def organ_masks(annotation: Path, shape, affine) -> dict[str, np.ndarray]:
-    """{organ name: mask on the image grid} from an RTSTRUCT, a DICOM-SEG or an organ folder."""
+def organ_masks(annotation: Path, shape, affine) -> Iterator[tuple[str, np.ndarray]]:
+    """(organ name, mask on the image grid) from an RTSTRUCT, a DICOM-SEG or an organ folder
+    (its files one at a time, checked against the image's grid and put on its axes)."""
     if annotation.is_file():
-        return KINDS[dicom_modality(annotation)](annotation, shape, affine)
-    masks = {}
-    for path in sorted(p for p in annotation.iterdir() if scan_suffix(p)):
-        array, own_affine = load_mask(path)
-        check_same_grid(shape, affine, array.shape, own_affine, annotation, path)
-        masks[case_name(path)] = _on_image_axes(np.asarray(array) > 0, own_affine, affine)
-    return masks
-
-
-def _on_image_axes(mask: np.ndarray, affine: np.ndarray, image_affine: np.ndarray):
-    from nibabel.orientations import apply_orientation, io_orientation, ornt_transform
-
-    to_image = ornt_transform(io_orientation(affine), io_orientation(image_affine))
-    return apply_orientation(mask, to_image)
+        yield from KINDS[dicom_modality(annotation)](annotation, shape, affine).items()
+        return
+    for path, mask, grid in organ_folder_masks(annotation):
+        check_same_grid(shape, affine, mask.shape, grid, annotation, path)
+        yield case_name(path), onto_axes_of(mask, grid, affine)
 
 
 def convert_dataset(images: Path, annotations: Path, output: Path,
@@ -79,27 +77,28 @@ def convert_dataset(images: Path, annotations: Path, output: Path,
     cases = sorted(set(scans) & set(found))
     if not cases:
         raise MedsegError(f"no case names in common between {images} and {annotations}")
-    read = {}
-    for case in cases:
-        scan = load_scan(scans[case])
-        affine = np.asarray(scan.meta.get("original_affine", scan.affine), dtype=float)
-        read[case] = (scan, affine, organ_masks(found[case], tuple(scan.shape[1:]), affine))
-    names = sorted({n for _, _, masks in read.values() for n in masks})
+    # The default ids need every organ's name: read from the annotations' headers alone, so
+    # that one case at a time is held in memory below.
+    names = sorted({n for case in cases for n in annotation_names(found[case])})
     labels = labels or {0: "background", **dict(enumerate(names, start=1))}
     ids = {canonical_name(n): i for i, n in labels.items() if i}
     unknown = sorted({n for n in names if canonical_name(n) not in ids})
     if unknown:
         log.warning("organs the label map does not name, left out: %s", ", ".join(unknown))
-    for case, (scan, affine, masks) in read.items():
+    for case in cases:
+        scan = load_scan(scans[case])
+        affine = np.asarray(scan.meta.get("original_affine", scan.affine), dtype=float)
         label = np.zeros(scan.shape[1:], dtype=np.uint8)
-        known = sorted((ids[canonical_name(n)], n, m) for n, m in masks.items()
-                       if canonical_name(n) in ids)
-        for label_id, name, mask in known:
+        for name, mask in organ_masks(found[case], tuple(scan.shape[1:]), affine):
+            if canonical_name(name) not in ids:
+                continue
+            label_id = ids[canonical_name(name)]
             taken = label[mask]
             for other in np.unique(taken[taken > 0]):
+                keeper = labels[max(int(other), label_id)]
                 log.warning("%s: %s and %s overlap in %d voxels; %s (the later id) keeps them",
-                            case, labels[int(other)], name, int((taken == other).sum()), name)
-            label[mask] = label_id
+                            case, labels[int(other)], name, int((taken == other).sum()), keeper)
+            np.maximum(label, mask.astype(np.uint8) * np.uint8(label_id), out=label)
         image = scan[0].numpy()
         if np.array_equal(image, np.round(image)) and image.min() >= -32768 \
                 and image.max() <= 32767:

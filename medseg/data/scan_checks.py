@@ -60,17 +60,38 @@ def check_same_grid(image_shape, image_affine, label_shape, label_affine, image_
                           f"({Path(image_path).name}); resample the label onto the image grid")
 
 
+def same_grid(shape, affine, other_shape, other_affine) -> bool:
+    """Whether two grids have the same voxel centres, whatever their axes' order or direction."""
+    reordered_shape, reordered = _as_image_axes(other_shape, other_affine, affine)
+    return tuple(shape) == reordered_shape and np.allclose(
+        np.asarray(affine, dtype=np.float64), reordered, atol=1e-3)
+
+
+def onto_axes_of(array: np.ndarray, affine, image_affine) -> np.ndarray:
+    """An array on a grid check_same_grid accepted, with its axes in the image's order and
+    direction (a view: transposes and flips only)."""
+    from nibabel.orientations import apply_orientation
+
+    return apply_orientation(array, _axes_to_image(affine, image_affine))
+
+
 def _as_image_axes(shape, affine, image_affine) -> tuple[tuple[int, ...], np.ndarray]:
     """A grid's shape and affine with its axes stored in the order and direction of the image's."""
-    from nibabel.orientations import inv_ornt_aff, io_orientation, ornt_transform
+    from nibabel.orientations import inv_ornt_aff
 
     affine = np.asarray(affine, dtype=np.float64)
-    to_image = ornt_transform(io_orientation(affine),
-                              io_orientation(np.asarray(image_affine, dtype=np.float64)))
+    to_image = _axes_to_image(affine, image_affine)
     shape = tuple(int(n) for n in shape)
     reordered = affine @ inv_ornt_aff(to_image, shape)
     order = np.argsort(to_image[:, 0])  # the label axis that becomes each image axis
     return tuple(shape[int(i)] for i in order), reordered
+
+
+def _axes_to_image(affine, image_affine) -> np.ndarray:
+    from nibabel.orientations import io_orientation, ornt_transform
+
+    return ornt_transform(io_orientation(np.asarray(affine, dtype=np.float64)),
+                          io_orientation(np.asarray(image_affine, dtype=np.float64)))
 
 
 def check_label_ids(found: list[int], num_classes: int, path: Path) -> None:

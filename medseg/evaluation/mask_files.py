@@ -1,9 +1,9 @@
 """The masks a folder holds for evaluation, and the label map they describe themselves with.
 
-A case is a mask file (NIfTI, NRRD, MHA), or a folder of one file per organ as TotalSegmentator
-writes by default (case/liver.nii.gz, case/spleen.nii.gz, ...: each file is that organ, > 0
-inside). A mask's label map comes from its CASE.labels.json or its header's label table
-(medseg.data.mask_labels); an organ folder's from its file names.
+A case is a mask file (NIfTI, NRRD, MHA), or a folder of one mask file per organ as
+TotalSegmentator writes by default (case/liver.nii.gz, case/spleen.nii.gz, ...: each file is
+that organ, > 0 inside). A mask's label map comes from its CASE.labels.json or its header's
+label table (medseg.data.mask_labels); an organ folder's from its file names.
 """
 
 from __future__ import annotations
@@ -12,21 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.data.io import NIFTI_SUFFIXES, case_name, list_scans, load_mask, scan_suffix
+from medseg.data.annotations import organ_files, organ_folder_masks
+from medseg.data.io import case_name, list_scans
 from medseg.data.labels import canonical_name
 from medseg.data.mask_labels import described_labels
 from medseg.errors import MedsegError
-
-AFFINE_TOLERANCE_MM = 1e-3
-
-
-def organ_files(folder: Path) -> list[Path]:
-    """The NIfTI files of a folder, sorted; empty for anything else (a DICOM series folder)."""
-    if not Path(folder).is_dir():
-        return []
-    return sorted(p for p in Path(folder).iterdir()
-                  if p.is_file() and not p.name.startswith(".")
-                  and scan_suffix(p) in NIFTI_SUFFIXES)
 
 
 def is_organ_folder(path: Path) -> bool:
@@ -72,20 +62,14 @@ def load_organ_folder(folder: Path, labels: dict[int, str]) -> tuple[np.ndarray,
     """One label volume from a folder of organ files (ids from `labels`, by organ name), and
     its affine; every file must share the first one's grid."""
     ids = {canonical_name(name): i for i, name in labels.items()}
+    for path in organ_files(folder):  # before any is read: a name the map lacks is refused
+        if canonical_name(case_name(path)) not in ids:
+            raise MedsegError(f"{path}: organ {case_name(path)!r} is not in the label map; pass "
+                              "a label map that names it, or remove the file")
     volume, affine = None, None
-    for path in organ_files(folder):
-        organ = case_name(path)
-        if canonical_name(organ) not in ids:
-            raise MedsegError(f"{path}: organ {organ!r} is not in the label map; pass a label "
-                              "map that names it, or remove the file")
-        array, own_affine = load_mask(path)
+    for path, mask, grid in organ_folder_masks(folder):
+        affine = grid
         if volume is None:
-            volume = np.zeros(array.shape, dtype=np.uint8 if max(labels) < 256 else np.uint16)
-            affine = own_affine
-        elif array.shape != volume.shape or not np.allclose(own_affine, affine,
-                                                             atol=AFFINE_TOLERANCE_MM):
-            raise MedsegError(f"{path}: not on the grid of {organ_files(folder)[0].name} in the "
-                              "same folder; an organ folder's files share one grid")
-        volume[np.asarray(array) > 0] = ids[canonical_name(organ)]
+            volume = np.zeros(mask.shape, dtype=np.uint8 if max(labels) < 256 else np.uint16)
+        volume[mask] = ids[canonical_name(case_name(path))]
     return volume, affine
-

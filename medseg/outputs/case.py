@@ -15,6 +15,7 @@ from medseg.outputs.dicom import (
     DICOM_TYPES,
     SUFFIXES,
     check_dicom_input,
+    frames_on_slices,
     source_slices,
     write_dicom_seg,
     write_rtstruct,
@@ -47,13 +48,14 @@ def write_case_outputs(predictor, scan: torch.Tensor, scan_path: Path, mask: np.
     options, labels, case = predictor.options, predictor.labels, case_name(scan_path)
     out_dir = Path(out_dir)
     dicom = [t for t in options.output_types if t in DICOM_TYPES]
-    if dicom:
+    if dicom:  # the series read and the mask put on its slices once, for both
         slices = source_slices(scan_path)
+        frames = frames_on_slices(mask, affine, slices, scan_path)
         if "dicom-seg" in dicom:
-            write_dicom_seg(mask, affine, labels, scan_path, slices,
-                            out_dir / f"{case}{SUFFIXES['dicom-seg']}", predictor.model_id)
+            write_dicom_seg(frames, labels, slices, out_dir / f"{case}{SUFFIXES['dicom-seg']}",
+                            predictor.model_id)
         if "rtstruct" in dicom:
-            write_rtstruct(mask, affine, labels, scan_path, slices,
+            write_rtstruct(frames, labels, scan_path, slices,
                            out_dir / f"{case}{SUFFIXES['rtstruct']}")
     if not (options.statistics or options.preview):
         return

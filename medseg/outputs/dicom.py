@@ -20,7 +20,6 @@ from medseg.errors import MedsegError
 
 log = logging.getLogger("medseg")
 
-OUTPUT_TYPES = ("nifti", "dicom-seg", "rtstruct")
 DICOM_TYPES = ("dicom-seg", "rtstruct")
 SUFFIXES = {"dicom-seg": ".seg.dcm", "rtstruct": ".rtstruct.dcm"}
 
@@ -120,16 +119,21 @@ def _segment_description(number: int, name: str, label_id: int, algorithm):
     return description
 
 
-def write_dicom_seg(mask: np.ndarray, affine: np.ndarray, labels: dict[int, str], series: Path,
-                    slices: list, target: Path, model_id: str) -> Path:
-    """A binary DICOM-SEG, one segment per organ of `labels` the mask holds (named as the label
-    map names it, coded in SNOMED CT), its frames on the source slices (source_slices of
-    `series`); written atomically."""
+def present_labels(frames: np.ndarray, labels: dict[int, str]) -> list[int]:
+    """The ids of `labels` (background left out) that the frames hold, in one pass."""
+    counts = np.bincount(frames.ravel(), minlength=max(labels) + 1)
+    return [i for i in sorted(labels) if i and counts[i]]
+
+
+def write_dicom_seg(frames: np.ndarray, labels: dict[int, str], slices: list, target: Path,
+                    model_id: str) -> Path:
+    """A binary DICOM-SEG, one segment per organ of `labels` the frames hold (named as the label
+    map names it, coded in SNOMED CT): frames_on_slices of the mask and source_slices of the
+    series; written atomically."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    frames = frames_on_slices(mask, affine, slices, series)
-    present = [i for i in sorted(labels) if i and (frames == i).any()]
+    present = present_labels(frames, labels)
     algorithm = hd.AlgorithmIdentificationSequence(
         name="medseg", version=version("medseg"), family=codes.DCM.ArtificialIntelligence,
         parameters={"model": model_id})
@@ -158,11 +162,11 @@ def _segmentation(hd, slices, pixels, descriptions, model_id: str, omit_empty: b
         omit_empty_frames=omit_empty)
 
 
-def write_rtstruct(mask: np.ndarray, affine: np.ndarray, labels: dict[int, str], series: Path,
-                   slices: list, target: Path) -> Path:
-    """An RTSTRUCT with one ROI per organ the mask holds (closed planar contours on each source
-    slice, named as the label map names them), referencing the series (source_slices of
-    `series`); written atomically."""
+def write_rtstruct(frames: np.ndarray, labels: dict[int, str], series: Path, slices: list,
+                   target: Path) -> Path:
+    """An RTSTRUCT with one ROI per organ the frames hold (closed planar contours on each source
+    slice, named as the label map names them), referencing the series: frames_on_slices of the
+    mask and source_slices of the series; written atomically."""
     from rt_utils import RTStruct, ds_helper
 
     rtstruct = RTStruct(slices, ds_helper.create_rtstruct_dataset(slices))
@@ -172,12 +176,10 @@ def write_rtstruct(mask: np.ndarray, affine: np.ndarray, labels: dict[int, str],
         raise MedsegError(f"{series}: pixels of {row_spacing:g} x {column_spacing:g} mm; "
                           "RTSTRUCT output needs square pixels (rt-utils places contours as if "
                           "they were); use --output-type dicom-seg")
-    frames = frames_on_slices(mask, affine, slices, series)
-    for label_id in sorted(labels):
+    for label_id in present_labels(frames, labels):
         organ = np.moveaxis(frames == label_id, 0, -1)  # rt-utils: rows x columns x slices
-        if label_id and organ.any():
-            rtstruct.add_roi(mask=organ, name=labels[label_id],
-                             color=list(organ_code(labels[label_id], label_id).rgb))
+        rtstruct.add_roi(mask=organ, name=labels[label_id],
+                         color=list(organ_code(labels[label_id], label_id).rgb))
     with atomic_output(target) as tmp:
         rtstruct.ds.save_as(tmp, enforce_file_format=True)
     return target

@@ -41,8 +41,9 @@ def _one_organ(mask, image, affine, label_id, box, axis_codes) -> dict:
     inside = mask[box] == label_id
     hu = image[box][inside].astype(np.float64)
     p5, median, p95 = np.percentile(hu, [5, 50, 95])
-    indices = np.argwhere(inside) + [s.start for s in box]
-    corners = nib.affines.apply_affine(affine, np.stack([indices.min(0), indices.max(0)]))
+    # find_objects' box is the organ's own extent: its first and last voxels along each axis.
+    extent = np.array([[sl.start for sl in box], [sl.stop - 1 for sl in box]])
+    corners = nib.affines.apply_affine(affine, extent)
     cut = []
     for axis, (s, size) in enumerate(zip(box, mask.shape)):
         if s.start == 0:
