@@ -52,7 +52,7 @@ def train_model(name: str, dims: int, out: Path, iterations: int, batch_size: in
 def run_model(name: str, dims: int, out: Path, iterations: int, batch_size: int = 2,
               context_slices: int = 0) -> dict:
     """Train one model, segment the held-out cases, and return its figures."""
-    from medseg.data.manifest import load_labels
+    from medseg.data.labels import load_labels
     from medseg.evaluation.evaluate import evaluate_folders
     from medseg.inference.batch import infer_cases
     from medseg.inference.options import InferOptions

@@ -67,7 +67,7 @@ def train_model(name: str, manifest: Path, out: Path, epochs: int) -> Path:
 
 def heldout_dice(run: Path, heldout: Path, out: Path) -> dict:
     """Per-organ mean Dice of the run's masks on one held-out set."""
-    from medseg.data.manifest import load_labels
+    from medseg.data.labels import load_labels
     from medseg.evaluation.evaluate import evaluate_folders
     from medseg.inference.batch import infer_cases
     from medseg.inference.options import InferOptions

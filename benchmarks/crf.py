@@ -188,7 +188,7 @@ def main() -> None:
                              "(default: TUNING_GRID)")
     args = parser.parse_args()
     tune_allocator()
-    from medseg.data.manifest import load_labels
+    from medseg.data.labels import load_labels
 
     if args.tune:
         scored, baseline = tune(args.tune.split(","), args.output, args.iterations,

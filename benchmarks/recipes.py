@@ -73,7 +73,7 @@ def run_variant(variant: str, data: Path, out: Path, budget: float | None,
                 iterations: int | None = None) -> dict:
     """Calibrate, train for the budget or the iterations (neither: the recipe's own epochs),
     segment and evaluate the held-out phantoms."""
-    from medseg.data.manifest import load_labels
+    from medseg.data.labels import load_labels
     from medseg.evaluation.evaluate import evaluate_folders
     from medseg.inference.batch import infer_cases
     from medseg.inference.options import InferOptions

@@ -66,7 +66,7 @@ def write_real_case(source: Path, folder: Path) -> Path:
 
 def run_demo(out: Path, epochs: int, iters_per_epoch: int) -> dict:
     """The whole vertical slice: synth -> train -> infer -> evaluate."""
-    from medseg.data.manifest import load_labels
+    from medseg.data.labels import load_labels
     from medseg.evaluation.evaluate import evaluate_folders, markdown_table
     from medseg.inference.batch import infer_cases
     from medseg.inference.options import InferOptions

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from conftest import write_nifti
 
-from medseg.data.manifest import check_case_files, load_labels, load_manifest, parse_labels
+from medseg.data.labels import load_labels, parse_labels
+from medseg.data.manifest import check_case_files, load_manifest
 from medseg.errors import MedsegError
 
 

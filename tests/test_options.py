@@ -161,7 +161,7 @@ def test_a_binary_log_is_named_as_not_a_training_log(tmp_path):
 
 
 def test_label_ids_given_twice_are_refused_not_renamed(tmp_path):
-    from medseg.data.manifest import parse_labels
+    from medseg.data.labels import parse_labels
     from medseg.errors import MedsegError
 
     with pytest.raises(MedsegError, match="label id 1 is given twice \\('liver' and 'spleen'\\)"):

@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from medseg.data.io import load_mask, load_scan
-from medseg.data.manifest import load_manifest, parse_labels
+from medseg.data.labels import parse_labels
+from medseg.data.manifest import load_manifest
 from medseg.data.scan_checks import SPACING_RANGE_MM
 from medseg.errors import MedsegError
 

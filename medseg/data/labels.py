@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.data.manifest import load_labels, parse_labels
+from medseg.data.io import read_json
 from medseg.errors import MedsegError
 
 LABEL_MAP_DIR = Path(__file__).resolve().parents[2] / "data_manifests" / "label_maps"
@@ -50,6 +50,47 @@ ALIASES = {
     "prostate_uterus": "prostate_or_uterus",
     "bg": "background",
 }
+
+
+_INTEGER = re.compile(r"-?[0-9]+")  # not str.isdigit: it accepts '²', which int() refuses
+
+
+def parse_labels(raw: dict, source: str, contiguous: bool = True) -> dict[int, str]:
+    """Label map {id: name} from Decathlon ({"1": "liver"}) or name->id ({"liver": 1}) form.
+
+    Training needs ids 0..N without gaps (every id is a network output), so that is the default;
+    evaluation label maps may have gaps (contiguous=False), e.g. a subset of a public map.
+    """
+    if not isinstance(raw, dict):
+        raise MedsegError(f"{source}: 'labels' must be an object like {{\"1\": \"liver\"}}, "
+                          f"not {type(raw).__name__}")
+    labels: dict[int, str] = {}
+    for key, value in raw.items():
+        key_s, value_s = str(key), str(value)
+        if _INTEGER.fullmatch(key_s):
+            label_id, name = int(key_s), value_s
+        elif _INTEGER.fullmatch(value_s):
+            label_id, name = int(value_s), key_s
+        else:
+            raise MedsegError(f"{source}: label entry {key!r}: {value!r} has no integer id")
+        if label_id in labels:  # "1" and "01": the second would silently rename the organ
+            raise MedsegError(f"{source}: label id {label_id} is given twice ({labels[label_id]!r} "
+                              f"and {name!r}); keep one entry per id")
+        labels[label_id] = name
+    if 0 not in labels:
+        labels[0] = "background"
+    ids = sorted(labels)
+    if min(ids) < 0:
+        raise MedsegError(f"{source}: label ids must not be negative, got {ids}")
+    if contiguous and ids != list(range(len(ids))):
+        raise MedsegError(f"{source}: label ids must be 0..N without gaps, got {ids}")
+    return dict(sorted(labels.items()))
+
+
+def load_labels(path: Path, contiguous: bool = True) -> dict[int, str]:
+    """Label map from a JSON file: a dataset.json (its "labels") or a plain mapping."""
+    raw = read_json(Path(path))
+    return parse_labels(raw.get("labels", raw), str(path), contiguous=contiguous)
 
 
 def canonical_name(name: str) -> str:

@@ -1,64 +1,30 @@
-"""Data sets for training: Decathlon (a dataset.json with a "training" list) and nnU-Net v2 raw
+"""Data sets for training: Decathlon (a dataset.json with a "training" list), nnU-Net v2 raw
 folders (a dataset.json with "channel_names" and "file_ending" beside imagesTr/ and labelsTr/),
-read as they are and validated."""
+read as they are and validated, and combinations of them whose label maps differ (a JSON with
+"datasets": partial labels)."""
 
 from __future__ import annotations
 
+import logging
 import os
-import re
 from pathlib import Path
 
 import nibabel as nib
 
 from medseg.data.io import NIFTI_SUFFIXES, read_json, scan_suffix
+from medseg.data.labels import canonical_labels, canonical_name, parse_labels
 from medseg.data.scan_checks import check_same_grid
 from medseg.errors import MedsegError
 
-_INTEGER = re.compile(r"-?[0-9]+")  # not str.isdigit: it accepts '²', which int() refuses
-
-
-def parse_labels(raw: dict, source: str, contiguous: bool = True) -> dict[int, str]:
-    """Label map {id: name} from Decathlon ({"1": "liver"}) or name->id ({"liver": 1}) form.
-
-    Training needs ids 0..N without gaps (every id is a network output), so that is the default;
-    evaluation label maps may have gaps (contiguous=False), e.g. a subset of a public map.
-    """
-    if not isinstance(raw, dict):
-        raise MedsegError(f"{source}: 'labels' must be an object like {{\"1\": \"liver\"}}, "
-                          f"not {type(raw).__name__}")
-    labels: dict[int, str] = {}
-    for key, value in raw.items():
-        key_s, value_s = str(key), str(value)
-        if _INTEGER.fullmatch(key_s):
-            label_id, name = int(key_s), value_s
-        elif _INTEGER.fullmatch(value_s):
-            label_id, name = int(value_s), key_s
-        else:
-            raise MedsegError(f"{source}: label entry {key!r}: {value!r} has no integer id")
-        if label_id in labels:  # "1" and "01": the second would silently rename the organ
-            raise MedsegError(f"{source}: label id {label_id} is given twice ({labels[label_id]!r} "
-                              f"and {name!r}); keep one entry per id")
-        labels[label_id] = name
-    if 0 not in labels:
-        labels[0] = "background"
-    ids = sorted(labels)
-    if min(ids) < 0:
-        raise MedsegError(f"{source}: label ids must not be negative, got {ids}")
-    if contiguous and ids != list(range(len(ids))):
-        raise MedsegError(f"{source}: label ids must be 0..N without gaps, got {ids}")
-    return dict(sorted(labels.items()))
-
-
-def load_labels(path: Path, contiguous: bool = True) -> dict[int, str]:
-    """Label map from a JSON file: a dataset.json (its "labels") or a plain mapping."""
-    raw = read_json(Path(path))
-    return parse_labels(raw.get("labels", raw), str(path), contiguous=contiguous)
+log = logging.getLogger("medseg")
 
 
 def load_manifest(path: Path) -> tuple[list[dict], dict[int, str]]:
     """The training cases (absolute image/label paths, plus any extra keys) and the label map."""
     path = Path(path)
     data = read_json(path)
+    if "datasets" in data:
+        return _combined_data_sets(path, data)
     if "training" not in data and "file_ending" in data:
         return _nnunet_raw_cases(path, data), _nnunet_raw_labels(path, data)
     for key in ("labels", "training"):
@@ -81,6 +47,95 @@ def load_manifest(path: Path) -> tuple[list[dict], dict[int, str]]:
             raise MedsegError(f"{path}: training entries {first} and {index} are the same image "
                               f"({case['image']}); remove the duplicate")
     return cases, labels
+
+
+def _combined_data_sets(path: Path, data: dict) -> tuple[list[dict], dict[int, str]]:
+    """Data sets that label different organ sets, trained as one (partial labels).
+
+    {"datasets": ["btcv/dataset.json", "liver/dataset.json"], "labels": {...}}: organs are
+    matched across the data sets' maps by canonical name; the combined map is "labels" if given,
+    else every data set's organs in order of first appearance. Each case keeps how its ids move
+    onto the combined map ("combined_ids", indexed by its own id) and which combined classes its
+    data set annotates ("annotated"): the loss must not call the others background there.
+    """
+    entries = data["datasets"]
+    if not isinstance(entries, list) or not entries or not all(
+            isinstance(e, str) and e.strip() for e in entries):
+        raise MedsegError(f"{path}: 'datasets' must be a list of data set files, like "
+                          '["btcv/dataset.json", "liver/dataset.json"]')
+    parts = []
+    for entry in entries:
+        part = Path(os.path.normpath(path.parent.absolute() / entry))
+        if part.resolve() == path.resolve() or "datasets" in read_json(part):
+            raise MedsegError(f"{path}: data set {entry!r} combines data sets itself; list the "
+                              "data sets it combines instead")
+        if any(part.resolve() == seen.resolve() for seen, *_ in parts):
+            raise MedsegError(f"{path}: data set {entry!r} is listed twice; list it once")
+        parts.append((part, *load_manifest(part)))
+    check_one_meaning_per_name([(part, labels) for part, _, labels in parts])
+    combined = (parse_labels(data["labels"], str(path)) if "labels" in data
+                else _union_of_labels([labels for _, _, labels in parts]))
+    cases, first_seen = [], {}
+    for part, part_cases, labels in parts:
+        combined_ids = _ids_on_combined_map(part, labels, combined)
+        annotated = sorted({0, *combined_ids})
+        for case in part_cases:
+            first = first_seen.setdefault(case["image"], part)
+            if first != part:
+                raise MedsegError(f"{path}: {case['image']} is a case of both {first} and "
+                                  f"{part}; keep it in one data set")
+            cases.append({**case, "combined_ids": combined_ids, "annotated": annotated,
+                          "dataset": str(part)})
+    return cases, combined
+
+
+def _union_of_labels(maps: list[dict[int, str]]) -> dict[int, str]:
+    """Every organ of every map, once, in order of first appearance (names as first spelt)."""
+    union, seen = {0: "background"}, {"background"}
+    for labels in maps:
+        for label_id, name in canonical_labels(labels, "a data set's labels").items():
+            if name not in seen:
+                seen.add(name)
+                union[len(union)] = labels[label_id]
+    return union
+
+
+def _ids_on_combined_map(part: Path, labels: dict[int, str],
+                         combined: dict[int, str]) -> list[int]:
+    """Where each of a data set's ids goes on the combined map (by canonical name); an organ
+    the combined map lacks becomes background, with a warning."""
+    target = {name: i for i, name in canonical_labels(combined, "labels").items()}
+    own = canonical_labels(labels, str(part))
+    moved, missing = [0] * (max(own) + 1), []
+    for label_id, name in own.items():
+        if label_id and name not in target:
+            missing.append(labels[label_id])
+        moved[label_id] = target.get(name, 0)
+    if missing:
+        log.warning("%s: %s not in the combined label map; counted as background there",
+                    part, ", ".join(missing))
+    return moved
+
+
+# Spellings of a left/right pair after canonical_name (kidney -> left_kidney, kidney_left, ...).
+_SIDES = ("left_{}", "right_{}", "{}_left", "{}_right")
+
+
+def check_one_meaning_per_name(maps: list[tuple[Path, dict[int, str]]]) -> None:
+    """Refuse data sets that use one name for different organs: one calling both sides
+    "kidney" while another splits them into left and right kidney. Combined, the two meanings
+    would compete for the same voxels."""
+    names = [(part, set(canonical_labels(labels, str(part)).values())) for part, labels in maps]
+    for part, own in names:
+        for other, theirs in names:
+            for name in sorted(own - {"background"}):
+                sided = sorted({canonical_name(form.format(name)) for form in _SIDES} & theirs)
+                if sided and other != part:
+                    raise MedsegError(
+                        f"{part}: its {name!r} covers both sides, while {other} labels "
+                        f"{' and '.join(sided)} apart: one name, different organs; split the "
+                        f"first data set's {name!r} into sides or merge the other's, then "
+                        "combine them")
 
 
 NNUNET_CHANNEL = "_0000"  # nnU-Net v2's first (here: only) input channel

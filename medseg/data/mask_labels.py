@@ -67,7 +67,7 @@ def described_labels(mask: Path) -> dict[int, str] | None:
     """The label map a mask carries: its CASE.labels.json, else its header's label table, else
     None (a folder of organ files is described by its file names instead)."""
     from medseg.data.io import NIFTI_SUFFIXES, scan_suffix
-    from medseg.data.manifest import load_labels
+    from medseg.data.labels import load_labels
 
     mask = Path(mask)
     beside = labels_file(mask)

@@ -94,9 +94,17 @@ def _axes_to_image(affine, image_affine) -> np.ndarray:
                           io_orientation(np.asarray(image_affine, dtype=np.float64)))
 
 
-def check_label_ids(found: list[int], num_classes: int, path: Path) -> None:
-    """A label's values must be ids of the label map: 0..num_classes-1."""
-    if max(found) >= num_classes or min(found) < 0:
+def check_label_ids(found: list[int], num_classes: int, path: Path,
+                    dataset: str | None = None) -> None:
+    """A label's values must be ids of the label map: 0..num_classes-1; a case of combined data
+    sets is checked against its own data set's map (`dataset`)."""
+    if dataset is not None:
+        unknown = [v for v in found if not 0 <= v < num_classes]
+        if unknown:
+            raise MedsegError(f"{path}: label values {unknown} are not in its data set's map "
+                              f"({dataset}: ids 0..{num_classes - 1}); fix the label or that "
+                              "map")
+    elif max(found) >= num_classes or min(found) < 0:
         raise MedsegError(f"{path}: label values {found} fall outside the label map "
                           f"(0..{num_classes - 1}); fix the label, or the manifest's labels (is "
                           "an image listed as the label?)")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
@@ -54,3 +56,42 @@ def write_synthetic_dataset(out: Path, cases: int, seed: int = 0, spacing=None,
     }
     write_json(manifest, out / "dataset.json")
     return out / "dataset.json"
+
+
+def write_partially_labelled(manifest: Path, out: Path, organ_sets: list[list[str]]) -> Path:
+    """Split a synthetic data set into data sets that each label only some organs, as public
+    data sets do (BTCV 13 organs, a liver-only set); returns a manifest combining them.
+
+    Case k goes to data set k mod len(organ_sets), which numbers its organs 1, 2, ... in the
+    order given and leaves the others unlabelled (background). Beside them, background.json
+    lists the same cases and masks with the full label map (the hidden organs as background):
+    what training without partial-label handling would see.
+    """
+    out = Path(out)
+    data = json.loads(Path(manifest).read_text())
+    names = {name: int(i) for i, name in data["labels"].items()}
+    parts = [{"labels": {"0": "background", **{str(i + 1): n for i, n in enumerate(organs)}},
+              "training": []} for organs in organ_sets]
+    hidden = {"labels": data["labels"], "training": []}
+    for index, case in enumerate(data["training"]):
+        which = index % len(organ_sets)
+        image = (Path(manifest).parent / case["image"]).resolve()
+        label = nib.load(str((Path(manifest).parent / case["label"]).resolve()))
+        full = np.asarray(label.dataobj).astype(np.uint8)
+        own_ids = np.zeros(256, dtype=np.uint8)
+        shown = np.zeros(256, dtype=np.uint8)
+        for own, organ in enumerate(organ_sets[which], start=1):
+            own_ids[names[organ]], shown[names[organ]] = own, names[organ]
+        name = Path(case["label"]).name
+        own_label = out.absolute() / f"part{which}" / "labelsTr" / name
+        hidden_label = out.absolute() / "background" / "labelsTr" / name
+        save_nifti(own_ids[full], label.affine, own_label)
+        save_nifti(shown[full], label.affine, hidden_label)
+        parts[which]["training"].append({"image": str(image), "label": str(own_label)})
+        hidden["training"].append({"image": str(image), "label": str(hidden_label)})
+    for which, part in enumerate(parts):
+        write_json({**part, "root": "/"}, out / f"part{which}" / "dataset.json")
+    write_json({**hidden, "root": "/"}, out / "background" / "dataset.json")
+    write_json({"datasets": [f"part{i}/dataset.json" for i in range(len(parts))]},
+               out / "combined.json")
+    return out / "combined.json"

@@ -12,6 +12,7 @@ from monai.transforms import (
     ClassesToIndicesd,
     Compose,
     EnsureTyped,
+    MapLabelValue,
     MapTransform,
     RandAdjustContrastd,
     RandAffined,
@@ -28,7 +29,7 @@ from monai.transforms import (
 from medseg.choices import AUGMENTATIONS
 from medseg.data.io import load_scan
 from medseg.data.network_input import NetworkInput
-from medseg.data.scan_checks import check_same_grid
+from medseg.data.scan_checks import check_label_ids, check_same_grid
 
 
 class LoadScand(MapTransform):
@@ -50,9 +51,41 @@ class LoadScand(MapTransform):
         return out
 
 
-def geometry_transforms(spec: NetworkInput, keys=("image", "label")) -> list:
-    """Load, then reorient and resample to the working grid as spec defines it."""
-    return [LoadScand(keys), *spec.working_grid(keys)]
+class DataSetLabelsd(MapTransform):
+    """A case of combined data sets (medseg.data.manifest): its label's ids moved onto the
+    combined map ("combined_ids", indexed by its data set's ids) and, given num_classes, one flag
+    per combined class saying whether its data set annotates that class ("annotated"), for
+    the loss. Cases of a single data set pass unchanged."""
+
+    def __init__(self, keys="label", num_classes: int | None = None):
+        super().__init__(keys)
+        self.num_classes = num_classes
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        out = dict(data)
+        if "combined_ids" not in out:
+            return out
+        combined_ids = out.pop("combined_ids")  # lists of unequal length would not batch
+        for key in self.key_iterator(out):
+            label = out[key]
+            found = torch.unique(label.as_subclass(torch.Tensor)).long().tolist()
+            check_label_ids(found, len(combined_ids), label.meta.get("filename_or_obj", key),
+                            out.get("dataset", "its dataset.json"))
+            out[key] = MapLabelValue(range(len(combined_ids)), combined_ids,
+                                     dtype=label.dtype)(label)
+        if self.num_classes is not None:
+            annotated = torch.zeros(self.num_classes, dtype=torch.bool)
+            annotated[out["annotated"]] = True
+            out["annotated"] = annotated
+        return out
+
+
+def geometry_transforms(spec: NetworkInput, keys=("image", "label"),
+                        num_classes: int | None = None) -> list:
+    """Load, move a combined data set's label ids onto its map, then reorient and resample to
+    the working grid as spec defines it."""
+    relabel = [DataSetLabelsd("label", num_classes)] if "label" in keys else []
+    return [LoadScand(keys), *relabel, *spec.working_grid(keys)]
 
 
 # Patch centres kept per class and case, evenly spread over the class's voxels (nnU-Net keeps
@@ -71,7 +104,7 @@ def training_cache_transforms(spec: NetworkInput, num_classes: int,
     0.62 against 0.89 once the patch exceeded the body front to back.
     """
     return Compose([
-        *geometry_transforms(spec),
+        *geometry_transforms(spec, num_classes=num_classes),
         RecordShaped("image"),
         *spec.pad_to_sample(),
         EnsureTyped("label", dtype=torch.uint8),

@@ -35,7 +35,7 @@ from medseg.training.cases import network_input, prepare_cases, reseed_epoch, sp
 from medseg.training.config import TrainConfig, check_config, in_channels
 from medseg.training.ddp import ddp_wrap, report_ranks
 from medseg.training.log import MetricsLog, training_curves
-from medseg.training.losses import build_loss
+from medseg.training.losses import build_loss, merge_unannotated
 from medseg.training.optim import learning_rate, make_optimizer
 from medseg.training.planning import planned_config
 from medseg.training.run_folder import (
@@ -132,7 +132,10 @@ def train_epoch(model, loader, loss_fn, optimizer, scaler, cfg: TrainConfig, fir
             group["lr"] = learning_rate(cfg, step, total_steps)
         image, label = batch["image"].to(device), batch["label"].to(device)
         with autocast(device, cfg.precision):
-            loss = loss_fn(model(image), label)  # also a list with deep supervision
+            logits = model(image)  # also a list with deep supervision
+            if "annotated" in batch:  # combined data sets: partial labels
+                logits = merge_unannotated(logits, batch["annotated"])
+            loss = loss_fn(logits, label)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones

@@ -1,4 +1,5 @@
-"""Losses: cross-entropy, soft Dice, Dice + CE (MONAI's), over deep-supervision outputs too."""
+"""Losses: cross-entropy, soft Dice, Dice + CE (MONAI's), over deep-supervision outputs too, and
+the merge that lets them learn from partially labelled cases."""
 
 from __future__ import annotations
 
@@ -44,3 +45,26 @@ def build_loss(name: str = "dice_ce", include_background: bool = False,
                       squared_pred=squared_pred, batch=True, weight=weight,
                       lambda_dice=dice_share * lambda_dice, lambda_ce=ce_share * lambda_ce)
     return WeightedDeepSupervision(loss)
+
+
+def merge_unannotated(logits, annotated: torch.Tensor):
+    """Logits for a batch whose cases annotate only some classes (partial labels, the
+    "marginal loss" of Shi et al., Medical Image Analysis 2021): in each case, the classes its
+    data set does not annotate are merged into background (their probabilities summed, by a
+    log-sum-exp of logits), since an unlabelled voxel there may be background or any of them.
+
+    The loss then neither teaches that those organs are background nor asks for them where
+    nobody drew them; their Dice terms see only cases that annotate them. `annotated` is
+    (batch, classes) booleans; logits (batch, classes, ...) or a list of them (deep
+    supervision). All-annotated batches pass unchanged.
+    """
+    if isinstance(logits, (list, tuple)):
+        return [merge_unannotated(level, annotated) for level in logits]
+    if bool(annotated.all()):
+        return logits
+    keep = annotated.to(logits.device).view(*annotated.shape, *[1] * (logits.ndim - 2))
+    into_background = ~keep
+    into_background[:, 0] = True
+    background = torch.logsumexp(logits.masked_fill(~into_background, -torch.inf), dim=1,
+                                 keepdim=True)
+    return torch.cat([background, logits[:, 1:].masked_fill(~keep[:, 1:], -torch.inf)], dim=1)

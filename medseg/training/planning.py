@@ -67,9 +67,10 @@ def ct_normalization(foreground_hu: np.ndarray,
 def case_fingerprint(case: dict, num_classes: int, rng: np.random.Generator,
                      samples: int = 10_000) -> dict:
     """RAS spacing and shape, a sample of labelled-voxel HU, class voxel counts, lowest HU."""
-    from medseg.data.transforms import LoadScand
+    from medseg.data.transforms import DataSetLabelsd, LoadScand
 
-    loaded = LoadScand(("image", "label"))({"image": case["image"], "label": case["label"]})
+    # A case of combined data sets is checked against, and moved onto, the combined map.
+    loaded = DataSetLabelsd("label")(LoadScand(("image", "label"))(dict(case)))
     hu = np.asarray(loaded["image"][0])
     labels = np.asarray(loaded["label"][0]).astype(np.uint8)  # whole ids 0..255 (check_label)
     counts = np.bincount(labels.ravel(), minlength=num_classes)
