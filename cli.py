@@ -189,7 +189,8 @@ def synth(outdir: Path, cases: int, seed: int, spacing, phase):
               help="A recipe (pipelines/*.yaml) of settings; options given here override it.")
 @click.option("--pipeline", "old_recipe", type=GivenPath(path_type=Path), hidden=True)
 @click.option("--manifest", type=GivenPath(path_type=Path),
-              help="Decathlon dataset.json with 'labels' and 'training'.")
+              help="A data set: Decathlon or nnU-Net v2 dataset.json, or a JSON combining "
+                   "several ('datasets').")
 @click.option("--output", type=GivenPath(file_okay=False, path_type=Path))
 # Unset options (None) fall back to the recipe, then to TrainConfig, whose defaults help shows.
 @click.option("--network", "model",
@@ -238,6 +239,9 @@ def synth(outdir: Path, cases: int, seed: int, spacing, phase):
                    "larger than RAM), and reuse them in later runs.")
 @click.option("--plan", type=GivenPath(path_type=Path), help="A plan from `medseg plan` "
               "[default: plan.json beside the manifest, if any].")
+@click.option("--init-from", type=GivenPath(exists=True, path_type=Path), help=(
+    "Fine-tune: start from this model's weights (a medseg run folder or checkpoint, or an "
+    "nnU-Net model folder), with its network; organs are matched by name."))
 @click.option("--fold", type=click.IntRange(min=0), help="Validate on this fold of --folds.")
 @click.option("--folds", type=click.IntRange(min=2), help=_train_help("folds", "Folds for --fold."))
 @click.option("--resume", is_flag=True, help="Continue OUTPUT's run from its last.pt.")

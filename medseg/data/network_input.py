@@ -1,11 +1,13 @@
 """What the network sees: the one definition shared by training, validation and inference.
 
 A scan becomes network input in three steps, and every code path takes them from here:
-1. geometry: reorient to RAS and resample to the working spacing (labels by nearest neighbour);
+1. geometry: reorient to RAS (or LPS, the frame of a fine-tuned nnU-Net model) and resample
+   to the working spacing (labels by nearest neighbour);
 2. intensity: clip to the CT window and z-score (`normalize`);
 3. padding: a scan smaller than a patch along an axis is padded with air (-1024 HU, so after
    normalisation the window's lowest value, `pad_value`), and its label with background.
    Training pads its cached cases that way; the sliding window pads with the same value.
+   Fine-tuned nnU-Net models pad as nnU-Net does, with the normalised value 0 ("zero").
 
 Checkpoints carry it (`to_config`), so `medseg infer` rebuilds exactly what training used.
 """
@@ -26,9 +28,15 @@ from monai.transforms import (
 
 AIR_HU = -1024.0  # what a scan is padded with: outside the patient there is air
 ORIENTATION = "RAS"
+# Working frames: axes always x, y, z (so augmentation and 2D slicing know which is axial);
+# LPS is the frame nnU-Net models trained on DICOM-derived scans saw (medseg.nets.nnunet).
+ORIENTATIONS = ("RAS", "LPS")
 # Checkpoints written before padding was part of the definition: training padded by repeating
 # the edge, inference with the normalised value 0. Inference keeps doing the latter for them.
 LEGACY_PADDING = "zero"
+# "zero" is also nnU-Net's padding (the normalised value 0), which fine-tuned nnU-Net models
+# keep: a network trained with it reads air padding as anatomy.
+PADDINGS = ("air", LEGACY_PADDING)
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,7 @@ class NetworkInput:
     spatial_dims: int = 3
     context_slices: int = 0
     padding: str = "air"
+    orientation: str = ORIENTATION
 
     @classmethod
     def from_config(cls, config: Mapping) -> NetworkInput:
@@ -51,18 +60,20 @@ class NetworkInput:
                    patch_size=tuple(int(p) for p in config["patch_size"]),
                    spatial_dims=int(model.get("spatial_dims", 3)),
                    context_slices=int(model.get("context_slices", 0)),
-                   padding=config.get("padding", LEGACY_PADDING))
+                   padding=config.get("padding", LEGACY_PADDING),
+                   orientation=config.get("orientation", ORIENTATION))
 
     def to_config(self) -> dict:
         """The keys a checkpoint stores (plain JSON types); from_config reads them back."""
         return {"spacing": list(self.spacing), "intensity": dict(self.intensity),
                 "patch_size": list(self.patch_size), "padding": self.padding,
-                "orientation": ORIENTATION}
+                "orientation": self.orientation}
 
     def working_grid(self, keys: Sequence[str] = ("image",)) -> list:
-        """Reorient to RAS and resample to the working spacing (images linear, labels nearest)."""
+        """Reorient to the working frame (RAS) and resample to the working spacing (images
+        linear, labels nearest)."""
         modes = ["bilinear" if k == "image" else "nearest" for k in keys]
-        return [Orientationd(keys, axcodes=ORIENTATION, labels=None),
+        return [Orientationd(keys, axcodes=self.orientation, labels=None),
                 Spacingd(keys, pixdim=self.spacing, mode=modes, dtype=np.float32)]
 
     def normalize(self, keys: Sequence[str] = ("image",)) -> ScaleIntensityRanged:
@@ -96,6 +107,15 @@ class NetworkInput:
         return (*self.patch_size[:2], -1)
 
     @property
+    def pad_hu(self) -> float:
+        """What training pads raw HU with: air, or for "zero" padding the HU that normalises
+        to 0 (the intensity mean, within the window)."""
+        if self.padding != LEGACY_PADDING:
+            return AIR_HU
+        lo, hi = self.intensity["clip"]
+        return float(min(max(self.intensity["mean"], lo), hi))
+
+    @property
     def end_slice_padding(self) -> float | None:
         """2.5D: what lies beyond a volume's end slices as their neighbours (None: repeated)."""
         return None if self.padding == LEGACY_PADDING else self.pad_value
@@ -110,5 +130,5 @@ class NetworkInput:
         ends = [] if self.spatial_dims == 3 or not self.context_slices else [
             BorderPadd("image", (0, 0, self.context_slices), mode="constant", value=AIR_HU),
             BorderPadd("label", (0, 0, self.context_slices), mode="constant", value=0)]
-        return [*ends, SpatialPadd("image", self.sample_size, mode="constant", value=AIR_HU),
+        return [*ends, SpatialPadd("image", self.sample_size, mode="constant", value=self.pad_hu),
                 SpatialPadd("label", self.sample_size, mode="constant", value=0)]

@@ -10,7 +10,6 @@ names come from an allowlist, and checkpoints load with torch's weights_only unp
 from __future__ import annotations
 
 import hashlib
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,24 +19,9 @@ import torch
 from medseg.data.io import read_json
 from medseg.errors import MedsegError
 from medseg.nets.checkpoint import safe_torch_load
+from medseg.nets.nnunet import NETWORK_CLASSES, build_plan_network
 
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth")
-# The networks nnU-Net's planners write into plans.json (dynamic_network_architectures).
-NETWORK_CLASSES = {
-    "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-    "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet",
-}
-# Torch layers a plan may name by dotted path (its _kw_requires_import entries).
-TORCH_LAYERS = {
-    f"torch.nn.{name}": f"torch.nn.{name.split('.')[-1]}" for name in (
-        "modules.conv.Conv2d", "modules.conv.Conv3d", "Conv2d", "Conv3d",
-        "modules.instancenorm.InstanceNorm2d", "modules.instancenorm.InstanceNorm3d",
-        "InstanceNorm2d", "InstanceNorm3d",
-        "modules.batchnorm.BatchNorm2d", "modules.batchnorm.BatchNorm3d", "BatchNorm2d",
-        "BatchNorm3d", "modules.dropout.Dropout2d", "modules.dropout.Dropout3d", "Dropout2d",
-        "Dropout3d", "LeakyReLU", "ReLU", "modules.activation.LeakyReLU",
-        "modules.activation.ReLU")
-}
 # What nnU-Net's checkpoints pickle besides tensors and plain data: numpy scalars (the logged
 # losses and Dice) and their dtypes. Nothing here can run code when unpickled.
 CHECKPOINT_GLOBALS = (np.dtype, type(np.dtype(np.float64)), type(np.dtype(np.float32)),
@@ -87,26 +71,9 @@ class NNUNetModel:
 
     def build_network(self) -> torch.nn.Module:
         """The plan's network (no deep supervision), built from the allowlisted classes."""
-        arch = self.configuration["architecture"]
-        kwargs = dict(arch["arch_kwargs"])
-        for key in arch.get("_kw_requires_import", ()):
-            if kwargs.get(key) is not None:
-                kwargs[key] = _torch_layer(kwargs[key], self.folder)
-        module_name, class_name = arch["network_class_name"].rsplit(".", 1)
-        try:
-            network_class = getattr(importlib.import_module(module_name), class_name)
-        except ImportError:
-            raise MedsegError(f"{self.folder}: nnU-Net models need dynamic_network_architectures;"
-                              " install it with `pip install 'medseg[nnunet]'` (keep your torch: "
-                              "add `-c constraints.txt` naming it, see README)") from None
-        try:
-            outputs = len(self.regions) if self.regions else len(self.labels)
-            return network_class(input_channels=1, num_classes=outputs,
-                                 deep_supervision=False, **kwargs)
-        except TypeError as exc:
-            raise MedsegError(f"{self.folder}/plans.json: the network's arguments do not fit "
-                              f"{class_name} ({exc}); this plan needs another version of "
-                              "dynamic_network_architectures") from None
+        outputs = len(self.regions) if self.regions else len(self.labels)
+        return build_plan_network(self.configuration["architecture"], 1, outputs,
+                                  f"{self.folder}/plans.json")
 
 
 def is_nnunet_folder(path: Path) -> bool:
@@ -115,14 +82,6 @@ def is_nnunet_folder(path: Path) -> bool:
     path = Path(path)
     return path.is_dir() and ((path / "plans.json").exists() or any(
         (fold / name).exists() for fold in path.glob("fold_*") for name in CHECKPOINT_NAMES))
-
-
-def _torch_layer(dotted: str, folder: Path):
-    if dotted not in TORCH_LAYERS:
-        raise MedsegError(f"{folder}/plans.json: names the layer {dotted!r}, which medseg does "
-                          "not build (it imports only known torch layers from a plan)")
-    module_name, name = TORCH_LAYERS[dotted].rsplit(".", 1)
-    return getattr(importlib.import_module(module_name), name)
 
 
 def _read_json(path: Path) -> dict:

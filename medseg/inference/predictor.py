@@ -96,6 +96,9 @@ class Predictor:
         if {int(k): v for k, v in config["labels"].items()} != self.labels:
             raise MedsegError(f"{path}: its label map differs from the first checkpoint's")
         spec = NetworkInput.from_config(config)
+        if spec.orientation != self.spec.orientation:
+            raise MedsegError(f"{path}: works in {spec.orientation}, the first checkpoint in "
+                              f"{self.spec.orientation}; ensembles share one grid")
         if spec.spacing != self.spec.spacing:
             raise MedsegError(f"{path}: spacing {list(spec.spacing)} differs from the first "
                               f"checkpoint's {list(self.spacing)}; ensembles share one grid")
@@ -122,7 +125,7 @@ class Predictor:
         self.members[0].model = network
 
     def resample_to_working_grid(self, scan: torch.Tensor) -> torch.Tensor:
-        """Reorient to RAS and resample to the working spacing, exactly as training does."""
+        """Reorient to the working frame and resample to its spacing, exactly as training does."""
         return Compose(self.spec.working_grid())({"image": scan})["image"]
 
     def probabilities(self, image: torch.Tensor) -> torch.Tensor:

@@ -77,6 +77,14 @@ def pspnet(**kwargs) -> nn.Module:
     return PSPNet(**kwargs)
 
 
+def nnunet(**kwargs) -> nn.Module:
+    """nnU-Net's U-Net as an nnU-Net plan describes it (`architecture`): what fine-tuning an
+    imported nnU-Net model trains (medseg train --init-from)."""
+    from medseg.nets.nnunet import nnunet_network
+
+    return nnunet_network(**kwargs)
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "resunet": monai_residual_unet,
     "unet": unet,
@@ -85,6 +93,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "deeplabv3": deeplabv3,
     "deeplabv3plus": deeplabv3plus,
     "pspnet": pspnet,
+    "nnunet": nnunet,
 }
 # Old names that still build their network, so checkpoints and recipes that use them load.
 ALIASES = {"unet3d": "resunet"}  # medseg 0.1's only model, named before 2D training existed

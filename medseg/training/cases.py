@@ -137,4 +137,5 @@ def network_input(cfg: TrainConfig) -> NetworkInput:
     """What this run's network sees; its checkpoints carry it to inference."""
     return NetworkInput(spacing=tuple(cfg.spacing), intensity=cfg.intensity,
                         patch_size=tuple(cfg.patch_size), spatial_dims=cfg.spatial_dims,
-                        context_slices=cfg.context_slices)
+                        context_slices=cfg.context_slices, orientation=cfg.orientation,
+                        padding=cfg.padding)

@@ -16,6 +16,7 @@ from medseg.choices import (
     WORKING_SPACING_MM,
     check_device,
 )
+from medseg.data.network_input import ORIENTATIONS, PADDINGS
 from medseg.errors import MedsegError
 from medseg.inference.options import OVERLAP
 from medseg.nets.registry import DEFAULT_MODEL
@@ -62,6 +63,12 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     cache_dir: str | None = None  # on-disk cache of resampled cases, reused across runs
+    # Fine-tuning: a medseg run or checkpoint, or an nnU-Net model folder, whose network,
+    # working frame and (where unset here) spacing, patch and intensity the run takes, and
+    # whose weights it starts from (medseg.training.init_from).
+    init_from: str | None = None
+    orientation: str = "RAS"  # the working frame; "LPS" for fine-tuned nnU-Net models
+    padding: str = "air"  # of scans smaller than a patch; "zero" (nnU-Net's) for its models
 
 
 # Numeric settings: (whole number?, lowest, highest, lowest excluded?). None: unbounded.
@@ -112,7 +119,7 @@ def check_config(cfg: TrainConfig, num_classes: int) -> None:
     check_triple("spacing", cfg.spacing, False, *WORKING_SPACING_MM)
     check_triple("patch_size", cfg.patch_size, True, 1, MAX_PATCH)
     choices = {"augment": AUGMENTATIONS, "schedule": SCHEDULES, "optimizer": OPTIMIZERS,
-               "precision": PRECISIONS}
+               "precision": PRECISIONS, "orientation": ORIENTATIONS, "padding": PADDINGS}
     check_device(cfg.device)  # before the run folder is claimed (and, with --overwrite, emptied)
     for key, valid in choices.items():
         if getattr(cfg, key) not in valid:

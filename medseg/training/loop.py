@@ -16,7 +16,7 @@ from monai.networks.utils import one_hot
 from monai.utils import set_determinism
 from tqdm import tqdm
 
-from medseg.data.io import check_writable
+from medseg.data.io import check_writable, read_json
 from medseg.data.manifest import check_case_files, load_manifest
 from medseg.distributed import (
     barrier,
@@ -34,6 +34,12 @@ from medseg.runtime import autocast, resolve_device, training_precision
 from medseg.training.cases import network_input, prepare_cases, reseed_epoch, split_cases
 from medseg.training.config import TrainConfig, check_config, in_channels
 from medseg.training.ddp import ddp_wrap, report_ranks
+from medseg.training.init_from import (
+    describe_start,
+    read_init_source,
+    transfer_weights,
+    with_source_settings,
+)
 from medseg.training.log import MetricsLog, training_curves
 from medseg.training.losses import build_loss, merge_unannotated
 from medseg.training.optim import learning_rate, make_optimizer
@@ -55,6 +61,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     start = time.perf_counter()
     out = Path(cfg.output)
     cases, labels = load_manifest(Path(cfg.manifest))
+    source = read_init_source(cfg.init_from) if cfg.init_from else None
+    if source is not None:  # its network, frame, and (unless set) spacing, patch, intensity
+        cfg = with_source_settings(cfg, source)
     num_classes = len(labels)
     check_config(cfg, num_classes)
     check_writable(out)
@@ -71,8 +80,14 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     rank, world = rank_and_world()
     set_determinism(cfg.seed)
     # Built before caching, so bad model or loss settings fail at once.
-    model = build_model(cfg.model, in_channels(cfg), num_classes, spatial_dims=cfg.spatial_dims,
-                        **cfg.model_kwargs).to(device)
+    def network(classes: int) -> torch.nn.Module:
+        return build_model(cfg.model, in_channels(cfg), classes, spatial_dims=cfg.spatial_dims,
+                           **cfg.model_kwargs)
+
+    model = network(num_classes)
+    started_from = (transfer_weights(model, source, labels, network)
+                    if source is not None and not resume else None)
+    model = model.to(device)
     loss_fn = build_loss(cfg.loss, **cfg.loss_kwargs)
     train_cases, val_cases = split_cases(cases, cfg.val_fraction, cfg.seed, cfg.fold, cfg.folds)
     if is_main_process():
@@ -88,6 +103,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     # fp16 needs loss scaling against underflow; with any other precision the scaler is a no-op.
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     meta = run_metadata(cfg, labels, spec, train_cases, val_cases)
+    if source is not None:  # where the weights came from (kept when resuming)
+        meta["init_from"] = started_from or read_json(out / "config.json").get("init_from")
     done, best = (resume_from(out / "last.pt", model, optimizer, scaler, meta) if resume
                   else (0, -math.inf))
     network = ddp_wrap(model, device)
@@ -95,6 +112,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         network = torch.compile(network)
     metrics_log = None
     if is_main_process():
+        if started_from:
+            print(describe_start(started_from), flush=True)
         write_run_folder(out, meta, plan)
         metrics_log = MetricsLog(out, [labels[i] for i in range(1, num_classes)], keep=done)
 
