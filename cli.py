@@ -184,64 +184,83 @@ def synth(outdir: Path, cases: int, seed: int, spacing, phase):
     click.echo(f"wrote {cases} cases and {manifest}")
 
 
+def training_options(command):
+    """The options `train` and `crossval` share: a recipe's settings, each overridable."""
+    for option in reversed(TRAINING_OPTIONS):
+        command = option(command)
+    return command
+
+
+TRAINING_OPTIONS = [
+    click.option("--recipe", type=GivenPath(path_type=Path), help=(
+        "A recipe (pipelines/*.yaml) of settings; options given here override it.")),
+    click.option("--pipeline", "old_recipe", type=GivenPath(path_type=Path), hidden=True),
+    click.option("--manifest", type=GivenPath(path_type=Path), help=(
+        "A data set: Decathlon or nnU-Net v2 dataset.json, or a JSON combining several "
+        "('datasets').")),
+    click.option("--output", type=GivenPath(file_okay=False, path_type=Path)),
+    # Unset options (None) fall back to the recipe, then to TrainConfig, whose defaults help
+    # shows.
+    click.option("--network", "model", help=_train_help(
+        "model", f"The architecture: {_names(MODELS)} (docs/models.md).")),
+    click.option("--model", "old_model", hidden=True),
+    click.option("--dims", "spatial_dims", type=click.IntRange(2, 3), help=_train_help(
+        "spatial_dims", "3: volume patches; 2: axial slices of the same volumes.")),
+    click.option("--context-slices", type=click.IntRange(min=0), help=_train_help(
+        "context_slices", "2D: K neighbouring slices each side as extra channels (2.5D).")),
+    click.option("--upsample", help=f"Decoder upsampling (unet, fcn, deeplabv3plus): "
+                                    f"{_names(UPSAMPLING)} [default: the network's own]."),
+    click.option("--deep-supervision", is_flag=True,
+                 help="unet: also supervise coarser outputs."),
+    click.option("--loss", help=_train_help("loss", f"{_names(LOSSES)}.")),
+    click.option("--squared-dice", is_flag=True, help="Soft Dice with squared denominators."),
+    click.option("--include-background", is_flag=True,
+                 help="Count the background in Dice too."),
+    click.option("--class-weights",
+                 help="One weight per class, background first, e.g. 0.5,1,2."),
+    click.option("--dice-weight", type=Finite(min=0), help="Scales the Dice term."),
+    click.option("--ce-weight", type=Finite(min=0), help="Scales the cross-entropy term."),
+    click.option("--epochs", type=click.IntRange(min=1), help=_train_help("epochs")),
+    click.option("--iters-per-epoch", type=click.IntRange(min=1),
+                 help=_train_help("iters_per_epoch")),
+    click.option("--batch-size", type=click.IntRange(min=1), help=_train_help("batch_size")),
+    click.option("--lr", type=Finite(min=0, min_open=True),
+                 help=_train_help("lr", "Peak learning rate.")),
+    click.option("--spacing", callback=_parse_triple(float, *WORKING_SPACING_MM),
+                 help=_train_help("spacing", "Working spacing in mm, e.g. 3,3,3.")),
+    click.option("--patch-size", callback=_parse_triple(int, 1, MAX_PATCH), help=_train_help(
+        "patch_size", "e.g. 96,96,32; in 2D only the first two are used.")),
+    click.option("--channels", default=None, help=(
+        "Encoder widths per level, e.g. 16,32,64,128,256 [default: planned for resunet].")),
+    click.option("--val-every", type=click.IntRange(min=1),
+                 help=_train_help("val_every", "Epochs between validations.")),
+    click.option("--device", type=Device(), help=_train_help("device")),
+    click.option("--seed", type=int, help=_train_help("seed")),
+    click.option("--optimizer", type=click.Choice(OPTIMIZERS), help=_train_help("optimizer")),
+    click.option("--schedule", type=click.Choice(SCHEDULES), help=_train_help("schedule")),
+    click.option("--warmup-iters", type=click.IntRange(min=0),
+                 help=_train_help("warmup_iters")),
+    click.option("--augment", type=click.Choice(AUGMENTATIONS), help=_train_help("augment")),
+    click.option("--precision", type=click.Choice(PRECISIONS), help=_train_help(
+        "precision", "Mixed precision: auto is bf16 on CUDA and on CPUs with native bf16, "
+        "else fp32.")),
+    click.option("--compile", "compile_model", is_flag=True, default=None,
+                 help="torch.compile the network (slow start, faster steps on GPUs)."),
+    click.option("--workers", "num_workers", type=click.IntRange(min=0),
+                 help=_train_help("num_workers", "Data-loading processes.")),
+    click.option("--cache-dir", type=GivenPath(file_okay=False, path_type=Path), help=(
+        "Keep resampled cases on disk here instead of in memory (for data sets larger than "
+        "RAM), and reuse them in later runs.")),
+    click.option("--plan", type=GivenPath(path_type=Path), help=(
+        "A plan from `medseg plan` [default: plan.json beside the manifest, if any].")),
+    click.option("--init-from", type=GivenPath(exists=True, path_type=Path), help=(
+        "Fine-tune: start from this model's weights (a medseg run folder or checkpoint, or an "
+        "nnU-Net model folder), with its network; organs are matched by name.")),
+]
+
+
 @main.command()
-@click.option("--recipe", type=GivenPath(path_type=Path),
-              help="A recipe (pipelines/*.yaml) of settings; options given here override it.")
-@click.option("--pipeline", "old_recipe", type=GivenPath(path_type=Path), hidden=True)
-@click.option("--manifest", type=GivenPath(path_type=Path),
-              help="A data set: Decathlon or nnU-Net v2 dataset.json, or a JSON combining "
-                   "several ('datasets').")
-@click.option("--output", type=GivenPath(file_okay=False, path_type=Path))
-# Unset options (None) fall back to the recipe, then to TrainConfig, whose defaults help shows.
-@click.option("--network", "model",
-              help=_train_help("model", f"The architecture: {_names(MODELS)} (docs/models.md)."))
-@click.option("--model", "old_model", hidden=True)
-@click.option("--dims", "spatial_dims", type=click.IntRange(2, 3), help=_train_help(
-    "spatial_dims", "3: volume patches; 2: axial slices of the same volumes."))
-@click.option("--context-slices", type=click.IntRange(min=0), help=_train_help(
-    "context_slices", "2D: K neighbouring slices each side as extra channels (2.5D)."))
-@click.option("--upsample", help=f"Decoder upsampling (unet, fcn, deeplabv3plus): "
-                                 f"{_names(UPSAMPLING)} [default: the network's own].")
-@click.option("--deep-supervision", is_flag=True, help="unet: also supervise coarser outputs.")
-@click.option("--loss", help=_train_help("loss", f"{_names(LOSSES)}."))
-@click.option("--squared-dice", is_flag=True, help="Soft Dice with squared denominators.")
-@click.option("--include-background", is_flag=True, help="Count the background in Dice too.")
-@click.option("--class-weights", help="One weight per class, background first, e.g. 0.5,1,2.")
-@click.option("--dice-weight", type=Finite(min=0), help="Scales the Dice term.")
-@click.option("--ce-weight", type=Finite(min=0), help="Scales the cross-entropy term.")
-@click.option("--epochs", type=click.IntRange(min=1), help=_train_help("epochs"))
-@click.option("--iters-per-epoch", type=click.IntRange(min=1), help=_train_help("iters_per_epoch"))
-@click.option("--batch-size", type=click.IntRange(min=1), help=_train_help("batch_size"))
-@click.option("--lr", type=Finite(min=0, min_open=True),
-              help=_train_help("lr", "Peak learning rate."))
-@click.option("--spacing", callback=_parse_triple(float, *WORKING_SPACING_MM),
-              help=_train_help("spacing", "Working spacing in mm, e.g. 3,3,3."))
-@click.option("--patch-size", callback=_parse_triple(int, 1, MAX_PATCH), help=_train_help(
-    "patch_size", "e.g. 96,96,32; in 2D only the first two are used."))
-@click.option("--channels", default=None, help="Encoder widths per level, e.g. 16,32,64,128,256 "
-                                               "[default: planned for resunet].")
-@click.option("--val-every", type=click.IntRange(min=1),
-              help=_train_help("val_every", "Epochs between validations."))
-@click.option("--device", type=Device(), help=_train_help("device"))
-@click.option("--seed", type=int, help=_train_help("seed"))
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), help=_train_help("optimizer"))
-@click.option("--schedule", type=click.Choice(SCHEDULES), help=_train_help("schedule"))
-@click.option("--warmup-iters", type=click.IntRange(min=0), help=_train_help("warmup_iters"))
-@click.option("--augment", type=click.Choice(AUGMENTATIONS), help=_train_help("augment"))
-@click.option("--precision", type=click.Choice(PRECISIONS), help=_train_help(
-    "precision", "Mixed precision: auto is bf16 on CUDA and on CPUs with native bf16, else fp32."))
-@click.option("--compile", "compile_model", is_flag=True, default=None,
-              help="torch.compile the network (slow start, faster steps on GPUs).")
-@click.option("--workers", "num_workers", type=click.IntRange(min=0),
-              help=_train_help("num_workers", "Data-loading processes."))
-@click.option("--cache-dir", type=GivenPath(file_okay=False, path_type=Path),
-              help="Keep resampled cases on disk here instead of in memory (for data sets "
-                   "larger than RAM), and reuse them in later runs.")
-@click.option("--plan", type=GivenPath(path_type=Path), help="A plan from `medseg plan` "
-              "[default: plan.json beside the manifest, if any].")
-@click.option("--init-from", type=GivenPath(exists=True, path_type=Path), help=(
-    "Fine-tune: start from this model's weights (a medseg run folder or checkpoint, or an "
-    "nnU-Net model folder), with its network; organs are matched by name."))
+@training_options
 @click.option("--fold", type=click.IntRange(min=0), help="Validate on this fold of --folds.")
 @click.option("--folds", type=click.IntRange(min=2), help=_train_help("folds", "Folds for --fold."))
 @click.option("--resume", is_flag=True, help="Continue OUTPUT's run from its last.pt.")
@@ -254,13 +273,57 @@ def train(recipe, old_recipe, old_model, channels, upsample, deep_supervision, s
           include_background, class_weights, dice_weight, ce_weight, resume, overwrite, nproc,
           compile_model, **options):
     """Train a segmentation model; writes best.pt, last.pt, log.csv and config.json to OUTPUT."""
-    recipe = recipe or old_recipe  # --pipeline: the option's name before medseg 0.2
-    options["model"] = options["model"] or old_model  # --model: likewise
+    recipe, overrides = _training_settings(
+        recipe or old_recipe, old_model, channels, upsample, deep_supervision, squared_dice,
+        include_background, class_weights, dice_weight, ce_weight, compile_model, options)
     if nproc > 1:
         _relaunch_with_torchrun(nproc)
     _prepare_runtime()
     from medseg.api import train as run_training
 
+    result = run_training(recipe=recipe, resume=resume, overwrite=overwrite, **overrides)
+    from medseg.distributed import is_main_process
+
+    if is_main_process():
+        click.echo(f"best validation Dice {result['best_val_dice']:.3f} "
+                   f"in {result['seconds']:.0f}s; checkpoints in {result['output']}")
+
+
+@main.command()
+@training_options
+@click.option("--folds", default=5, show_default=True, type=click.IntRange(min=2),
+              help="Folds; each case is held out by one of them.")
+@click.option("--overwrite", is_flag=True,
+              help="Start the cross-validation in OUTPUT again, deleting its folds.")
+@click.option("--nproc", default=1, type=click.IntRange(min=1),
+              help="Processes (one per GPU) training folds side by side, under torchrun.")
+@user_errors
+def crossval(recipe, old_recipe, old_model, channels, upsample, deep_supervision, squared_dice,
+             include_background, class_weights, dice_weight, ce_weight, folds, overwrite, nproc,
+             compile_model, **options):
+    """Cross-validate: train every fold, predict and evaluate the held-out cases, choose each
+    organ's postprocessing. OUTPUT is then a model for `medseg infer`; rerun to continue."""
+    recipe, overrides = _training_settings(
+        recipe or old_recipe, old_model, channels, upsample, deep_supervision, squared_dice,
+        include_background, class_weights, dice_weight, ce_weight, compile_model, options)
+    if nproc > 1:
+        _relaunch_with_torchrun(nproc)
+    _prepare_runtime()
+    from medseg.api import crossval as run_crossval
+    from medseg.distributed import is_main_process
+
+    summary = run_crossval(recipe=recipe, folds=folds, overwrite=overwrite, **overrides)
+    if is_main_process():
+        click.echo(f"out-of-fold mean Dice {summary['mean_dice']:.3f}, with the chosen "
+                   f"postprocessing {summary['mean_dice_postprocessed']:.3f}; the model is "
+                   f"{overrides.get('output') or 'the recipe output'}")
+
+
+def _training_settings(recipe, old_model, channels, upsample, deep_supervision, squared_dice,
+                       include_background, class_weights, dice_weight, ce_weight,
+                       compile_model, options: dict) -> tuple:
+    """(recipe, TrainConfig overrides) from train's and crossval's options."""
+    options["model"] = options["model"] or old_model  # --model: the option's old name
     overrides = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
     overrides["compile"] = compile_model
     model_kwargs = {"channels": _parse_numbers(channels, int, "--channels", minimum=1),
@@ -273,12 +336,7 @@ def train(recipe, old_recipe, old_model, channels, upsample, deep_supervision, s
         given = {k: v for k, v in values.items() if v is not None}
         if given:  # replaces the recipe's own model_kwargs / loss_kwargs
             overrides[key] = given
-    result = run_training(recipe=recipe, resume=resume, overwrite=overwrite, **overrides)
-    from medseg.distributed import is_main_process
-
-    if is_main_process():
-        click.echo(f"best validation Dice {result['best_val_dice']:.3f} "
-                   f"in {result['seconds']:.0f}s; checkpoints in {result['output']}")
+    return recipe, overrides
 
 
 def _parse_numbers(text: str | None, kind, option: str, minimum: float = 0):

@@ -60,12 +60,16 @@ def run_variant(variant: str, manifest: Path, out: Path, heldout: Path,
     config = TrainConfig(manifest=str(manifest), output=str(run), model="resunet",
                          spacing=(4.0, 4.0, 4.0), patch_size=(80, 64, 48), epochs=epochs,
                          iters_per_epoch=ITERS_PER_EPOCH, batch_size=2, val_every=epochs)
-    trained = train(config, overwrite=True)
+    finished = (run / "last.pt").exists()  # a run trained before: continued (or kept) as is
+    train(config, resume=finished, overwrite=not finished)
+    seconds = float((run / "log.csv").read_text().splitlines()[-1].split(",")[-1])
     infer_cases(run, heldout / "imagesTr", run / "predictions", InferOptions(overwrite=True))
+    # The combined map numbers organs its own way: predictions are read with their own map.
     summary = evaluate_folders(run / "predictions", heldout / "labelsTr", run / "evaluation",
-                               load_labels(heldout / "dataset.json"))
+                               load_labels(heldout / "dataset.json"),
+                               pred_labels=load_labels(run / "predictions" / "labels.json"))
     return {"variant": variant, "iterations": epochs * ITERS_PER_EPOCH,
-            "train_seconds": trained["seconds"], "heldout_dice": summary["mean_dice"],
+            "train_seconds": seconds, "heldout_dice": summary["mean_dice"],
             "organs": {k: v["dice_mean"] for k, v in summary["organs"].items()}}
 
 

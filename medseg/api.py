@@ -124,6 +124,22 @@ def train(config: TrainConfig | None = None, recipe: str | Path | None = None,
     return run_training(config, resume=resume, overwrite=overwrite)
 
 
+def crossval(config: TrainConfig | None = None, recipe: str | Path | None = None,
+             folds: int = 5, overwrite: bool = False, figures: bool = True,
+             **settings) -> dict:
+    """`medseg crossval`: train every fold of `folds`, evaluate the pooled out-of-fold
+    predictions and choose each organ's postprocessing; config.output becomes a model folder
+    for `infer`. Returns the out-of-fold Dice without and with the postprocessing."""
+    from medseg.crossval import crossval as run_crossval
+    from medseg.training.recipes import build_config
+
+    if config is not None and (recipe is not None or settings):
+        raise MedsegError("give a TrainConfig, or a recipe and settings, not both")
+    if config is None:
+        config = build_config(Path(recipe) if recipe else None, settings)
+    return run_crossval(config, folds=folds, overwrite=overwrite, figures=figures)
+
+
 def plan(manifest: str | Path, output: str | Path | None = None, device: str = "auto",
          memory_gb: float | None = None, overwrite: bool = False) -> tuple[dict, Path]:
     """`medseg plan`: fingerprint a data set and plan its training for `device`; writes the

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import os
 import pickle
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -78,3 +80,23 @@ def shutdown() -> None:
     """Leave the process group if one was joined."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[str]:
+    """Run a block as a process of its own, not a rank (a torchrun rank training a
+    cross-validation fold by itself); yields the device for it: this rank's GPU when there
+    are GPUs, else "auto"."""
+    rank, world = rank_and_world()
+    if world == 1:
+        yield "auto"
+        return
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() \
+        else "cpu"
+    saved = {key: os.environ.get(key) for key in ("RANK", "WORLD_SIZE")}
+    os.environ.update(RANK="0", WORLD_SIZE="1")
+    try:
+        yield device
+    finally:
+        for key, value in saved.items():
+            os.environ[key] = value

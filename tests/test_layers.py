@@ -19,7 +19,8 @@ ALLOWED = {
     "inference": {"data", "nets", "outputs"},
     "evaluation": {"data"},
     "training": {"data", "nets", "inference"},
-    "api": {"data", "nets", "inference", "evaluation", "training", "outputs"},
+    "crossval": {"data", "nets", "inference", "evaluation", "training"},
+    "api": {"data", "nets", "inference", "evaluation", "training", "outputs", "crossval"},
     "demo": {"data", "nets", "inference", "evaluation", "training", "outputs"},
 }
 BASE = {"errors", "choices", "runtime", "distributed", "__init__"}

@@ -1,11 +1,17 @@
-"""Which predictor a `--model` names: medseg's own checkpoints, an nnU-Net v2 trained-model
-folder, or a TotalSegmentator task."""
+"""Which predictor a `--model` names: medseg's own checkpoints, a cross-validation folder
+(its folds ensembled, its postprocessing applied), an nnU-Net v2 trained-model folder, or a
+TotalSegmentator task."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from medseg.errors import MedsegError
+from medseg.inference.crossval_folder import (
+    POSTPROCESSING_FILE,
+    crossval_checkpoints,
+    is_crossval_folder,
+)
 from medseg.inference.options import InferOptions
 from medseg.inference.roi import SubsetPredictor, parse_subset
 
@@ -48,6 +54,12 @@ def load_predictor(models, options: InferOptions | None = None):
         from medseg.inference.nnunet_predictor import NNUNetPredictor
 
         predictor = NNUNetPredictor(Path(given[0]), options, options.folds)
+    elif len(given) == 1 and is_crossval_folder(Path(given[0])):
+        from medseg.inference.predictor import Predictor
+
+        folder = Path(given[0])
+        predictor = Predictor(crossval_checkpoints(folder), options,
+                              postprocessing=folder / POSTPROCESSING_FILE)
     else:
         from medseg.inference.predictor import Predictor
 

@@ -20,10 +20,18 @@ def clean_components(mask: np.ndarray, keep_largest: bool = False, min_voxels: i
     """Per organ: keep only its largest component and/or drop components under min_voxels."""
     if not keep_largest and min_voxels <= 0:
         return mask
+    return clean_organs(mask, {}, (keep_largest, min_voxels))
+
+
+def clean_organs(mask: np.ndarray, rules: dict[int, tuple[bool, int]],
+                 default: tuple[bool, int] = (False, 0)) -> np.ndarray:
+    """Per organ id: (keep only its largest component?, drop components under how many
+    voxels); organs without a rule get `default`."""
     out = mask.copy()
     boxes = ndimage.find_objects(mask)  # one bounding box per label value 1..max
     for organ, box in enumerate(boxes, start=1):
-        if box is None:
+        keep_largest, min_voxels = rules.get(organ, default)
+        if box is None or (not keep_largest and min_voxels <= 0):
             continue
         region = out[box]
         components, sizes = _components(region == organ)
@@ -34,6 +42,15 @@ def clean_components(mask: np.ndarray, keep_largest: bool = False, min_voxels: i
         drop = ~keep[components] & (region == organ)
         region[drop] = 0
     return out
+
+
+def component_overlaps(prediction: np.ndarray, reference: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """One organ's predicted components: each one's voxel count and its voxels inside the
+    reference (what any choice of components scores, without redoing the labelling)."""
+    components, sizes = _components(prediction)
+    overlaps = np.bincount(components[reference], minlength=len(sizes))
+    return sizes[1:], overlaps[1:]
 
 
 def voxels_for_volume(volume_mm3: float, affine: np.ndarray) -> int:

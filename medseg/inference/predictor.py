@@ -17,8 +17,9 @@ from medseg.data.network_input import NetworkInput
 from medseg.distributed import local_device
 from medseg.errors import MedsegError, first_line
 from medseg.inference.crf import refine
+from medseg.inference.crossval_folder import organ_rules
 from medseg.inference.options import InferOptions
-from medseg.inference.postprocess import clean_components, voxels_for_volume
+from medseg.inference.postprocess import clean_components, clean_organs, voxels_for_volume
 from medseg.inference.resample import resample_to_grid
 from medseg.nets.checkpoint import INFERENCE_KEYS, load_checkpoint, resolve_checkpoint
 from medseg.nets.registry import build_model, volume_model
@@ -60,14 +61,18 @@ class Predictor:
     network in memory, which is how training validates: through this very code.
     """
 
-    def __init__(self, checkpoints, options: InferOptions | None = None):
+    def __init__(self, checkpoints, options: InferOptions | None = None,
+                 postprocessing: Path | None = None):
         self.options = options or InferOptions()
         self.device = resolve_device(local_device(self.options.device))
         paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
         configs = [load_checkpoint(p, needs=INFERENCE_KEYS) | {"path": p} for p in paths]
         self.labels = {int(k): v for k, v in configs[0]["config"]["labels"].items()}
         self.spec = NetworkInput.from_config(configs[0]["config"])
-        self.model_id = model_id([resolve_checkpoint(p) for p in paths])
+        # A cross-validation's per-organ choices (postprocessing.json); masks record them too.
+        self.organ_rules = organ_rules(postprocessing, self.labels) if postprocessing else {}
+        self.model_id = model_id([resolve_checkpoint(p) for p in paths]
+                                 + ([Path(postprocessing)] if postprocessing else []))
         self.members = [self._load_member(c) for c in configs]
         # 3 if any member sees volumes: then a single-slice scan cannot be segmented.
         self.spatial_dims = max(m.spec.spatial_dims for m in self.members)
@@ -80,7 +85,7 @@ class Predictor:
         self.options = options or InferOptions()
         self.device = resolve_device(local_device(self.options.device))
         self.labels, self.spec, self.spatial_dims = dict(labels), spec, spec.spatial_dims
-        self.model_id = f"{MODEL_ID_PREFIX}in-memory"
+        self.model_id, self.organ_rules = f"{MODEL_ID_PREFIX}in-memory", {}
         model = volume_model(network, spec.spatial_dims, spec.context_slices,
                              spec.end_slice_padding)
         self.members = [_Member(model, spec)]
@@ -179,6 +184,10 @@ class Predictor:
         mask, probabilities = resample_to_grid(
             probs, np.asarray(image.affine), np.asarray(scan.affine), tuple(scan.shape[1:]),
             keep_probabilities=self.options.save_probabilities)
-        min_voxels = voxels_for_volume(self.options.min_volume_mm3, np.asarray(scan.affine))
+        affine = np.asarray(scan.affine)
+        min_voxels = voxels_for_volume(self.options.min_volume_mm3, affine)
         mask = clean_components(mask, self.options.keep_largest, min_voxels)
+        if self.organ_rules:
+            mask = clean_organs(mask, {organ: (largest, voxels_for_volume(mm3, affine))
+                                       for organ, (largest, mm3) in self.organ_rules.items()})
         return mask, probabilities

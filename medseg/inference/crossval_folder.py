@@ -1,0 +1,51 @@
+"""A cross-validation folder (what `medseg crossval` writes) used as a model: its folds'
+networks ensembled, each organ cleaned as postprocessing.json chose from out-of-fold Dice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medseg.data.io import read_json
+from medseg.errors import MedsegError
+from medseg.nets.checkpoint import CHECKPOINT_NAMES
+
+CROSSVAL_FILE = "crossval.json"
+POSTPROCESSING_FILE = "postprocessing.json"
+
+
+def is_crossval_folder(path: Path) -> bool:
+    return (Path(path) / CROSSVAL_FILE).is_file()
+
+
+def fold_folder(folder: Path, fold: int) -> Path:
+    return Path(folder) / f"fold_{fold}"
+
+
+def crossval_checkpoints(folder: Path) -> list[Path]:
+    """Each fold's best checkpoint (else its last), once every fold and the postprocessing
+    choice are done."""
+    folder = Path(folder)
+    folds = read_json(folder / CROSSVAL_FILE).get("folds")
+    if not isinstance(folds, int) or folds < 2:
+        raise MedsegError(f"{folder / CROSSVAL_FILE}: no fold count; the file is damaged, run "
+                          "`medseg crossval` again")
+    unfinished = [fold_folder(folder, k).name for k in range(folds)
+                  if not any((fold_folder(folder, k) / n).exists() for n in CHECKPOINT_NAMES)]
+    if unfinished or not (folder / POSTPROCESSING_FILE).is_file():
+        missing = ", ".join(unfinished) or POSTPROCESSING_FILE
+        raise MedsegError(f"{folder}: the cross-validation has not finished ({missing} missing); "
+                          "run the same `medseg crossval` again to continue it")
+    return [next(fold_folder(folder, k) / n for n in CHECKPOINT_NAMES
+                 if (fold_folder(folder, k) / n).exists()) for k in range(folds)]
+
+
+def organ_rules(path: Path, labels: dict[int, str]) -> dict[int, tuple[bool, float]]:
+    """postprocessing.json's choices by organ id: (keep the largest component?, drop
+    components under how many mm3)."""
+    chosen = read_json(Path(path)).get("organs", {})
+    rules = {}
+    for organ_id, name in labels.items():
+        rule = chosen.get(name, {})
+        rules[organ_id] = (bool(rule.get("keep_largest", False)),
+                           float(rule.get("min_volume_mm3", 0.0)))
+    return rules

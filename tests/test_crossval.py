@@ -1,0 +1,200 @@
+"""`medseg crossval`: folds trained, every case predicted once out of fold, postprocessing chosen
+per organ by nnU-Net's rule, the folder used as a model, and a stopped run continued."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import TINY_TRAIN_ARGS, run_cli_here
+from scipy import ndimage
+
+from medseg.crossval import choose_postprocessing
+from medseg.data.io import case_name
+from medseg.data.manifest import load_manifest
+from medseg.errors import MedsegError
+from medseg.inference.batch import mask_author
+from medseg.inference.models import load_predictor
+from medseg.inference.predictor import model_id
+from medseg.nets.checkpoint import resolve_checkpoint
+
+
+def read(path: Path) -> np.ndarray:
+    return np.asarray(nib.load(str(path)).dataobj)
+
+
+@pytest.fixture(scope="module")
+def cross_validated(tiny_dataset, tmp_path_factory) -> Path:
+    """Two folds over the three tiny phantoms, a few iterations each."""
+    out = tmp_path_factory.mktemp("crossval") / "cv"
+    proc = run_cli_here("crossval", "--manifest", tiny_dataset, "--output", out, "--folds", "2",
+                        *TINY_TRAIN_ARGS)
+    assert proc.returncode == 0, proc.stderr
+    assert "out-of-fold mean Dice" in proc.stdout
+    return out
+
+
+def test_every_case_is_predicted_once_by_the_fold_that_held_it_out(cross_validated,
+                                                                   tiny_dataset):
+    cases, _ = load_manifest(tiny_dataset)
+    held_out = [json.loads((cross_validated / f"fold_{k}" / "split.json").read_text())
+                ["validation"] for k in range(2)]
+    assert sorted(held_out[0] + held_out[1]) == sorted(c["image"] for c in cases)
+    masks = cross_validated / "oof" / "predictions"
+    assert len(list(masks.glob("*.nii.gz"))) == len(cases)
+    for k, images in enumerate(held_out):
+        fold = model_id([resolve_checkpoint(cross_validated / f"fold_{k}")])
+        for image in images:
+            assert mask_author(masks / f"{case_name(Path(image))}.nii.gz") == fold
+
+
+def test_the_choice_and_the_pooled_evaluation_agree(cross_validated):
+    """Dice from counting components (the choice) equals Dice from cleaning the masks and
+    evaluating them (the report), for every organ, without and with the chosen variant."""
+    chosen = json.loads((cross_validated / "postprocessing.json").read_text())
+    summary = json.loads((cross_validated / "oof" / "evaluation" / "summary.json").read_text())
+    assert chosen["mean_dice"] == pytest.approx(summary["mean_dice"])
+    recorded = json.loads((cross_validated / "crossval.json").read_text())
+    assert recorded["folds"] == 2 and recorded["out_of_fold"]["mean_dice"] == chosen["mean_dice"]
+    for organ, choice in chosen["organs"].items():
+        scores = choice["out_of_fold_dice"]
+        if choice["dice"] is None:
+            continue
+        assert scores["none"] == pytest.approx(choice["dice"], abs=1e-9), organ
+        assert scores[choice["chosen"]] == pytest.approx(choice["dice_postprocessed"], abs=1e-9)
+        assert choice["chosen"] == "none" or scores[choice["chosen"]] > scores["none"]
+
+
+def test_the_folder_is_a_model_that_ensembles_its_folds_and_postprocesses(
+        cross_validated, tiny_dataset, tmp_path):
+    cases, labels = load_manifest(tiny_dataset)
+    scan = Path(cases[0]["image"])
+    folds = [cross_validated / "fold_0", cross_validated / "fold_1"]
+    ensemble = run_cli_here("infer", "--model", folds[0], "--model", folds[1], "--input", scan,
+                            "--output", tmp_path / "ensemble")
+    assert ensemble.returncode == 0, ensemble.stderr
+    expected = read(tmp_path / "ensemble" / f"{case_name(scan)}.nii.gz")
+    # Keep-largest for every organ, set by hand: the folder's masks must be the ensemble's
+    # with each organ cut to its largest 26-connected component (scipy, by hand).
+    rules = cross_validated / "postprocessing.json"
+    chosen = json.loads(rules.read_text())
+    saved = rules.read_text()
+    for organ in chosen["organs"].values():
+        organ.update(keep_largest=True, min_volume_mm3=0.0)
+    rules.write_text(json.dumps(chosen))
+    try:
+        proc = run_cli_here("infer", "--model", cross_validated, "--input", scan, "--output",
+                            tmp_path / "folder")
+    finally:
+        rules.write_text(saved)
+    assert proc.returncode == 0, proc.stderr
+    got = read(tmp_path / "folder" / f"{case_name(scan)}.nii.gz")
+    by_hand = np.zeros_like(expected)
+    for organ in range(1, len(labels)):
+        components, count = ndimage.label(expected == organ, structure=np.ones((3, 3, 3)))
+        if count:
+            sizes = np.bincount(components.ravel())[1:]
+            by_hand[components == 1 + int(np.argmax(sizes))] = organ
+    np.testing.assert_array_equal(got, by_hand)
+    assert (got != expected).any()  # the tiny model's masks have stray pieces to remove
+
+
+def test_a_stopped_cross_validation_continues_where_it_stopped(tiny_dataset, tmp_path,
+                                                               monkeypatch):
+    import dataclasses
+
+    import medseg.crossval as cv
+    from medseg.training.recipes import build_config
+
+    config = build_config(None, {"manifest": str(tiny_dataset), "output": str(tmp_path / "cv"),
+                                 "epochs": 1, "iters_per_epoch": 2, "batch_size": 1,
+                                 "spacing": (8.0, 8.0, 8.0), "patch_size": (32, 32, 16),
+                                 "model_kwargs": {"channels": [4, 8, 16]}})
+    real_predict = cv.predict_held_out
+
+    def stop_at_fold_1(output, fold, device):
+        if fold == 1:
+            raise KeyboardInterrupt
+        real_predict(output, fold, device)
+
+    monkeypatch.setattr(cv, "predict_held_out", stop_at_fold_1)
+    with pytest.raises(KeyboardInterrupt):
+        cv.crossval(config, folds=2, figures=False)
+    assert not (tmp_path / "cv" / "postprocessing.json").exists()
+    monkeypatch.setattr(cv, "predict_held_out", real_predict)
+    fold_0 = tmp_path / "cv" / "fold_0" / "last.pt"
+    trained_at = fold_0.stat().st_mtime_ns
+    with pytest.raises(MedsegError, match="has not finished"):
+        load_predictor(tmp_path / "cv")
+    summary = cv.crossval(config, folds=2, figures=False)
+    assert fold_0.stat().st_mtime_ns == trained_at  # finished folds are not trained again
+    assert summary["mean_dice"] is not None
+    # Two more epochs: each fold resumes from its last.pt, its out-of-fold masks are redone.
+    cv.crossval(dataclasses.replace(config, epochs=2), folds=2, figures=False)
+    for k in range(2):
+        fold = tmp_path / "cv" / f"fold_{k}"
+        log = (fold / "log.csv").read_text().splitlines()
+        assert [line.split(",")[0] for line in log[1:]] == ["1", "2"]
+        now = model_id([resolve_checkpoint(fold)])
+        for image in json.loads((fold / "split.json").read_text())["validation"]:
+            mask = tmp_path / "cv" / "oof" / "predictions" / f"{case_name(Path(image))}.nii.gz"
+            assert mask_author(mask) == now
+
+
+def test_refusals_are_one_line(tiny_dataset, tmp_path):
+    out = tmp_path / "cv"
+    proc = run_cli_here("crossval", "--manifest", tiny_dataset, "--output", out, "--folds", "4",
+                        *TINY_TRAIN_ARGS)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {tiny_dataset}: 4 folds need at least 4 cases, the data set has 3; use "
+        "--folds 3 or fewer")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    proc = run_cli_here("crossval", "--manifest", tiny_dataset, "--output", tmp_path / "other",
+                        "--folds", "2", *TINY_TRAIN_ARGS)
+    assert proc.returncode == 2 and "not empty and not a cross-validation" in proc.stderr
+    (out).mkdir()
+    (out / "crossval.json").write_text(json.dumps(
+        {"manifest": str(Path(tiny_dataset).resolve()), "folds": 3, "seed": 0}))
+    proc = run_cli_here("crossval", "--manifest", tiny_dataset, "--output", out, "--folds", "2",
+                        *TINY_TRAIN_ARGS)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {out}: holds a cross-validation with another folds; continue it with the same "
+        "settings, or add --overwrite to start again")
+
+
+def write_pair(folder: Path, name: str, prediction: np.ndarray, reference: np.ndarray):
+    for kind, array in (("pred", prediction), ("ref", reference)):
+        (folder / kind).mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(array.astype(np.uint8), np.eye(4)),
+                 str(folder / kind / f"{name}.nii.gz"))
+    return folder / "pred" / f"{name}.nii.gz", folder / "ref" / f"{name}.nii.gz"
+
+
+def test_postprocessing_is_kept_only_where_it_raises_the_organs_dice(tmp_path):
+    """Organ 1: a true 8-voxel block and a spurious 1-voxel speck: dropping the speck raises
+    its Dice from 2*8/(9+8) to 1. Organ 2: two true blocks (8 and 4 voxels) found whole:
+    keeping the largest lowers its Dice to 2*8/(8+12), so nothing is applied."""
+    reference = np.zeros((12, 12, 12), np.uint8)
+    reference[1:3, 1:3, 1:3] = 1
+    reference[6:8, 6:8, 1:3] = 2
+    reference[6:8, 6:7, 8:10] = 2
+    prediction = reference.copy()
+    prediction[10, 10, 10] = 1
+    pair = write_pair(tmp_path, "case", prediction, reference)
+    chosen = choose_postprocessing([pair], {0: "background", 1: "liver", 2: "kidneys"})
+    liver, kidneys = chosen["liver"], chosen["kidneys"]
+    assert liver["out_of_fold_dice"]["none"] == pytest.approx(16 / 17)
+    assert liver["out_of_fold_dice"]["keep_largest"] == 1.0
+    # Components under 2% of 8 voxels: none; under 25% (2 voxels): the speck goes.
+    assert liver["out_of_fold_dice"]["remove_under_0.02_of_median"] == pytest.approx(16 / 17)
+    assert liver["out_of_fold_dice"]["remove_under_0.25_of_median"] == 1.0
+    assert liver["chosen"] == "keep_largest" and liver["keep_largest"] is True
+    assert kidneys["out_of_fold_dice"]["none"] == 1.0
+    assert kidneys["out_of_fold_dice"]["keep_largest"] == pytest.approx(16 / 20)
+    assert kidneys["chosen"] == "none" and kidneys["keep_largest"] is False
