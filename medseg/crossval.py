@@ -89,22 +89,22 @@ def claim_folder(output: Path, config: TrainConfig, folds: int, overwrite: bool)
     settings = {"manifest": str(Path(config.manifest).resolve()), "folds": folds,
                 "seed": config.seed}
     record = output / CROSSVAL_FILE
-    if record.exists() and overwrite and rank_and_world()[0] == 0:
-        for k in range(read_json(record).get("folds", 0)):
-            shutil.rmtree(fold_folder(output, k), ignore_errors=True)
-        shutil.rmtree(output / "oof", ignore_errors=True)
-        for name in (POSTPROCESSING_FILE, CROSSVAL_FILE):
-            (output / name).unlink(missing_ok=True)
-    elif record.exists():
+    if record.exists() and not overwrite:
         before = {k: read_json(record).get(k) for k in SETTINGS}
         if before != settings:
             changed = ", ".join(k for k in SETTINGS if before[k] != settings[k])
             raise MedsegError(f"{output}: holds a cross-validation with another {changed}; "
                               "continue it with the same settings, or add --overwrite to "
                               "start again")
-    elif output.exists() and any(output.iterdir()):
+    elif not record.exists() and output.exists() and any(output.iterdir()):
         raise MedsegError(f"{output}: not empty and not a cross-validation; give a new or "
                           "empty folder")
+    if record.exists() and overwrite and rank_and_world()[0] == 0:
+        for k in range(read_json(record).get("folds", 0)):
+            shutil.rmtree(fold_folder(output, k), ignore_errors=True)
+        shutil.rmtree(output / "oof", ignore_errors=True)
+        for name in (POSTPROCESSING_FILE, CROSSVAL_FILE):
+            (output / name).unlink(missing_ok=True)
     all_gather(None)  # rank 0 has cleared the folder before any rank writes into it
     if rank_and_world()[0] == 0:
         write_json(settings, record)
@@ -149,10 +149,13 @@ def choose_and_evaluate(output: Path, cases: list[dict], labels: dict[int, str],
              ((i, chosen[name]) for i, name in labels.items() if name in chosen)}
     for prediction, _ in pairs:
         apply_rules(prediction, rules, oof / "postprocessed" / prediction.name)
+    # A label may store the scan's grid with its axes another way (LAS for an LPS series):
+    # the masks, on the scan's own grid, are moved onto it voxel for voxel.
     before = evaluate_folders(oof / "predictions", oof / "references", oof / "evaluation",
-                              labels, figures=figures)
+                              labels, resample=True, figures=figures)
     after = evaluate_folders(oof / "postprocessed", oof / "references",
-                             oof / "evaluation_postprocessed", labels, figures=figures)
+                             oof / "evaluation_postprocessed", labels, resample=True,
+                             figures=figures)
     summary = {
         "rule": "per organ, the variant with the highest mean out-of-fold Dice, kept only "
                 "where it beats no postprocessing (nnU-Net's rule)",
@@ -202,7 +205,7 @@ def choose_postprocessing(pairs: list[tuple[Path, Path]], labels: dict[int, str]
     match = match_label_maps(labels, labels)
     found = defaultdict(list)  # organ -> per case: sizes, overlaps, reference voxels, voxel mm3
     for prediction, reference in pairs:
-        ref, pred, affine = load_pair(prediction, reference, match)
+        ref, pred, affine = load_pair(prediction, reference, match, resample=True)
         voxel_mm3 = abs(float(np.linalg.det(affine[:3, :3])))
         for name, ref_id, pred_id in match.organs:
             sizes, overlaps = component_overlaps(pred == pred_id, ref == ref_id)

@@ -93,19 +93,25 @@ def test_per_organ_nrrd_masks_drawn_by_people_convert(real_data, tmp_path):
 
 
 def test_an_annotation_of_another_series_is_one_line(real_data, real_mask, tmp_path):
-    """An RTSTRUCT drawn on the 20-slice series, given for the 3-slice one."""
+    """An RTSTRUCT drawn on the 20-slice series, given for the 3-slice one, its series UID
+    removed (as de-identification may): its contours' geometry gives it away."""
+    import pydicom
+
     mask, affine, labels, _ = real_mask
     series = real_data / "petct_dicom" / "dicom"
     images, annotations = tmp_path / "images", tmp_path / "annotations"
     images.mkdir()
     annotations.mkdir()
     (images / "ct").symlink_to(real_data / "dcmqi_3slice" / "dicom")
-    dicom_outputs_of(mask, affine, labels, series, rtstruct=annotations / "ct.dcm")
+    rtstruct = dicom_outputs_of(mask, affine, labels, series, rtstruct=annotations / "ct.dcm")
+    ds = pydicom.dcmread(rtstruct)
+    (ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
+     .RTReferencedSeriesSequence[0].SeriesInstanceUID) = ""
+    ds.save_as(rtstruct)
     proc = run_cli_here("convert", "--images", images, "--annotations", annotations,
                         "--output", tmp_path / "out")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "lies off the image's slices" in proc.stderr or "reaches outside the image" in \
-        proc.stderr
+    assert "lies off the image's slices" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
@@ -119,3 +125,61 @@ def test_a_folder_without_annotations_is_one_line(real_data, tmp_path):
                         "--output", tmp_path / "out")
     assert proc.returncode == 2 and "no annotations found; put one RTSTRUCT" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_a_contour_outside_the_image_is_one_line(real_data, real_mask, tmp_path):
+    """The real series' own RTSTRUCT with one liver contour moved 400 mm to the side."""
+    import pydicom
+
+    mask, affine, labels, _ = real_mask
+    series = real_data / "petct_dicom" / "dicom"
+    images, annotations = tmp_path / "images", tmp_path / "annotations"
+    images.mkdir()
+    annotations.mkdir()
+    (images / "petct").symlink_to(series)
+    rtstruct = dicom_outputs_of(mask, affine, labels, series, rtstruct=annotations / "petct.dcm")
+    ds = pydicom.dcmread(rtstruct)
+    liver = next(r.ROINumber for r in ds.StructureSetROISequence if r.ROIName == "liver")
+    roi = next(r for r in ds.ROIContourSequence if r.ReferencedROINumber == liver)
+    points = [float(v) for v in roi.ContourSequence[0].ContourData]
+    roi.ContourSequence[0].ContourData = [v + 400.0 if i % 3 == 0 else v
+                                          for i, v in enumerate(points)]
+    ds.save_as(rtstruct)
+    proc = run_cli_here("convert", "--images", images, "--annotations", annotations,
+                        "--output", tmp_path / "out")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {rtstruct}: a contour of 'liver' reaches outside the image; the RTSTRUCT "
+        "belongs to another series, or was drawn on a larger field of view"]
+
+
+def test_an_rtstruct_of_a_series_not_in_the_folder_is_one_line(real_data, tmp_path):
+    """An RTSTRUCT made on the 3-slice series, then pointed at another series UID: its own
+    series is not among the images, even though the geometry would fit."""
+    import pydicom
+
+    from medseg.data.io import load_scan
+
+    series = real_data / "dcmqi_3slice" / "dicom"
+    scan = load_scan(series)
+    mask = np.zeros(scan.shape[1:], np.uint8)
+    mask[200:300, 200:300, :] = 1
+    images, annotations = tmp_path / "images", tmp_path / "annotations"
+    images.mkdir()
+    annotations.mkdir()
+    (images / "ct").symlink_to(series)
+    rtstruct = dicom_outputs_of(mask, np.asarray(scan.affine), {0: "background", 1: "liver"},
+                                series, rtstruct=annotations / "ct.dcm")
+    ds = pydicom.dcmread(rtstruct)
+    referenced = (ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
+                  .RTReferencedSeriesSequence[0])
+    own = pydicom.dcmread(sorted(series.iterdir())[0]).SeriesInstanceUID
+    referenced.SeriesInstanceUID = "1.2.826.0.1.3680043.2.1125.99"
+    ds.save_as(rtstruct)
+    proc = run_cli_here("convert", "--images", images, "--annotations", annotations,
+                        "--output", tmp_path / "out")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {rtstruct}: drawn on series 1.2.826.0.1.3680043.2.1125.99, which is not in "
+        f"{images} (ct is series {own}); put the series it was drawn on there as ct"]
+    assert not (tmp_path / "out").exists()

@@ -4,6 +4,8 @@ per organ by nnU-Net's rule, the folder used as a model, and a stopped run conti
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -198,3 +200,51 @@ def test_postprocessing_is_kept_only_where_it_raises_the_organs_dice(tmp_path):
     assert kidneys["out_of_fold_dice"]["none"] == 1.0
     assert kidneys["out_of_fold_dice"]["keep_largest"] == pytest.approx(16 / 20)
     assert kidneys["chosen"] == "none" and kidneys["keep_largest"] is False
+
+
+def test_two_ranks_under_torchrun_train_one_fold_each(tiny_dataset, tmp_path):
+    out = tmp_path / "cv"
+    proc = subprocess.run([sys.executable, "-m", "cli", "crossval", "--manifest",
+                           str(tiny_dataset), "--output", str(out), "--folds", "2",
+                           *TINY_TRAIN_ARGS, "--nproc", "2"], capture_output=True, text=True,
+                          errors="replace", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    started = [line for line in proc.stdout.splitlines() if line.startswith("fold ")]
+    assert sorted(started) == ["fold 0 of 2", "fold 1 of 2"]  # each fold trained once
+    assert (out / "postprocessing.json").exists()
+    assert len(list((out / "oof" / "predictions").glob("*.nii.gz"))) == 3
+
+
+def test_real_series_cross_validate(real_case, real_data, tmp_path):
+    """Two real scans, each predicted by the fold trained on the other: the 20-slice series
+    (DICOM, liver from TotalSegmentator) and the 3-slice one (DICOM, liver drawn by people,
+    from NRRD via `medseg convert`), in one data set of their livers."""
+    images, annotations = tmp_path / "images", tmp_path / "annotations" / "ct3"
+    images.mkdir()
+    annotations.mkdir(parents=True)
+    (images / "ct3").symlink_to(real_data / "dcmqi_3slice" / "dicom")
+    (annotations / "liver.nrrd").symlink_to(real_data / "dcmqi_3slice" / "liver_seg.nrrd")
+    raw = tmp_path / "raw"
+    assert run_cli_here("convert", "--images", images, "--annotations", annotations.parent,
+                        "--output", raw).returncode == 0
+    petct, _ = load_manifest(real_case)
+    liver = read(Path(petct[0]["label"])) == 1  # REAL_LABELS: liver is 1
+    label = nib.load(petct[0]["label"])
+    nib.save(nib.Nifti1Image(liver.astype(np.uint8), label.affine),
+             str(tmp_path / "petct_liver.nii.gz"))
+    manifest = tmp_path / "livers.json"
+    manifest.write_text(json.dumps({"labels": {"1": "liver"}, "root": "/", "training": [
+        {"image": petct[0]["image"], "label": str(tmp_path / "petct_liver.nii.gz")},
+        {"image": str(raw / "imagesTr" / "ct3_0000.nii.gz"),
+         "label": str(raw / "labelsTr" / "ct3.nii.gz")}]}))
+    out = tmp_path / "cv"
+    proc = run_cli_here("crossval", "--manifest", manifest, "--output", out, "--folds", "2",
+                        "--epochs", "1", "--iters-per-epoch", "2", "--batch-size", "1",
+                        "--spacing", "4,4,4", "--patch-size", "48,48,16", "--channels", "4,8,16")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Each on its scan's own grid (the series' folder is called dicom).
+    assert nib.load(str(out / "oof" / "predictions" / "dicom.nii.gz")).shape == label.shape
+    assert nib.load(str(out / "oof" / "predictions" / "ct3.nii.gz")).shape == nib.load(
+        str(raw / "imagesTr" / "ct3_0000.nii.gz")).shape
+    chosen = json.loads((out / "postprocessing.json").read_text())
+    assert set(chosen["organs"]) == {"liver"} and chosen["organs"]["liver"]["cases"] == 2

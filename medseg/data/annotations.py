@@ -12,6 +12,7 @@ import numpy as np
 
 from medseg.data.io import case_name, load_mask, scan_suffix
 from medseg.data.scan_checks import onto_axes_of, same_grid
+from medseg.data.sitk_reader import dicom_series_files
 from medseg.errors import MedsegError
 
 LPS = np.array([-1.0, -1.0, 1.0])  # DICOM patient (LPS) <-> NIfTI world (RAS)
@@ -52,6 +53,29 @@ def annotation_names(path: Path) -> list[str]:
     if ds.Modality == "SEG":
         return [str(s.SegmentLabel) for s in ds.SegmentSequence]
     return [str(roi.ROIName) for roi in ds.get("StructureSetROISequence", [])]
+
+
+def referenced_series(path: Path) -> set[str]:
+    """The SeriesInstanceUIDs an RTSTRUCT or DICOM-SEG says it was drawn on (empty UIDs, as
+    de-identification leaves them, are left out)."""
+    import pydicom
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    series = list(ds.get("ReferencedSeriesSequence", []))  # DICOM-SEG
+    for frame in ds.get("ReferencedFrameOfReferenceSequence", []):  # RTSTRUCT
+        for study in frame.get("RTReferencedStudySequence", []):
+            series += list(study.get("RTReferencedSeriesSequence", []))
+    return {str(s.get("SeriesInstanceUID", "")) for s in series} - {""}
+
+
+def series_uid(scan: Path) -> str:
+    """A DICOM series folder's SeriesInstanceUID ('' for other scans, or none recorded)."""
+    import pydicom
+
+    if not Path(scan).is_dir():
+        return ""
+    first = dicom_series_files(Path(scan))[0]
+    return str(pydicom.dcmread(first, stop_before_pixels=True).get("SeriesInstanceUID", ""))
 
 
 def dicom_modality(path: Path) -> str | None:

@@ -17,8 +17,10 @@ from medseg.data.annotations import (
     dicom_modality,
     organ_files,
     organ_folder_masks,
+    referenced_series,
     rtstruct_masks,
     seg_masks,
+    series_uid,
 )
 from medseg.data.io import (
     case_name,
@@ -66,6 +68,18 @@ def organ_masks(annotation: Path, shape, affine) -> Iterator[tuple[str, np.ndarr
         yield case_name(path), onto_axes_of(mask, grid, affine)
 
 
+def check_drawn_on(annotation: Path, scan: Path) -> None:
+    """An RTSTRUCT or DICOM-SEG must reference the series it is paired with, where both carry
+    series UIDs (de-identified series may not); geometry is checked as the masks are placed."""
+    if not annotation.is_file():
+        return
+    drawn_on, uid = referenced_series(annotation), series_uid(scan)
+    if drawn_on and uid and uid not in drawn_on:
+        raise MedsegError(f"{annotation}: drawn on series {', '.join(sorted(drawn_on))}, which is "
+                          f"not in {scan.parent} ({scan.name} is series {uid}); put the series "
+                          f"it was drawn on there as {annotation.name.split('.')[0]}")
+
+
 def convert_dataset(images: Path, annotations: Path, output: Path,
                     labels: dict[int, str] | None = None) -> dict:
     """Write the nnU-Net v2 raw data set; returns what was converted and what was left out."""
@@ -86,6 +100,7 @@ def convert_dataset(images: Path, annotations: Path, output: Path,
     if unknown:
         log.warning("organs the label map does not name, left out: %s", ", ".join(unknown))
     for case in cases:
+        check_drawn_on(found[case], scans[case])
         scan = load_scan(scans[case])
         affine = np.asarray(scan.meta.get("original_affine", scan.affine), dtype=float)
         label = np.zeros(scan.shape[1:], dtype=np.uint8)
