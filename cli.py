@@ -269,16 +269,10 @@ TRAINING_OPTIONS = [
 @click.option("--nproc", default=1, type=click.IntRange(min=1),
               help="Processes (one per GPU) training with DDP, launched with torchrun.")
 @user_errors
-def train(recipe, old_recipe, old_model, channels, upsample, deep_supervision, squared_dice,
-          include_background, class_weights, dice_weight, ce_weight, resume, overwrite, nproc,
-          compile_model, **options):
+def train(resume, overwrite, nproc, **options):
     """Train a segmentation model; writes best.pt, last.pt, log.csv and config.json to OUTPUT."""
-    recipe, overrides = _training_settings(
-        recipe or old_recipe, old_model, channels, upsample, deep_supervision, squared_dice,
-        include_background, class_weights, dice_weight, ce_weight, compile_model, options)
-    if nproc > 1:
-        _relaunch_with_torchrun(nproc)
-    _prepare_runtime()
+    recipe, overrides = _training_settings(options)
+    _start_ranks(nproc)
     from medseg.api import train as run_training
 
     result = run_training(recipe=recipe, resume=resume, overwrite=overwrite, **overrides)
@@ -298,17 +292,11 @@ def train(recipe, old_recipe, old_model, channels, upsample, deep_supervision, s
 @click.option("--nproc", default=1, type=click.IntRange(min=1),
               help="Processes (one per GPU) training folds side by side, under torchrun.")
 @user_errors
-def crossval(recipe, old_recipe, old_model, channels, upsample, deep_supervision, squared_dice,
-             include_background, class_weights, dice_weight, ce_weight, folds, overwrite, nproc,
-             compile_model, **options):
+def crossval(folds, overwrite, nproc, **options):
     """Cross-validate: train every fold, predict and evaluate the held-out cases, choose each
     organ's postprocessing. OUTPUT is then a model for `medseg infer`; rerun to continue."""
-    recipe, overrides = _training_settings(
-        recipe or old_recipe, old_model, channels, upsample, deep_supervision, squared_dice,
-        include_background, class_weights, dice_weight, ce_weight, compile_model, options)
-    if nproc > 1:
-        _relaunch_with_torchrun(nproc)
-    _prepare_runtime()
+    recipe, overrides = _training_settings(options)
+    _start_ranks(nproc)
     from medseg.api import crossval as run_crossval
     from medseg.distributed import is_main_process
 
@@ -319,19 +307,30 @@ def crossval(recipe, old_recipe, old_model, channels, upsample, deep_supervision
                    f"{overrides.get('output') or 'the recipe output'}")
 
 
-def _training_settings(recipe, old_model, channels, upsample, deep_supervision, squared_dice,
-                       include_background, class_weights, dice_weight, ce_weight,
-                       compile_model, options: dict) -> tuple:
-    """(recipe, TrainConfig overrides) from train's and crossval's options."""
-    options["model"] = options["model"] or old_model  # --model: the option's old name
+def _start_ranks(nproc: int) -> None:
+    """Relaunch under torchrun for several processes; then set up torch for this one."""
+    if nproc > 1:
+        _relaunch_with_torchrun(nproc)
+    _prepare_runtime()
+
+
+def _training_settings(options: dict) -> tuple:
+    """(recipe, TrainConfig overrides) from TRAINING_OPTIONS' values (consumed from options)."""
+    old_recipe, old_model = options.pop("old_recipe"), options.pop("old_model")
+    recipe = options.pop("recipe") or old_recipe  # --pipeline: the option's old name
+    options["model"] = options["model"] or old_model  # --model: likewise
+    model_kwargs = {"channels": _parse_numbers(options.pop("channels"), int, "--channels",
+                                               minimum=1),
+                    "upsample": options.pop("upsample"),
+                    "deep_supervision": options.pop("deep_supervision") or None}
+    loss_kwargs = {"squared_pred": options.pop("squared_dice") or None,
+                   "include_background": options.pop("include_background") or None,
+                   "class_weights": _parse_numbers(options.pop("class_weights"), float,
+                                                   "--class-weights"),
+                   "lambda_dice": options.pop("dice_weight"),
+                   "lambda_ce": options.pop("ce_weight")}
+    options["compile"] = options.pop("compile_model")
     overrides = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
-    overrides["compile"] = compile_model
-    model_kwargs = {"channels": _parse_numbers(channels, int, "--channels", minimum=1),
-                    "upsample": upsample, "deep_supervision": deep_supervision or None}
-    loss_kwargs = {"squared_pred": squared_dice or None,
-                   "include_background": include_background or None,
-                   "class_weights": _parse_numbers(class_weights, float, "--class-weights"),
-                   "lambda_dice": dice_weight, "lambda_ce": ce_weight}
     for key, values in (("model_kwargs", model_kwargs), ("loss_kwargs", loss_kwargs)):
         given = {k: v for k, v in values.items() if v is not None}
         if given:  # replaces the recipe's own model_kwargs / loss_kwargs
@@ -442,9 +441,7 @@ def plan(manifest, output, device, memory_gb, overwrite):
 def infer(checkpoints, inputs, output, nproc, **options):
     """Segment scans; writes one uint8 NIfTI mask per scan, on the scan's own grid (with
     CASE.labels.json), and the outputs asked for beside it (docs/outputs.md)."""
-    if nproc > 1:
-        _relaunch_with_torchrun(nproc)
-    _prepare_runtime()
+    _start_ranks(nproc)
     from medseg.api import infer as run_inference
     from medseg.distributed import rank_and_world
 

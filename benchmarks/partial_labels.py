@@ -2,9 +2,10 @@
 
     nice -n 10 python -m benchmarks.partial_labels --output runs/partial [--iterations 500]
 
-The 24 training phantoms (seed 0) are split into two data sets of 12: one labels liver,
-spleen, both kidneys and the gallbladder, the other liver, stomach, aorta, inferior vena cava
-and pancreas; each leaves the other's organs unlabelled and numbers its own organs from 1.
+The 24 training phantoms (seed 0) are split into two data sets of 12 (--split halves: one labels
+liver, spleen, both kidneys and the gallbladder, the other liver, stomach, aorta, inferior vena
+cava and pancreas; three_hidden: each hides three organs the other labels); each leaves the
+other's organs unlabelled and numbers its own organs from 1.
 Three models are trained with the same recipe (compare_models.py's: resunet, 4 mm, 80 x 64 x 48
 patches, batch 2) and segment the same 4 held-out phantoms (seed 1, every organ labelled):
 
@@ -28,19 +29,26 @@ from benchmarks.tables import organ_dice_table
 from medseg.demo import ensure_dataset
 from medseg.runtime import tune_allocator
 
-ORGAN_SETS = [["liver", "spleen", "right_kidney", "left_kidney", "gallbladder"],
-              ["liver", "stomach", "aorta", "inferior_vena_cava", "pancreas"]]
+# Which organs each of the two data sets labels. "halves": each labels about half the organs
+# (liver both); "three_hidden": each hides three others (nine labelled in one set, six in both).
+SPLITS = {
+    "halves": [["liver", "spleen", "right_kidney", "left_kidney", "gallbladder"],
+               ["liver", "stomach", "aorta", "inferior_vena_cava", "pancreas"]],
+    "three_hidden": [["spleen", "right_kidney", "left_kidney", "liver", "stomach",
+                      "inferior_vena_cava"],
+                     ["right_kidney", "gallbladder", "liver", "stomach", "aorta", "pancreas"]],
+}
 VARIANTS = ("full", "partial", "background")
 
 
-def manifests(out: Path, data: Path) -> dict[str, Path]:
+def manifests(out: Path, data: Path, organ_sets: list[list[str]]) -> dict[str, Path]:
     """Each variant's training manifest (the split data sets are written once)."""
     from medseg.data.synth import write_partially_labelled
 
     full = ensure_dataset(data / "train", TRAIN_CASES, seed=0)
     combined = out / "data" / "partial" / "combined.json"
     if not combined.exists():
-        write_partially_labelled(full, combined.parent, ORGAN_SETS)
+        write_partially_labelled(full, combined.parent, organ_sets)
     return {"full": full, "partial": combined,
             "background": combined.parent / "background" / "dataset.json"}
 
@@ -93,11 +101,12 @@ def main() -> None:
                              "OUTPUT/data, made once)")
     parser.add_argument("--iterations", type=int, default=500)
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--split", choices=sorted(SPLITS), default="halves")
     args = parser.parse_args()
     tune_allocator()
     data = args.data or args.output / "data"
     heldout = ensure_dataset(data / "heldout", HELDOUT_CASES, seed=1).parent
-    paths = manifests(args.output, data)
+    paths = manifests(args.output, data, SPLITS[args.split])
     results_file = args.output / "results.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else []
     for variant in args.variants.split(","):

@@ -184,3 +184,28 @@ def dicom_outputs_of(mask, affine, labels, series, seg=None, rtstruct=None):
     if rtstruct is not None:
         written.append(write_rtstruct(frames, labels, series, slices, rtstruct))
     return written[0] if len(written) == 1 else written
+
+
+def convert_inputs(tmp_path: Path, case: str, series: Path) -> tuple[Path, Path]:
+    """`medseg convert`'s inputs: images/CASE linked to a series, an empty annotations/."""
+    images, annotations = tmp_path / "images", tmp_path / "annotations"
+    images.mkdir()
+    annotations.mkdir()
+    (images / case).symlink_to(series)
+    return images, annotations
+
+
+def convert_3slice(real_data: Path, tmp_path: Path, organs=("liver", "spine", "heart"),
+                   case: str = "ct") -> Path:
+    """The real 3-slice series with organs people drew (NRRD, one file each) through
+    `medseg convert`; returns the nnU-Net raw folder (imagesTr/CASE_0000, labelsTr/CASE)."""
+    folder = real_data / "dcmqi_3slice"
+    images, annotations = convert_inputs(tmp_path, case, folder / "dicom")
+    (annotations / case).mkdir()
+    for organ in organs:
+        (annotations / case / f"{organ}.nrrd").symlink_to(folder / f"{organ}_seg.nrrd")
+    raw = tmp_path / "raw"
+    proc = run_cli_here("convert", "--images", images, "--annotations", annotations,
+                        "--output", raw)
+    assert proc.returncode == 0, proc.stderr
+    return raw

@@ -8,7 +8,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import dicom_outputs_of, run_cli_here
+from conftest import convert_inputs, dicom_outputs_of, run_cli_here
 
 from medseg.data.manifest import load_manifest
 
@@ -32,10 +32,7 @@ def test_a_real_series_annotation_round_trips_into_a_data_set(real_data, real_ma
     label map of medseg's own spelling and ids (matched by name: kidney_right = right_kidney)."""
     mask, affine, labels, _ = real_mask
     series = real_data / "petct_dicom" / "dicom"
-    images, annotations = tmp_path / "images", tmp_path / "annotations"
-    images.mkdir()
-    annotations.mkdir()
-    (images / "petct").symlink_to(series)
+    images, annotations = convert_inputs(tmp_path, "petct", series)
     target = {("rtstruct" if kind == "rtstruct" else "seg"): annotations / "petct.dcm"}
     dicom_outputs_of(mask, affine, labels, series, **target)
     ours = {0: "background", 1: "liver", 2: "spleen", 3: "stomach", 4: "aorta",
@@ -63,14 +60,12 @@ def test_per_organ_nrrd_masks_drawn_by_people_convert(real_data, tmp_path):
     import SimpleITK as sitk
 
     folder = real_data / "dcmqi_3slice"
-    images, annotations = tmp_path / "images", tmp_path / "annotations" / "ct"
-    images.mkdir()
-    annotations.mkdir(parents=True)
-    (images / "ct").symlink_to(folder / "dicom")
+    images, annotations = convert_inputs(tmp_path, "ct", folder / "dicom")
+    (annotations / "ct").mkdir()
     for organ in ("liver", "spine", "heart"):
-        (annotations / f"{organ}.nrrd").symlink_to(folder / f"{organ}_seg.nrrd")
+        (annotations / "ct" / f"{organ}.nrrd").symlink_to(folder / f"{organ}_seg.nrrd")
     out = tmp_path / "raw"
-    proc = run_cli_here("convert", "--images", images, "--annotations", annotations.parent,
+    proc = run_cli_here("convert", "--images", images, "--annotations", annotations,
                         "--output", out)
     assert proc.returncode == 0, proc.stderr
     dataset = json.loads((out / "dataset.json").read_text())
@@ -99,10 +94,7 @@ def test_an_annotation_of_another_series_is_one_line(real_data, real_mask, tmp_p
 
     mask, affine, labels, _ = real_mask
     series = real_data / "petct_dicom" / "dicom"
-    images, annotations = tmp_path / "images", tmp_path / "annotations"
-    images.mkdir()
-    annotations.mkdir()
-    (images / "ct").symlink_to(real_data / "dcmqi_3slice" / "dicom")
+    images, annotations = convert_inputs(tmp_path, "ct", real_data / "dcmqi_3slice" / "dicom")
     rtstruct = dicom_outputs_of(mask, affine, labels, series, rtstruct=annotations / "ct.dcm")
     ds = pydicom.dcmread(rtstruct)
     (ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
@@ -116,15 +108,22 @@ def test_an_annotation_of_another_series_is_one_line(real_data, real_mask, tmp_p
 
 
 def test_a_folder_without_annotations_is_one_line(real_data, tmp_path):
-    images, annotations = tmp_path / "images", tmp_path / "annotations"
-    images.mkdir()
-    annotations.mkdir()
-    (images / "ct").symlink_to(real_data / "dcmqi_3slice" / "dicom")
+    images, annotations = convert_inputs(tmp_path, "ct", real_data / "dcmqi_3slice" / "dicom")
     (annotations / "notes.txt").write_text("not an annotation")
     proc = run_cli_here("convert", "--images", images, "--annotations", annotations,
                         "--output", tmp_path / "out")
     assert proc.returncode == 2 and "no annotations found; put one RTSTRUCT" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def refusal(images, annotations, out) -> str:
+    """`medseg convert`'s one error line (exit code 2, nothing written)."""
+    proc = run_cli_here("convert", "--images", images, "--annotations", annotations,
+                        "--output", out)
+    assert proc.returncode == 2 and not out.exists()
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
 
 
 def test_a_contour_outside_the_image_is_one_line(real_data, real_mask, tmp_path):
@@ -133,10 +132,7 @@ def test_a_contour_outside_the_image_is_one_line(real_data, real_mask, tmp_path)
 
     mask, affine, labels, _ = real_mask
     series = real_data / "petct_dicom" / "dicom"
-    images, annotations = tmp_path / "images", tmp_path / "annotations"
-    images.mkdir()
-    annotations.mkdir()
-    (images / "petct").symlink_to(series)
+    images, annotations = convert_inputs(tmp_path, "petct", series)
     rtstruct = dicom_outputs_of(mask, affine, labels, series, rtstruct=annotations / "petct.dcm")
     ds = pydicom.dcmread(rtstruct)
     liver = next(r.ROINumber for r in ds.StructureSetROISequence if r.ROIName == "liver")
@@ -145,12 +141,9 @@ def test_a_contour_outside_the_image_is_one_line(real_data, real_mask, tmp_path)
     roi.ContourSequence[0].ContourData = [v + 400.0 if i % 3 == 0 else v
                                           for i, v in enumerate(points)]
     ds.save_as(rtstruct)
-    proc = run_cli_here("convert", "--images", images, "--annotations", annotations,
-                        "--output", tmp_path / "out")
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
+    assert refusal(images, annotations, tmp_path / "out") == (
         f"error: {rtstruct}: a contour of 'liver' reaches outside the image; the RTSTRUCT "
-        "belongs to another series, or was drawn on a larger field of view"]
+        "belongs to another series, or was drawn on a larger field of view")
 
 
 def test_an_rtstruct_of_a_series_not_in_the_folder_is_one_line(real_data, tmp_path):
@@ -164,10 +157,7 @@ def test_an_rtstruct_of_a_series_not_in_the_folder_is_one_line(real_data, tmp_pa
     scan = load_scan(series)
     mask = np.zeros(scan.shape[1:], np.uint8)
     mask[200:300, 200:300, :] = 1
-    images, annotations = tmp_path / "images", tmp_path / "annotations"
-    images.mkdir()
-    annotations.mkdir()
-    (images / "ct").symlink_to(series)
+    images, annotations = convert_inputs(tmp_path, "ct", series)
     rtstruct = dicom_outputs_of(mask, np.asarray(scan.affine), {0: "background", 1: "liver"},
                                 series, rtstruct=annotations / "ct.dcm")
     ds = pydicom.dcmread(rtstruct)
@@ -176,10 +166,6 @@ def test_an_rtstruct_of_a_series_not_in_the_folder_is_one_line(real_data, tmp_pa
     own = pydicom.dcmread(sorted(series.iterdir())[0]).SeriesInstanceUID
     referenced.SeriesInstanceUID = "1.2.826.0.1.3680043.2.1125.99"
     ds.save_as(rtstruct)
-    proc = run_cli_here("convert", "--images", images, "--annotations", annotations,
-                        "--output", tmp_path / "out")
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
+    assert refusal(images, annotations, tmp_path / "out") == (
         f"error: {rtstruct}: drawn on series 1.2.826.0.1.3680043.2.1125.99, which is not in "
-        f"{images} (ct is series {own}); put the series it was drawn on there as ct"]
-    assert not (tmp_path / "out").exists()
+        f"{images} (ct is series {own}); put the series it was drawn on there as ct")

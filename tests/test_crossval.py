@@ -11,7 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import TINY_TRAIN_ARGS, run_cli_here
+from conftest import TINY_TRAIN_ARGS, convert_3slice, run_cli_here
 from scipy import ndimage
 
 from medseg.crossval import choose_postprocessing
@@ -219,14 +219,7 @@ def test_real_series_cross_validate(real_case, real_data, tmp_path):
     """Two real scans, each predicted by the fold trained on the other: the 20-slice series
     (DICOM, liver from TotalSegmentator) and the 3-slice one (DICOM, liver drawn by people,
     from NRRD via `medseg convert`), in one data set of their livers."""
-    images, annotations = tmp_path / "images", tmp_path / "annotations" / "ct3"
-    images.mkdir()
-    annotations.mkdir(parents=True)
-    (images / "ct3").symlink_to(real_data / "dcmqi_3slice" / "dicom")
-    (annotations / "liver.nrrd").symlink_to(real_data / "dcmqi_3slice" / "liver_seg.nrrd")
-    raw = tmp_path / "raw"
-    assert run_cli_here("convert", "--images", images, "--annotations", annotations.parent,
-                        "--output", raw).returncode == 0
+    raw = convert_3slice(real_data, tmp_path, organs=("liver",), case="ct3")
     petct, _ = load_manifest(real_case)
     liver = read(Path(petct[0]["label"])) == 1  # REAL_LABELS: liver is 1
     label = nib.load(petct[0]["label"])

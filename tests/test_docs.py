@@ -33,8 +33,8 @@ def visible_options(command: click.Command) -> dict[str, click.Parameter]:
             for opt in p.opts}
 
 
-@pytest.mark.parametrize("name", ["synth", "plan", "train", "infer", "evaluate", "report",
-                                  "convert"])
+@pytest.mark.parametrize("name", ["synth", "plan", "train", "crossval", "infer", "evaluate",
+                                  "report", "convert"])
 def test_readme_options_exist_with_the_choices_the_command_takes(name):
     line = readme_commands()[name]
     options = visible_options(main.commands[name])

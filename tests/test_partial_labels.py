@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TRAIN_ARGS, run_cli_here
+from conftest import TINY_TRAIN_ARGS, convert_3slice, run_cli_here
 
 from medseg.data.manifest import load_manifest
 from medseg.errors import MedsegError
@@ -212,16 +212,7 @@ def test_real_scans_with_different_label_maps_combine(real_case, real_data, tmp_
     spine and heart drawn by people, converted from NRRD) combined: liver is one class."""
     from medseg.data.transforms import DataSetLabelsd, LoadScand
 
-    images, annotations = tmp_path / "images", tmp_path / "annotations" / "ct"
-    images.mkdir()
-    annotations.mkdir(parents=True)
-    (images / "ct").symlink_to(real_data / "dcmqi_3slice" / "dicom")
-    for organ in ("liver", "spine", "heart"):
-        (annotations / f"{organ}.nrrd").symlink_to(real_data / "dcmqi_3slice" /
-                                                   f"{organ}_seg.nrrd")
-    raw = tmp_path / "Dataset002_Thorax"
-    assert run_cli_here("convert", "--images", images, "--annotations", annotations.parent,
-                        "--output", raw).returncode == 0
+    raw = convert_3slice(real_data, tmp_path)
     combined = tmp_path / "combined.json"
     combined.write_text(json.dumps({"datasets": [str(real_case), str(raw / "dataset.json")]}))
     cases, labels = load_manifest(combined)
