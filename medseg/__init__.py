@@ -1,9 +1,9 @@
 """medseg: multi-organ segmentation of abdominal CT.
 
 The Python API (docs/api.md): Segmenter, segment, infer, plan, train, crossval, evaluate,
-convert, with TrainConfig and InferOptions for their settings. The subpackages follow the data flow: data (reading, checking,
-transforms), nets (networks and their registry), training, inference, evaluation
-(docs/architecture.md).
+convert, with TrainConfig and InferOptions for their settings. The subpackages follow the data
+flow: data (reading, checking, transforms), nets (networks and their registry), training,
+inference, evaluation (docs/architecture.md).
 """
 
 __version__ = "0.2.0"

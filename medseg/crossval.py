@@ -2,7 +2,8 @@
 
 1. Train every fold (fold k validates on the k-th part of a seeded split of the cases): one
    after another, or under torchrun each rank its own folds, one per GPU.
-2. Predict each fold's held-out cases with that fold's model: every case once, out of fold.
+2. Predict each fold's held-out cases with that fold's final weights (last.pt, as nnU-Net: best.pt
+   is picked on those very cases, which would flatter them): every case once, out of fold.
 3. Evaluate the pooled out-of-fold predictions (OUTPUT/oof/evaluation).
 4. Per organ, choose whether keeping its largest component or removing its small components
    (under 2, 10 or 25% of its median reference volume) raises its out-of-fold Dice, and keep
@@ -32,11 +33,16 @@ from medseg.distributed import all_gather, alone, rank_and_world
 from medseg.errors import MedsegError
 from medseg.evaluation.evaluate import evaluate_folders, load_pair
 from medseg.inference.batch import mask_author, output_path, segment_scans
-from medseg.inference.crossval_folder import CROSSVAL_FILE, POSTPROCESSING_FILE, fold_folder
+from medseg.inference.crossval_folder import (
+    CROSSVAL_FILE,
+    FINAL_CHECKPOINT,
+    POSTPROCESSING_FILE,
+    fold_folder,
+)
 from medseg.inference.options import InferOptions
 from medseg.inference.postprocess import clean_organs, component_overlaps, voxels_for_volume
 from medseg.inference.predictor import Predictor
-from medseg.nets.checkpoint import load_checkpoint, resolve_checkpoint
+from medseg.nets.checkpoint import load_checkpoint
 from medseg.training.config import TrainConfig
 from medseg.training.loop import train
 
@@ -127,7 +133,7 @@ def predict_held_out(output: Path, fold: int, device: str) -> None:
     kept, those of an earlier state of the fold (trained on since) are redone."""
     folder, masks = fold_folder(output, fold), output / "oof" / "predictions"
     held_out = [Path(image) for image in read_json(folder / "split.json")["validation"]]
-    predictor = Predictor(resolve_checkpoint(folder), InferOptions(device=device))
+    predictor = Predictor(folder / FINAL_CHECKPOINT, InferOptions(device=device))
     for image in held_out:
         if mask_author(output_path(image, masks)) not in (None, predictor.model_id):
             output_path(image, masks).unlink()

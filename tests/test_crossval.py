@@ -21,7 +21,6 @@ from medseg.errors import MedsegError
 from medseg.inference.batch import mask_author
 from medseg.inference.models import load_predictor
 from medseg.inference.predictor import model_id
-from medseg.nets.checkpoint import resolve_checkpoint
 
 
 def read(path: Path) -> np.ndarray:
@@ -48,7 +47,7 @@ def test_every_case_is_predicted_once_by_the_fold_that_held_it_out(cross_validat
     masks = cross_validated / "oof" / "predictions"
     assert len(list(masks.glob("*.nii.gz"))) == len(cases)
     for k, images in enumerate(held_out):
-        fold = model_id([resolve_checkpoint(cross_validated / f"fold_{k}")])
+        fold = model_id([cross_validated / f"fold_{k}" / "last.pt"])
         for image in images:
             assert mask_author(masks / f"{case_name(Path(image))}.nii.gz") == fold
 
@@ -74,7 +73,7 @@ def test_the_folder_is_a_model_that_ensembles_its_folds_and_postprocesses(
         cross_validated, tiny_dataset, tmp_path):
     cases, labels = load_manifest(tiny_dataset)
     scan = Path(cases[0]["image"])
-    folds = [cross_validated / "fold_0", cross_validated / "fold_1"]
+    folds = [cross_validated / "fold_0" / "last.pt", cross_validated / "fold_1" / "last.pt"]
     ensemble = run_cli_here("infer", "--model", folds[0], "--model", folds[1], "--input", scan,
                             "--output", tmp_path / "ensemble")
     assert ensemble.returncode == 0, ensemble.stderr
@@ -140,7 +139,7 @@ def test_a_stopped_cross_validation_continues_where_it_stopped(tiny_dataset, tmp
         fold = tmp_path / "cv" / f"fold_{k}"
         log = (fold / "log.csv").read_text().splitlines()
         assert [line.split(",")[0] for line in log[1:]] == ["1", "2"]
-        now = model_id([resolve_checkpoint(fold)])
+        now = model_id([fold / "last.pt"])
         for image in json.loads((fold / "split.json").read_text())["validation"]:
             mask = tmp_path / "cv" / "oof" / "predictions" / f"{case_name(Path(image))}.nii.gz"
             assert mask_author(mask) == now

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from medseg.data.io import read_json
 from medseg.errors import MedsegError
-from medseg.nets.checkpoint import CHECKPOINT_NAMES
 
 CROSSVAL_FILE = "crossval.json"
+# Each fold's final weights, as nnU-Net uses them: its best.pt is picked on its held-out cases.
+FINAL_CHECKPOINT = "last.pt"
 POSTPROCESSING_FILE = "postprocessing.json"
 
 
@@ -22,21 +23,19 @@ def fold_folder(folder: Path, fold: int) -> Path:
 
 
 def crossval_checkpoints(folder: Path) -> list[Path]:
-    """Each fold's best checkpoint (else its last), once every fold and the postprocessing
-    choice are done."""
+    """Each fold's final checkpoint, once every fold and the postprocessing choice are done."""
     folder = Path(folder)
     folds = read_json(folder / CROSSVAL_FILE).get("folds")
     if not isinstance(folds, int) or folds < 2:
         raise MedsegError(f"{folder / CROSSVAL_FILE}: no fold count; the file is damaged, run "
                           "`medseg crossval` again")
     unfinished = [fold_folder(folder, k).name for k in range(folds)
-                  if not any((fold_folder(folder, k) / n).exists() for n in CHECKPOINT_NAMES)]
+                  if not (fold_folder(folder, k) / FINAL_CHECKPOINT).exists()]
     if unfinished or not (folder / POSTPROCESSING_FILE).is_file():
         missing = ", ".join(unfinished) or POSTPROCESSING_FILE
         raise MedsegError(f"{folder}: the cross-validation has not finished ({missing} missing); "
                           "run the same `medseg crossval` again to continue it")
-    return [next(fold_folder(folder, k) / n for n in CHECKPOINT_NAMES
-                 if (fold_folder(folder, k) / n).exists()) for k in range(folds)]
+    return [fold_folder(folder, k) / FINAL_CHECKPOINT for k in range(folds)]
 
 
 def organ_rules(path: Path, labels: dict[int, str]) -> dict[int, tuple[bool, float]]:
