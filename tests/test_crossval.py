@@ -28,14 +28,29 @@ def read(path: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def cross_validated(tiny_dataset, tmp_path_factory) -> Path:
-    """Two folds over the three tiny phantoms, a few iterations each."""
+def cross_validation(tiny_dataset, tmp_path_factory) -> tuple[Path, str]:
+    """Two folds over the three tiny phantoms, a few iterations each, by two ranks under
+    torchrun (each its own fold); the folder and what the command printed."""
     out = tmp_path_factory.mktemp("crossval") / "cv"
-    proc = run_cli_here("crossval", "--manifest", tiny_dataset, "--output", out, "--folds", "2",
-                        *TINY_TRAIN_ARGS)
-    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "cli", "crossval", "--manifest",
+                           str(tiny_dataset), "--output", str(out), "--folds", "2",
+                           *TINY_TRAIN_ARGS, "--nproc", "2"], capture_output=True, text=True,
+                          errors="replace", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert "out-of-fold mean Dice" in proc.stdout
-    return out
+    return out, proc.stdout
+
+
+@pytest.fixture(scope="module")
+def cross_validated(cross_validation) -> Path:
+    return cross_validation[0]
+
+
+def test_two_ranks_under_torchrun_train_one_fold_each(cross_validation):
+    out, printed = cross_validation
+    started = [line for line in printed.splitlines() if line.startswith("fold ")]
+    assert sorted(started) == ["fold 0 of 2", "fold 1 of 2"]  # each fold trained once
+    assert (out / "postprocessing.json").exists()
 
 
 def test_every_case_is_predicted_once_by_the_fold_that_held_it_out(cross_validated,
@@ -201,19 +216,6 @@ def test_postprocessing_is_kept_only_where_it_raises_the_organs_dice(tmp_path):
     assert kidneys["chosen"] == "none" and kidneys["keep_largest"] is False
 
 
-def test_two_ranks_under_torchrun_train_one_fold_each(tiny_dataset, tmp_path):
-    out = tmp_path / "cv"
-    proc = subprocess.run([sys.executable, "-m", "cli", "crossval", "--manifest",
-                           str(tiny_dataset), "--output", str(out), "--folds", "2",
-                           *TINY_TRAIN_ARGS, "--nproc", "2"], capture_output=True, text=True,
-                          errors="replace", timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    started = [line for line in proc.stdout.splitlines() if line.startswith("fold ")]
-    assert sorted(started) == ["fold 0 of 2", "fold 1 of 2"]  # each fold trained once
-    assert (out / "postprocessing.json").exists()
-    assert len(list((out / "oof" / "predictions").glob("*.nii.gz"))) == 3
-
-
 def test_real_series_cross_validate(real_case, real_data, tmp_path):
     """Two real scans, each predicted by the fold trained on the other: the 20-slice series
     (DICOM, liver from TotalSegmentator) and the 3-slice one (DICOM, liver drawn by people,
@@ -229,11 +231,12 @@ def test_real_series_cross_validate(real_case, real_data, tmp_path):
         {"image": petct[0]["image"], "label": str(tmp_path / "petct_liver.nii.gz")},
         {"image": str(raw / "imagesTr" / "ct3_0000.nii.gz"),
          "label": str(raw / "labelsTr" / "ct3.nii.gz")}]}))
+    from medseg import crossval
+
     out = tmp_path / "cv"
-    proc = run_cli_here("crossval", "--manifest", manifest, "--output", out, "--folds", "2",
-                        "--epochs", "1", "--iters-per-epoch", "2", "--batch-size", "1",
-                        "--spacing", "4,4,4", "--patch-size", "48,48,16", "--channels", "4,8,16")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    crossval(manifest=str(manifest), output=str(out), folds=2, figures=False, epochs=1,
+             iters_per_epoch=2, batch_size=1, spacing=(4.0, 4.0, 4.0), patch_size=(48, 48, 16),
+             model_kwargs={"channels": [4, 8, 16]})
     # Each on its scan's own grid (the series' folder is called dicom).
     assert nib.load(str(out / "oof" / "predictions" / "dicom.nii.gz")).shape == label.shape
     assert nib.load(str(out / "oof" / "predictions" / "ct3.nii.gz")).shape == nib.load(

@@ -80,12 +80,12 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     rank, world = rank_and_world()
     set_determinism(cfg.seed)
     # Built before caching, so bad model or loss settings fail at once.
-    def network(classes: int) -> torch.nn.Module:
+    def build_network(classes: int) -> torch.nn.Module:
         return build_model(cfg.model, in_channels(cfg), classes, spatial_dims=cfg.spatial_dims,
                            **cfg.model_kwargs)
 
-    model = network(num_classes)
-    started_from = (transfer_weights(model, source, labels, network)
+    model = build_network(num_classes)
+    started_from = (transfer_weights(model, source, labels, build_network)
                     if source is not None and not resume else None)
     model = model.to(device)
     loss_fn = build_loss(cfg.loss, **cfg.loss_kwargs)
@@ -104,7 +104,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     meta = run_metadata(cfg, labels, spec, train_cases, val_cases)
     if source is not None:  # where the weights came from (kept when resuming)
-        meta["init_from"] = started_from or read_json(out / "config.json").get("init_from")
+        recorded = out / "config.json"
+        meta["init_from"] = started_from or (read_json(recorded).get("init_from")
+                                             if recorded.exists() else None)
     done, best = (resume_from(out / "last.pt", model, optimizer, scaler, meta) if resume
                   else (0, -math.inf))
     network = ddp_wrap(model, device)
