@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=300)
     args = parser.parse_args()
     tune_allocator()
-    from medseg.crossval import crossval
+    from medseg.cross_validation import crossval
     from medseg.training.config import TrainConfig
 
     data = args.data or args.output / "data"

@@ -130,7 +130,7 @@ def crossval(config: TrainConfig | None = None, recipe: str | Path | None = None
     """`medseg crossval`: train every fold of `folds`, evaluate the pooled out-of-fold
     predictions and choose each organ's postprocessing; config.output becomes a model folder
     for `infer`. Returns the out-of-fold Dice without and with the postprocessing."""
-    from medseg.crossval import crossval as run_crossval
+    from medseg.cross_validation import crossval as run_crossval
     from medseg.training.recipes import build_config
 
     if config is not None and (recipe is not None or settings):

@@ -19,8 +19,8 @@ ALLOWED = {
     "inference": {"data", "nets", "outputs"},
     "evaluation": {"data"},
     "training": {"data", "nets", "inference"},
-    "crossval": {"data", "nets", "inference", "evaluation", "training"},
-    "api": {"data", "nets", "inference", "evaluation", "training", "outputs", "crossval"},
+    "cross_validation": {"data", "nets", "inference", "evaluation", "training"},
+    "api": {"data", "nets", "inference", "evaluation", "training", "outputs", "cross_validation"},
     "demo": {"data", "nets", "inference", "evaluation", "training", "outputs"},
 }
 BASE = {"errors", "choices", "runtime", "distributed", "__init__"}
