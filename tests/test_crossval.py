@@ -236,7 +236,7 @@ def test_real_series_cross_validate(real_case, real_data, tmp_path):
          "label": str(raw / "labelsTr" / "ct3.nii.gz")}]}))
     out = tmp_path / "cv"
     summary = crossval(manifest=str(manifest), output=str(out), folds=2, figures=False,
-                       epochs=1, iters_per_epoch=2, batch_size=1, lr=1e-3, contrast_prob=0.0,
+                       epochs=1, iters_per_epoch=1, batch_size=1, lr=1e-3, contrast_prob=0.0,
                        init_from=str(Path(__file__).parent / "data" / "nnunet" / "model"))
     # Each mask on its scan's own grid (the series' folder is called dicom).
     assert nib.load(str(out / "oof" / "predictions" / "dicom.nii.gz")).shape == label.shape
