@@ -38,9 +38,16 @@ from medseg.inference.crossval_folder import (
     FINAL_CHECKPOINT,
     POSTPROCESSING_FILE,
     fold_folder,
+    rules_by_id,
 )
 from medseg.inference.options import InferOptions
-from medseg.inference.postprocess import clean_organs, component_overlaps, voxels_for_volume
+from medseg.inference.postprocess import (
+    clean_organs,
+    component_overlaps,
+    kept_components,
+    rules_in_voxels,
+    voxels_for_volume,
+)
 from medseg.inference.predictor import Predictor
 from medseg.nets.checkpoint import load_checkpoint
 from medseg.training.config import TrainConfig
@@ -62,8 +69,7 @@ def crossval(config: TrainConfig, folds: int = 5, overwrite: bool = False,
     claim_folder(output, config, folds, overwrite)
     rank, world = rank_and_world()
     for fold in range(folds)[rank::world]:
-        with alone() as device:
-            device = config.device if world == 1 else device
+        with alone(config.device) as device:
             train_fold(config, output, fold, folds, device)
             predict_held_out(output, fold, device)
     all_gather(rank)  # every rank's folds are done
@@ -151,8 +157,7 @@ def choose_and_evaluate(output: Path, cases: list[dict], labels: dict[int, str],
     oof = output / "oof"
     pairs = reference_links(cases, oof)
     chosen = choose_postprocessing(pairs, labels)
-    rules = {i: (r["keep_largest"], r["min_volume_mm3"]) for i, r in
-             ((i, chosen[name]) for i, name in labels.items() if name in chosen)}
+    rules = rules_by_id(chosen, labels)
     for prediction, _ in pairs:
         apply_rules(prediction, rules, oof / "postprocessed" / prediction.name)
     # A label may store the scan's grid with its axes another way (LAS for an LPS series):
@@ -199,9 +204,8 @@ def apply_rules(prediction: Path, rules: dict[int, tuple[bool, float]], target: 
 
     image = nib.load(str(prediction))
     mask = np.asarray(image.dataobj).astype(np.uint8)
-    voxels = {i: (largest, voxels_for_volume(mm3, image.affine))
-              for i, (largest, mm3) in rules.items()}
-    save_nifti(clean_organs(mask, voxels), image.affine, target, like=prediction)
+    save_nifti(clean_organs(mask, rules_in_voxels(rules, image.affine)), image.affine, target,
+               like=prediction)
 
 
 def choose_postprocessing(pairs: list[tuple[Path, Path]], labels: dict[int, str]) -> dict:
@@ -239,9 +243,7 @@ def mean_dice(cases: list[tuple], keep_largest: bool, min_volume_mm3: float) -> 
     """Mean Dice over cases of the components a rule keeps (as clean_organs keeps them)."""
     scores = []
     for sizes, overlaps, reference, affine, _ in cases:
-        keep = sizes >= max(voxels_for_volume(min_volume_mm3, affine), 1)
-        if keep_largest and sizes.size:
-            keep &= np.arange(sizes.size) == sizes.argmax()
+        keep = kept_components(sizes, keep_largest, voxels_for_volume(min_volume_mm3, affine))
         total = int(sizes[keep].sum()) + reference
         if total:
             scores.append(2 * int(overlaps[keep].sum()) / total)

@@ -83,20 +83,18 @@ def shutdown() -> None:
 
 
 @contextlib.contextmanager
-def alone() -> Iterator[str]:
+def alone(requested: str) -> Iterator[str]:
     """Run a block as a process of its own, not a rank (a torchrun rank training a
-    cross-validation fold by itself); yields the device for it: this rank's GPU when there
-    are GPUs, else "auto"."""
-    rank, world = rank_and_world()
-    if world == 1:
-        yield "auto"
+    cross-validation fold by itself); yields the device for it: `requested` when there is no
+    torchrun, else this rank's GPU, or the CPU without GPUs."""
+    if rank_and_world()[1] == 1:
+        yield requested
         return
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() \
         else "cpu"
-    saved = {key: os.environ.get(key) for key in ("RANK", "WORLD_SIZE")}
+    saved = {key: os.environ[key] for key in ("RANK", "WORLD_SIZE")}
     os.environ.update(RANK="0", WORLD_SIZE="1")
     try:
         yield device
     finally:
-        for key, value in saved.items():
-            os.environ[key] = value
+        os.environ.update(saved)

@@ -39,12 +39,15 @@ def crossval_checkpoints(folder: Path) -> list[Path]:
 
 
 def organ_rules(path: Path, labels: dict[int, str]) -> dict[int, tuple[bool, float]]:
-    """postprocessing.json's choices by organ id: (keep the largest component?, drop
-    components under how many mm3)."""
-    chosen = read_json(Path(path)).get("organs", {})
-    rules = {}
-    for organ_id, name in labels.items():
-        rule = chosen.get(name, {})
-        rules[organ_id] = (bool(rule.get("keep_largest", False)),
-                           float(rule.get("min_volume_mm3", 0.0)))
-    return rules
+    """postprocessing.json's choices by organ id (see rules_by_id)."""
+    return rules_by_id(read_json(Path(path)).get("organs", {}), labels)
+
+
+def rules_by_id(chosen: dict[str, dict], labels: dict[int, str]
+                ) -> dict[int, tuple[bool, float]]:
+    """Per-organ choices ({name: {"keep_largest": ..., "min_volume_mm3": ...}}) by organ id:
+    (keep the largest component?, drop components under how many mm3); none for organs
+    without one."""
+    return {organ_id: (bool(chosen[name].get("keep_largest", False)),
+                       float(chosen[name].get("min_volume_mm3", 0.0)))
+            for organ_id, name in labels.items() if name in chosen}

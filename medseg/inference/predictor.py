@@ -19,7 +19,7 @@ from medseg.errors import MedsegError, first_line
 from medseg.inference.crf import refine
 from medseg.inference.crossval_folder import organ_rules
 from medseg.inference.options import InferOptions
-from medseg.inference.postprocess import clean_components, clean_organs, voxels_for_volume
+from medseg.inference.postprocess import clean_organs, rules_in_voxels, voxels_for_volume
 from medseg.inference.resample import resample_to_grid
 from medseg.nets.checkpoint import INFERENCE_KEYS, load_checkpoint, resolve_checkpoint
 from medseg.nets.registry import build_model, volume_model
@@ -184,10 +184,11 @@ class Predictor:
         mask, probabilities = resample_to_grid(
             probs, np.asarray(image.affine), np.asarray(scan.affine), tuple(scan.shape[1:]),
             keep_probabilities=self.options.save_probabilities)
+        # --keep-largest / --min-volume for every organ, on top of a cross-validation's own
+        # per-organ choices: one pass over the mask either way.
         affine = np.asarray(scan.affine)
-        min_voxels = voxels_for_volume(self.options.min_volume_mm3, affine)
-        mask = clean_components(mask, self.options.keep_largest, min_voxels)
-        if self.organ_rules:
-            mask = clean_organs(mask, {organ: (largest, voxels_for_volume(mm3, affine))
-                                       for organ, (largest, mm3) in self.organ_rules.items()})
-        return mask, probabilities
+        largest, voxels = (self.options.keep_largest,
+                           voxels_for_volume(self.options.min_volume_mm3, affine))
+        rules = {organ: (own or largest, max(own_voxels, voxels)) for organ, (own, own_voxels)
+                 in rules_in_voxels(self.organ_rules, affine).items()}
+        return clean_organs(mask, rules, (largest, voxels)), probabilities
