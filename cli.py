@@ -21,7 +21,6 @@ from medseg.choices import (
     AUGMENTATIONS,
     DEVICES,
     LOSSES,
-    MAX_OVERLAP,
     MAX_PATCH,
     OPTIMIZERS,
     OUTPUT_TYPES,
@@ -32,9 +31,10 @@ from medseg.choices import (
     UPSAMPLING,
     WORKING_SPACING_MM,
 )
-from medseg.inference.options import InferOptions
-from medseg.nets.registry import MODELS
-from medseg.training.config import TrainConfig
+from medseg.inference.options import RUN_NUMBERS, RunOptions
+from medseg.models.options import ENGINE_NUMBERS, EngineOptions
+from medseg.nets.registry import NETWORKS
+from medseg.training.config import NUMBER_RULES, TrainConfig
 
 EXIT_USER_ERROR = 2
 EXIT_CASES_FAILED = 1
@@ -81,6 +81,22 @@ class Device(click.ParamType):
         return "[" + "|".join(DEVICES) + "|cuda:N]"
 
 
+def _ranged(rule):
+    """The click type of a numeric setting, made from its rule (medseg.choices.Number), which
+    the settings' own classes check again for the Python API: one range, both doors."""
+    if rule.whole:
+        return click.IntRange(min=rule.lo, max=rule.hi, min_open=rule.lo_open)
+    return Finite(min=rule.lo, max=rule.hi, min_open=rule.lo_open)
+
+
+def _train_number(name: str):
+    return _ranged(NUMBER_RULES[name])
+
+
+def _infer_number(name: str):
+    return _ranged({**ENGINE_NUMBERS, **RUN_NUMBERS}[name])
+
+
 def _parse_triple(kind, lo, hi):
     """A callback for 'x,y,z': three finite numbers of `kind` from lo to hi."""
     def parse(ctx, param, value):
@@ -106,7 +122,8 @@ def _names(choices) -> str:
 
 
 def _default(options_class, name: str):
-    """A dataclass field's default: TrainConfig and InferOptions are the one source."""
+    """A dataclass field's default: TrainConfig, EngineOptions and RunOptions are the one
+    source."""
     field = {f.name: f for f in dataclasses.fields(options_class)}[name]
     return field.default_factory() if field.default is dataclasses.MISSING else field.default
 
@@ -202,11 +219,11 @@ TRAINING_OPTIONS = [
     # Unset options (None) fall back to the recipe, then to TrainConfig, whose defaults help
     # shows.
     click.option("--network", "model", help=_train_help(
-        "model", f"The architecture: {_names(MODELS)} (docs/models.md).")),
+        "model", f"The architecture: {_names(NETWORKS)} (docs/models.md).")),
     click.option("--model", "old_model", hidden=True),
-    click.option("--dims", "spatial_dims", type=click.IntRange(2, 3), help=_train_help(
+    click.option("--dims", "spatial_dims", type=_train_number("spatial_dims"), help=_train_help(
         "spatial_dims", "3: volume patches; 2: axial slices of the same volumes.")),
-    click.option("--context-slices", type=click.IntRange(min=0), help=_train_help(
+    click.option("--context-slices", type=_train_number("context_slices"), help=_train_help(
         "context_slices", "2D: K neighbouring slices each side as extra channels (2.5D).")),
     click.option("--upsample", help=f"Decoder upsampling (unet, fcn, deeplabv3plus): "
                                     f"{_names(UPSAMPLING)} [default: the network's own]."),
@@ -220,11 +237,11 @@ TRAINING_OPTIONS = [
                  help="One weight per class, background first, e.g. 0.5,1,2."),
     click.option("--dice-weight", type=Finite(min=0), help="Scales the Dice term."),
     click.option("--ce-weight", type=Finite(min=0), help="Scales the cross-entropy term."),
-    click.option("--epochs", type=click.IntRange(min=1), help=_train_help("epochs")),
-    click.option("--iters-per-epoch", type=click.IntRange(min=1),
+    click.option("--epochs", type=_train_number("epochs"), help=_train_help("epochs")),
+    click.option("--iters-per-epoch", type=_train_number("iters_per_epoch"),
                  help=_train_help("iters_per_epoch")),
-    click.option("--batch-size", type=click.IntRange(min=1), help=_train_help("batch_size")),
-    click.option("--lr", type=Finite(min=0, min_open=True),
+    click.option("--batch-size", type=_train_number("batch_size"), help=_train_help("batch_size")),
+    click.option("--lr", type=_train_number("lr"),
                  help=_train_help("lr", "Peak learning rate.")),
     click.option("--spacing", callback=_parse_triple(float, *WORKING_SPACING_MM),
                  help=_train_help("spacing", "Working spacing in mm, e.g. 3,3,3.")),
@@ -232,13 +249,13 @@ TRAINING_OPTIONS = [
         "patch_size", "e.g. 96,96,32; in 2D only the first two are used.")),
     click.option("--channels", default=None, help=(
         "Encoder widths per level, e.g. 16,32,64,128,256 [default: planned for resunet].")),
-    click.option("--val-every", type=click.IntRange(min=1),
+    click.option("--val-every", type=_train_number("val_every"),
                  help=_train_help("val_every", "Epochs between validations.")),
     click.option("--device", type=Device(), help=_train_help("device")),
     click.option("--seed", type=int, help=_train_help("seed")),
     click.option("--optimizer", type=click.Choice(OPTIMIZERS), help=_train_help("optimizer")),
     click.option("--schedule", type=click.Choice(SCHEDULES), help=_train_help("schedule")),
-    click.option("--warmup-iters", type=click.IntRange(min=0),
+    click.option("--warmup-iters", type=_train_number("warmup_iters"),
                  help=_train_help("warmup_iters")),
     click.option("--augment", type=click.Choice(AUGMENTATIONS), help=_train_help("augment")),
     click.option("--precision", type=click.Choice(PRECISIONS), help=_train_help(
@@ -246,7 +263,7 @@ TRAINING_OPTIONS = [
         "else fp32.")),
     click.option("--compile", "compile_model", is_flag=True, default=None,
                  help="torch.compile the network (slow start, faster steps on GPUs)."),
-    click.option("--workers", "num_workers", type=click.IntRange(min=0),
+    click.option("--workers", "num_workers", type=_train_number("num_workers"),
                  help=_train_help("num_workers", "Data-loading processes.")),
     click.option("--cache-dir", type=GivenPath(file_okay=False, path_type=Path), help=(
         "Keep resampled cases on disk here instead of in memory (for data sets larger than "
@@ -261,8 +278,9 @@ TRAINING_OPTIONS = [
 
 @main.command()
 @training_options
-@click.option("--fold", type=click.IntRange(min=0), help="Validate on this fold of --folds.")
-@click.option("--folds", type=click.IntRange(min=2), help=_train_help("folds", "Folds for --fold."))
+@click.option("--fold", type=_train_number("fold"), help="Validate on this fold of --folds.")
+@click.option("--folds", type=_train_number("folds"),
+              help=_train_help("folds", "Folds for --fold."))
 @click.option("--resume", is_flag=True, help="Continue OUTPUT's run from its last.pt.")
 @click.option("--overwrite", is_flag=True,
               help="Replace the run OUTPUT holds (its checkpoints and logs) with a new one.")
@@ -383,21 +401,22 @@ def plan(manifest, output, device, memory_gb, overwrite):
               help="A scan (NIfTI, NRRD, MHA), a DICOM series folder, or a folder of them.")
 @click.option("--output", required=True, type=GivenPath(file_okay=False, path_type=Path))
 @click.option("--overwrite", is_flag=True, help="Redo cases whose mask already exists.")
-@click.option("--overlap", type=Finite(0, MAX_OVERLAP), default=_default(InferOptions, "overlap"),
+@click.option("--overlap", type=_infer_number("overlap"),
+              default=_default(EngineOptions, "overlap"),
               show_default=True, help="Fraction by which sliding windows overlap.")
-@click.option("--sw-batch-size", default=_default(InferOptions, "sw_batch_size"), show_default=True,
-              type=click.IntRange(min=1))
+@click.option("--sw-batch-size", default=_default(EngineOptions, "sw_batch_size"),
+              show_default=True, type=_infer_number("sw_batch_size"))
 @click.option("--tta", is_flag=True,
               help="Average over anterior-posterior and superior-inferior mirror images.")
-@click.option("--precision", default=_default(InferOptions, "precision"), show_default=True,
+@click.option("--precision", default=_default(EngineOptions, "precision"), show_default=True,
               type=click.Choice(PRECISIONS), help="auto: bf16 on CUDA, fp32 on CPU.")
 @click.option("--keep-largest", is_flag=True, help="Keep each organ's largest component only.")
-@click.option("--min-volume", "min_volume_mm3", default=_default(InferOptions, "min_volume_mm3"),
-              show_default=True, type=Finite(min=0),
+@click.option("--min-volume", "min_volume_mm3", default=_default(RunOptions, "min_volume_mm3"),
+              show_default=True, type=_infer_number("min_volume_mm3"),
               help="Remove components smaller than this many mm3.")
 @click.option("--save-probabilities", is_flag=True,
               help="Also write CASE_probabilities.nii.gz (uint8, probability x 255).")
-@click.option("--device", default=_default(InferOptions, "device"), show_default=True,
+@click.option("--device", default=_default(EngineOptions, "device"), show_default=True,
               type=Device(), help="auto: CUDA if there is one, else the CPU; cuda:1 picks a GPU "
                                   "of several; mps: an Apple GPU.")
 @click.option("--folds", default=None,
@@ -420,21 +439,24 @@ def plan(manifest, output, device, memory_gb, overwrite):
 @click.option("--crf", is_flag=True,
               help="Refine with a fully connected CRF on the CT intensities (DeepLab's "
                    "post-processing; docs/models.md says where it helps and where it hurts).")
-@click.option("--crf-iterations", type=click.IntRange(min=0), show_default=True,
-              default=_default(InferOptions, "crf_iterations"), help="Mean-field iterations.")
-@click.option("--crf-appearance-mm", type=Finite(min=0, min_open=True), show_default=True,
-              default=_default(InferOptions, "crf_appearance_mm"),
+@click.option("--crf-iterations", type=_infer_number("crf_iterations"),
+              show_default=True, default=_default(EngineOptions, "crf_iterations"),
+              help="Mean-field iterations.")
+@click.option("--crf-appearance-mm", type=_infer_number("crf_appearance_mm"), show_default=True,
+              default=_default(EngineOptions, "crf_appearance_mm"),
               help="Spatial width of the appearance kernel (voxels of similar HU agree).")
-@click.option("--crf-appearance-hu", type=Finite(min=0, min_open=True), show_default=True,
-              default=_default(InferOptions, "crf_appearance_hu"),
+@click.option("--crf-appearance-hu", type=_infer_number("crf_appearance_hu"), show_default=True,
+              default=_default(EngineOptions, "crf_appearance_hu"),
               help="Intensity width of the appearance kernel.")
-@click.option("--crf-appearance-weight", type=Finite(min=0), show_default=True,
-              default=_default(InferOptions, "crf_appearance_weight"))
-@click.option("--crf-smoothness-mm", type=Finite(min=0, min_open=True), show_default=True,
-              default=_default(InferOptions, "crf_smoothness_mm"),
+@click.option("--crf-appearance-weight", type=_infer_number("crf_appearance_weight"),
+              show_default=True,
+              default=_default(EngineOptions, "crf_appearance_weight"))
+@click.option("--crf-smoothness-mm", type=_infer_number("crf_smoothness_mm"), show_default=True,
+              default=_default(EngineOptions, "crf_smoothness_mm"),
               help="Width of the smoothness kernel (neighbours agree).")
-@click.option("--crf-smoothness-weight", type=Finite(min=0), show_default=True,
-              default=_default(InferOptions, "crf_smoothness_weight"))
+@click.option("--crf-smoothness-weight", type=_infer_number("crf_smoothness_weight"),
+              show_default=True,
+              default=_default(EngineOptions, "crf_smoothness_weight"))
 @click.option("--nproc", default=1, show_default=True, type=click.IntRange(min=1),
               help="Processes (one per GPU) that split the cases, launched with torchrun.")
 @user_errors
@@ -542,7 +564,7 @@ def convert(images, annotations, output, labels_spec):
 @user_errors
 def report(rundir, output):
     """Draw training curves (loss, per-organ validation Dice) from RUNDIR/log.csv as a PNG."""
-    from medseg.data.io import check_not_input
+    from medseg.data.files import check_not_input
     from medseg.training.log import training_curves
 
     target = output or rundir / "training_curves.png"

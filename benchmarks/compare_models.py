@@ -59,7 +59,8 @@ def run_model(name: str, dims: int, out: Path, iterations: int, batch_size: int 
 
     run, trained, heldout = train_model(name, dims, out, iterations, batch_size, context_slices)
     start = time.perf_counter()
-    infer_cases(run, heldout / "imagesTr", run / "predictions", InferOptions(overwrite=True))
+    infer_cases(run, heldout / "imagesTr", run / "predictions",
+                InferOptions.from_keywords(overwrite=True))
     infer_seconds = (time.perf_counter() - start) / HELDOUT_CASES
     summary = evaluate_folders(run / "predictions", heldout / "labelsTr", run / "evaluation",
                                load_labels(heldout / "dataset.json"))

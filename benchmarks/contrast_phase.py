@@ -72,7 +72,7 @@ def heldout_dice(run: Path, heldout: Path, out: Path) -> dict:
     from medseg.inference.batch import infer_cases
     from medseg.inference.options import InferOptions
 
-    infer_cases(run, heldout.parent / "imagesTr", out, InferOptions(overwrite=True))
+    infer_cases(run, heldout.parent / "imagesTr", out, InferOptions.from_keywords(overwrite=True))
     summary = evaluate_folders(out, heldout.parent / "labelsTr", out / "evaluation",
                                load_labels(heldout), figures=False)
     return {organ: stats["dice_mean"] for organ, stats in summary["organs"].items()}

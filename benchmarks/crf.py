@@ -31,7 +31,7 @@ from medseg.demo import REAL_CASE_LABELS, ensure_dataset, write_real_case
 from medseg.runtime import tune_allocator
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "petct_dicom"
-MODELS = "dilated,deeplabv3,pspnet,fcn,deeplabv3plus,unet,resunet"
+NETWORKS = "dilated,deeplabv3,pspnet,fcn,deeplabv3plus,unet,resunet"
 
 
 def trained_run(name: str, out: Path, iterations: int) -> tuple[Path, Path]:
@@ -52,7 +52,8 @@ def segment_and_score(run: Path, images: Path, references: Path, labels: dict[in
     from medseg.inference.options import InferOptions
 
     start = time.perf_counter()
-    results = infer_cases(run, images, out / "masks", InferOptions(overwrite=True, crf=crf))
+    results = infer_cases(run, images, out / "masks",
+                InferOptions.from_keywords(overwrite=True, crf=crf))
     seconds = (time.perf_counter() - start) / len(results)
     summary = evaluate_folders(out / "masks", references, out / "evaluation", labels,
                                resample=resample, figures=False)
@@ -127,9 +128,9 @@ def working_grid_cases(run: Path, folder: Path):
     from monai.transforms import Compose
 
     from medseg.data.io import load_scan
-    from medseg.inference.predictor import Predictor
+    from medseg.models.open import open_model
 
-    predictor = Predictor(run / "best.pt")
+    predictor = open_model(run / "best.pt")
     manifest = json.loads((folder / "dataset.json").read_text())
     for entry in manifest["training"]:
         scan = load_scan(folder / entry["image"])
@@ -156,8 +157,8 @@ def tune(models: list[str], out: Path, iterations: int, grid: dict | None = None
     """Mean working-grid Dice of each setting in `grid` (default TUNING_GRID; the others at
     their defaults) over the tuning phantoms and models; best first, and the no-CRF Dice."""
     grid = grid or TUNING_GRID
-    from medseg.inference.crf import refine
-    from medseg.inference.options import CRFSettings
+    from medseg.models.crf import refine
+    from medseg.models.options import CRFSettings
 
     folder = ensure_dataset(out / "data" / "tuning", 2, seed=2).parent
     cases = [case for name in models
@@ -176,7 +177,7 @@ def tune(models: list[str], out: Path, iterations: int, grid: dict | None = None
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=Path("runs/crf"))
-    parser.add_argument("--models", default=MODELS, help="comma-separated registry names")
+    parser.add_argument("--models", default=NETWORKS, help="comma-separated registry names")
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--real-epochs", type=int, default=30)
     parser.add_argument("--real-models", default="resunet,dilated",

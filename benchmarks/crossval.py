@@ -29,7 +29,8 @@ def heldout_dice(model, heldout: Path, out: Path) -> dict:
     from medseg.inference.batch import infer_cases
     from medseg.inference.options import InferOptions
 
-    infer_cases(model, heldout / "imagesTr", out / "predictions", InferOptions(overwrite=True))
+    infer_cases(model, heldout / "imagesTr", out / "predictions",
+                InferOptions.from_keywords(overwrite=True))
     summary = evaluate_folders(out / "predictions", heldout / "labelsTr", out / "evaluation",
                                load_labels(heldout / "dataset.json"), figures=False)
     return {"mean": summary["mean_dice"],

@@ -100,12 +100,12 @@ def canonical_pipeline(checkpoint: Path, scan: Path, out_dir: Path, overlap: flo
     )
 
     from medseg.nets.checkpoint import load_checkpoint
-    from medseg.nets.registry import build_model
+    from medseg.nets.registry import build_network
 
     start = time.perf_counter()
     payload = load_checkpoint(checkpoint)
     config = payload["config"]
-    model = build_model(config["model"]["name"], 1, len(config["labels"]),
+    model = build_network(config["model"]["name"], 1, len(config["labels"]),
                         **config["model"]["kwargs"])
     model.load_state_dict(payload["state_dict"])
     model.eval()
@@ -189,10 +189,10 @@ def write_random_checkpoint(path: Path, seed: int, spacing: float = 4.0) -> Path
     import torch
 
     from medseg.nets.checkpoint import save_checkpoint
-    from medseg.nets.registry import build_model
+    from medseg.nets.registry import build_network
 
     torch.manual_seed(seed)
-    model = build_model(LARGE_MODEL["name"], 1, 1 + len(BTCV_ORGANS), **LARGE_MODEL["kwargs"])
+    model = build_network(LARGE_MODEL["name"], 1, 1 + len(BTCV_ORGANS), **LARGE_MODEL["kwargs"])
     config = {
         "model": {**LARGE_MODEL, "in_channels": 1},
         "labels": {str(i): name for i, name in enumerate(("background", *BTCV_ORGANS))},
@@ -419,7 +419,7 @@ def estimate_line(case: Case, config: dict, runs: dict[str, list[Run]]) -> str:
 
     header = nib.load(str(case.scan))
     lines = []
-    from medseg.inference.options import CRFSettings
+    from medseg.models.options import CRFSettings
 
     for pipeline, crf in (("medseg", None), ("medseg_crf", CRFSettings())):
         if pipeline not in runs:

@@ -38,12 +38,12 @@ def measure(name: str, dims: int, repeats: int) -> dict:
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
-    from medseg.nets.registry import build_model
+    from medseg.nets.registry import build_network
     from medseg.runtime import tune_allocator
 
     tune_allocator()  # as the CLI does
     torch.manual_seed(0)
-    model = build_model(name, 1, NUM_CLASSES, spatial_dims=dims)
+    model = build_network(name, 1, NUM_CLASSES, spatial_dims=dims)
     image = torch.randn(input_shape(dims))
     label = torch.randint(0, NUM_CLASSES, (image.shape[0], *image.shape[2:]))
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -78,10 +78,10 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(args.one[0], int(args.one[1]), args.repeats)))
         return
-    from medseg.nets.registry import MODELS
+    from medseg.nets.registry import NETWORKS
 
     rows = []
-    for name in args.models.split(",") if args.models else MODELS:
+    for name in args.models.split(",") if args.models else NETWORKS:
         for dims in (3, 2):
             child = subprocess.run(
                 [sys.executable, "-m", "benchmarks.models", "--one", name, str(dims),

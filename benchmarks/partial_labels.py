@@ -71,7 +71,8 @@ def run_variant(variant: str, manifest: Path, out: Path, heldout: Path,
     finished = (run / "last.pt").exists()  # a run trained before: continued (or kept) as is
     train(config, resume=finished, overwrite=not finished)
     seconds = float((run / "log.csv").read_text().splitlines()[-1].split(",")[-1])
-    infer_cases(run, heldout / "imagesTr", run / "predictions", InferOptions(overwrite=True))
+    infer_cases(run, heldout / "imagesTr", run / "predictions",
+                InferOptions.from_keywords(overwrite=True))
     # The combined map numbers organs its own way: predictions are read with their own map.
     summary = evaluate_folders(run / "predictions", heldout / "labelsTr", run / "evaluation",
                                load_labels(heldout / "dataset.json"),

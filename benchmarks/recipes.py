@@ -93,7 +93,8 @@ def run_variant(variant: str, data: Path, out: Path, budget: float | None,
     epochs = config.epochs
     with open(run / "log.csv", newline="") as f:
         loop_seconds = float(list(csv.DictReader(f))[-1]["seconds"])
-    infer_cases(run, heldout / "imagesTr", run / "predictions", InferOptions(overwrite=True))
+    infer_cases(run, heldout / "imagesTr", run / "predictions",
+                InferOptions.from_keywords(overwrite=True))
     summary = evaluate_folders(run / "predictions", heldout / "labelsTr", run / "evaluation",
                                load_labels(heldout / "dataset.json"), figures=False)
     return {"variant": variant, "changes": VARIANTS[variant], "seconds_per_iteration": step,

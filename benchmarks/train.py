@@ -21,7 +21,7 @@ from monai.transforms import ClassesToIndicesd
 from medseg.data.network_input import NetworkInput
 from medseg.data.phantoms import make_phantom
 from medseg.data.transforms import training_sample_transforms
-from medseg.nets.registry import build_model
+from medseg.nets.registry import build_network
 from medseg.runtime import tune_allocator
 
 PATCH, BATCH, CLASSES = (128, 128, 128), 2, 10
@@ -29,7 +29,7 @@ PATCH, BATCH, CLASSES = (128, 128, 128), 2, 10
 
 def model_rate(steps: int) -> float:
     """Seconds per training step of the default U-Net on random data (after one warm-up)."""
-    model = build_model("resunet", 1, CLASSES)
+    model = build_network("resunet", 1, CLASSES)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
     image = torch.randn(BATCH, 1, *PATCH)

@@ -11,7 +11,7 @@ the command line is a thin layer over them. Examples: docs/api.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,29 +62,28 @@ class Segmenter:
     """Trained model(s) loaded once, to segment many scans.
 
     `model`: a run folder (its best.pt), a checkpoint file, or a list of them (an ensemble that
-    averages their probabilities); an nnU-Net v2 trained-model folder; or a TotalSegmentator
-    task, "totalsegmentator:total". Options are InferOptions' fields: device, overlap,
-    sw_batch_size, precision, tta, keep_largest, min_volume_mm3, save_probabilities, overwrite,
-    folds (nnU-Net), roi_subset (TotalSegmentator).
+    averages their probabilities); a cross-validation folder; an nnU-Net v2 trained-model
+    folder; or a TotalSegmentator task, "totalsegmentator:total". Options are the fields of
+    EngineOptions (device, overlap, sw_batch_size, precision, tta, save_probabilities, folds,
+    crf, crf_*) and RunOptions (overwrite, roi_subset, keep_largest, min_volume_mm3,
+    output_types, statistics, preview), checked as the command line checks them.
     """
 
     def __init__(self, model, **options):
-        from medseg.inference.models import load_predictor
+        from medseg.inference.pipeline import open_pipeline
 
-        self.predictor = load_predictor(model, _options(InferOptions, options))
+        self.pipeline = open_pipeline(model, InferOptions.from_keywords(**options))
 
     @property
     def labels(self) -> dict[int, str]:
         """Label id -> organ name, background (0) included."""
-        return dict(self.predictor.labels)
+        return dict(self.pipeline.labels)
 
     def __call__(self, image, affine=None) -> Segmentation:
         """Segment one scan: a path (NIfTI, NRRD, MHA, a DICOM folder), a nibabel image, or a 3D
         array in HU with its 4 x 4 affine (RAS, mm)."""
-        from medseg.inference.batch import predict_scan
-
         scan, source = _as_scan(image, affine)
-        mask, probabilities, grid = predict_scan(self.predictor, scan, source)
+        mask, probabilities, grid = self.pipeline.segment(scan, source)
         return Segmentation(mask, grid, self.labels, probabilities)
 
     def segment_folder(self, inputs: str | Path, output: str | Path) -> list:
@@ -92,7 +91,7 @@ class Segmenter:
         scan, named after it; finished masks skipped); returns one CaseResult per scan."""
         from medseg.inference.batch import segment_folder
 
-        return segment_folder(self.predictor, Path(inputs), Path(output))
+        return segment_folder(self.pipeline, Path(inputs), Path(output))
 
 
 def segment(image, model, affine=None, **options) -> Segmentation:
@@ -106,8 +105,7 @@ def infer(model, inputs: str | Path, output: str | Path, **options) -> list:
     from medseg.inference.batch import infer_cases
 
     models = [model] if isinstance(model, (str, Path)) else list(model)
-    settings = _options(InferOptions, options)
-    return infer_cases(models, Path(inputs), Path(output), settings)
+    return infer_cases(models, Path(inputs), Path(output), InferOptions.from_keywords(**options))
 
 
 def train(config: TrainConfig | None = None, recipe: str | Path | None = None,
@@ -147,7 +145,7 @@ def plan(manifest: str | Path, output: str | Path | None = None, device: str = "
     its path."""
     import os
 
-    from medseg.data.io import check_not_input, write_json
+    from medseg.data.files import check_not_input, write_json
     from medseg.data.manifest import load_manifest
     from medseg.runtime import resolve_device
     from medseg.training.planning import PLAN_NAME, make_plan
@@ -201,7 +199,7 @@ def convert(images: str | Path, annotations: str | Path, output: str | Path,
 def _label_map(given, masks: Path, other: Path) -> dict[int, str] | None:
     """The label map given for one side, else the one its masks describe themselves with
     (`other`: the other side, whose being one file makes a folder of organ files one case)."""
-    from medseg.data.io import case_name
+    from medseg.data.files import case_name
     from medseg.data.labels import load_label_map
     from medseg.evaluation.mask_files import folder_labels, list_cases
 
@@ -230,15 +228,6 @@ def _labels_beside(ref: Path) -> Path:
             return candidate
     raise MedsegError(f"no label map given and no dataset.json beside {ref}; pass --labels "
                       "(or --ref-labels and --pred-labels)")
-
-
-def _options(options_class, given: dict):
-    """An options dataclass from keywords, naming the valid ones when one is mistyped."""
-    valid = [f.name for f in fields(options_class)]
-    unknown = sorted(set(given) - set(valid))
-    if unknown:
-        raise MedsegError(f"unknown option {', '.join(unknown)}; valid: {', '.join(valid)}")
-    return options_class(**given)
 
 
 def _as_scan(image, affine):

@@ -8,7 +8,9 @@ and InferOptions'.
 
 from __future__ import annotations
 
+import math
 import re
+from typing import NamedTuple
 
 from medseg.errors import MedsegError
 
@@ -53,3 +55,48 @@ def check_output_types(types) -> tuple[str, ...]:
         raise MedsegError(f"output type {', '.join(map(repr, unknown)) or '(none)'}: choose from "
                           f"{', '.join(OUTPUT_TYPES)}")
     return tuple(dict.fromkeys(names))
+
+
+class Number(NamedTuple):
+    """A numeric setting's range: whole number or not, lowest (excluded if lo_open), highest;
+    None: unbounded. The command line's option types are made from the same rules."""
+
+    whole: bool
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+
+
+RECIPE_FIX = "fix it in the recipe or on the command line"
+
+
+def check_number(name: str, value, rule: Number, fix: str = RECIPE_FIX) -> None:
+    """A setting must be a (whole) number, finite, within the rule's range."""
+    whole, lo, hi, lo_open = rule
+    kinds = (int,) if whole else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise MedsegError(f"{name}: expected {'a whole number' if whole else 'a number'}, got "
+                          f"{value!r}; {fix}")
+    too_low = lo is not None and (value <= lo if lo_open else value < lo)
+    if not math.isfinite(value) or too_low or (hi is not None and value > hi):
+        bounds = f"{'above' if lo_open else 'at least'} {lo}" if lo is not None else ""
+        bounds += (" and " if bounds and hi is not None else "") + (
+            f"at most {hi}" if hi is not None else "")
+        raise MedsegError(f"{name}: {value!r} is not a finite number {bounds}; {fix}")
+
+
+def check_settings(settings, numbers: dict[str, Number], names: dict[str, tuple] | None = None,
+                   flags: tuple[str, ...] = (), fix: str = RECIPE_FIX) -> None:
+    """Every numeric field of a settings object within its rule (None: unset), every named
+    choice among its names, every flag a bool: one check for the command line and the API."""
+    for name, rule in numbers.items():
+        if getattr(settings, name) is not None:
+            check_number(name, getattr(settings, name), rule, fix)
+    for name, valid in (names or {}).items():
+        if getattr(settings, name) not in valid:
+            raise MedsegError(f"{name} {getattr(settings, name)!r}: choose one of "
+                              f"{', '.join(valid)}")
+    for name in flags:
+        if not isinstance(getattr(settings, name), bool):
+            raise MedsegError(f"{name}: expected True or False, got "
+                              f"{getattr(settings, name)!r}; {fix}")

@@ -26,21 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.data.io import case_name, read_json, save_nifti, scan_suffix, write_json
+from medseg.data.files import case_name, read_json, scan_suffix, write_json
+from medseg.data.io import save_nifti
 from medseg.data.labels import match_label_maps
 from medseg.data.manifest import load_manifest
 from medseg.distributed import all_gather, alone, rank_and_world
 from medseg.errors import MedsegError
 from medseg.evaluation.evaluate import evaluate_folders, load_pair
 from medseg.inference.batch import mask_author, output_path, segment_scans
-from medseg.inference.crossval_folder import (
-    CROSSVAL_FILE,
-    FINAL_CHECKPOINT,
-    POSTPROCESSING_FILE,
-    fold_folder,
-    rules_by_id,
-)
 from medseg.inference.options import InferOptions
+from medseg.inference.pipeline import open_pipeline
 from medseg.inference.postprocess import (
     clean_organs,
     component_overlaps,
@@ -48,7 +43,14 @@ from medseg.inference.postprocess import (
     rules_in_voxels,
     voxels_for_volume,
 )
-from medseg.inference.predictor import Predictor
+from medseg.models.crossval_folder import (
+    CROSSVAL_FILE,
+    FINAL_CHECKPOINT,
+    POSTPROCESSING_FILE,
+    fold_folder,
+    rules_by_id,
+)
+from medseg.models.options import EngineOptions
 from medseg.nets.checkpoint import load_checkpoint
 from medseg.training.config import TrainConfig
 from medseg.training.loop import train
@@ -139,11 +141,11 @@ def predict_held_out(output: Path, fold: int, device: str) -> None:
     kept, those of an earlier state of the fold (trained on since) are redone."""
     folder, masks = fold_folder(output, fold), output / "oof" / "predictions"
     held_out = [Path(image) for image in read_json(folder / "split.json")["validation"]]
-    predictor = Predictor(folder / FINAL_CHECKPOINT, InferOptions(device=device))
+    pipeline = open_pipeline(folder / FINAL_CHECKPOINT, InferOptions(EngineOptions(device=device)))
     for image in held_out:
-        if mask_author(output_path(image, masks)) not in (None, predictor.model_id):
+        if mask_author(output_path(image, masks)) not in (None, pipeline.model_id):
             output_path(image, masks).unlink()
-    results = segment_scans(predictor, held_out, masks)
+    results = segment_scans(pipeline, held_out, masks)
     failed = [r for r in results if r.status == "failed"]
     if failed:
         raise MedsegError(f"{failed[0].source}: out-of-fold prediction failed ({failed[0].error})"

@@ -69,7 +69,7 @@ def run_demo(out: Path, epochs: int, iters_per_epoch: int) -> dict:
     from medseg.data.labels import load_labels
     from medseg.evaluation.evaluate import evaluate_folders, markdown_table
     from medseg.inference.batch import infer_cases
-    from medseg.inference.options import InferOptions
+    from medseg.inference.options import InferOptions, RunOptions
     from medseg.training.loop import train
     from medseg.training.recipes import build_config
 
@@ -86,7 +86,7 @@ def run_demo(out: Path, epochs: int, iters_per_epoch: int) -> dict:
     t = time.perf_counter()
     heldout = test_manifest.parent
     results = infer_cases(out, heldout / "imagesTr", out / "predictions",
-                          InferOptions(overwrite=True))
+                          InferOptions(run=RunOptions(overwrite=True)))
     if any(r.status == "failed" for r in results):
         raise SystemExit("demo: inference failed on a held-out case")
     timings["infer"] = time.perf_counter() - t

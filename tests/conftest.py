@@ -17,6 +17,8 @@ import SimpleITK as sitk
 from medseg.demo import REAL_CASE_LABELS, write_real_case
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+# A model folder trained by nnU-Net itself (tests/test_nnunet.py says how).
+NNUNET_MODEL = Path(__file__).parent / "data" / "nnunet" / "model"
 # Coarse fixed spacing keeps every phantom around 90 x 65 x 40 voxels.
 TINY_SPACING = (4.0, 4.0, 6.0)
 
@@ -82,6 +84,42 @@ def tiny_run(tiny_dataset, tmp_path_factory) -> Path:
                                        str(out), *TINY_TRAIN_ARGS])
     assert result.exit_code == 0, result.output
     return out
+
+
+def assert_clean_failure(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    """One error line naming the problem, exit code 2, no traceback."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+LABELS = {"0": "background", "1": "liver", "2": "spleen"}
+SHAPE = (12, 10, 8)
+
+
+def ct(shape=SHAPE, seed=0) -> np.ndarray:
+    """Random int16 voxels from air to contrast-filled vessels: looks like CT to every check."""
+    return np.random.default_rng(seed).integers(-1000, 400, shape).astype(np.int16)
+
+
+def tiny_checkpoint(path: Path, spatial_dims: int = 3, **config) -> Path:
+    """An untrained two-level U-Net with everything inference reads (instant to build);
+    `config` overrides any of its settings (labels, spacing, patch_size, intensity, ...)."""
+    from medseg.nets.checkpoint import save_checkpoint
+    from medseg.nets.registry import build_network
+
+    kwargs = {"channels": (4, 8), "strides": (2,)}
+    settings = {"model": {"name": "unet3d", "kwargs": kwargs, "in_channels": 1,
+                          "spatial_dims": spatial_dims},
+                "labels": LABELS, "spacing": [2.0, 2.0, 2.0], "patch_size": [16, 16, 16],
+                "intensity": {"clip": [-1000.0, 1000.0], "mean": 0.0, "std": 100.0}} | config
+    network = build_network("unet3d", 1, len(settings["labels"]), spatial_dims=spatial_dims,
+                            **kwargs)
+    save_checkpoint(path, network, settings)
+    return path
 
 
 def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
@@ -209,3 +247,19 @@ def convert_3slice(real_data: Path, tmp_path: Path, organs=("liver", "spine", "h
                         "--output", raw)
     assert proc.returncode == 0, proc.stderr
     return raw
+
+
+def write_totalseg_home(home: Path, parts: dict[int, list[str]]) -> Path:
+    """A TotalSegmentator-shaped weights folder: the nnU-Net test model under each part's
+    dataset id, its dataset.json renamed to the part's classes (TotalSegmentator's spelling);
+    returns `home`, for TOTALSEG_HOME_DIR."""
+    import shutil
+
+    for dataset, names in parts.items():
+        folder = (home / "nnunet" / "results" / f"Dataset{dataset}_TotalSegmentator_part"
+                  / "nnUNetTrainerNoMirroring__nnUNetPlans__3d_fullres")
+        shutil.copytree(NNUNET_MODEL, folder)
+        spec = json.loads((folder / "dataset.json").read_text())
+        spec["labels"] = {"background": 0, **{n: i + 1 for i, n in enumerate(names)}}
+        (folder / "dataset.json").write_text(json.dumps(spec))
+    return home

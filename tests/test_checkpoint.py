@@ -10,16 +10,16 @@ import torch
 
 from medseg.errors import MedsegError
 from medseg.nets.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
-from medseg.nets.registry import build_model
+from medseg.nets.registry import build_network
 
 
 def test_round_trip_restores_weights_and_settings(tmp_path):
-    model = build_model("unet3d", 1, 3, channels=(4, 8), strides=(2,))
+    model = build_network("unet3d", 1, 3, channels=(4, 8), strides=(2,))
     config = {"labels": {"0": "background", "1": "liver", "2": "spleen"}, "spacing": [3, 3, 3]}
     save_checkpoint(tmp_path / "best.pt", model, config, epoch=4)
     payload = load_checkpoint(tmp_path)  # a run folder resolves to best.pt
     assert payload["config"] == config and payload["epoch"] == 4
-    restored = build_model("unet3d", 1, 3, channels=(4, 8), strides=(2,))
+    restored = build_network("unet3d", 1, 3, channels=(4, 8), strides=(2,))
     restored.load_state_dict(payload["state_dict"])
     x = torch.randn(1, 1, 8, 8, 8)
     model.eval(), restored.eval()
@@ -52,7 +52,7 @@ def test_pickled_code_is_refused_without_running_it(tmp_path):
 
 
 def test_truncated_or_foreign_files_are_clear_errors(tmp_path):
-    model = build_model("unet3d", 1, 2, channels=(4, 8), strides=(2,))
+    model = build_network("unet3d", 1, 2, channels=(4, 8), strides=(2,))
     save_checkpoint(tmp_path / "good.pt", model, {})
     data = (tmp_path / "good.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
@@ -65,8 +65,8 @@ def test_truncated_or_foreign_files_are_clear_errors(tmp_path):
 
 def test_a_medseg_0_1_checkpoint_still_predicts(tmp_path):
     # 0.1 saved MONAI's U-Net unwrapped, with no spatial_dims or context_slices in its config.
-    from medseg.inference.options import InferOptions
-    from medseg.inference.predictor import Predictor
+    from medseg.models.open import open_model
+    from medseg.models.options import EngineOptions
     from medseg.nets.registry import monai_residual_unet
 
     bare = monai_residual_unet(3, 1, 2, channels=(4, 8), strides=(2,))
@@ -76,11 +76,11 @@ def test_a_medseg_0_1_checkpoint_still_predicts(tmp_path):
               "patch_size": [8, 8, 8], "intensity": {"clip": [-100.0, 100.0], "mean": 0.0,
                                                      "std": 50.0}}
     save_checkpoint(tmp_path / "best.pt", bare, config)
-    predictor = Predictor(tmp_path, InferOptions(device="cpu"))
+    predictor = open_model(tmp_path, EngineOptions(device="cpu"))
     x = torch.randn(1, 1, 8, 8, 8)
     bare.eval()
     with torch.no_grad():
-        torch.testing.assert_close(predictor.model(x), bare(x))
+        torch.testing.assert_close(predictor.network(x), bare(x))
 
 
 def test_a_file_that_is_no_checkpoint_is_called_that_not_pickled_code(tmp_path):

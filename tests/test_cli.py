@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import TINY_TRAIN_ARGS, run_cli_here, write_nifti
+from conftest import TINY_TRAIN_ARGS, assert_clean_failure, run_cli_here, write_nifti
 
 from cli import main
 
@@ -84,16 +84,6 @@ def test_infer_reports_a_corrupt_scan_and_finishes_the_others(tiny_run, tiny_dat
     assert "broken.nii.gz" in proc.stderr and "Traceback" not in proc.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         good.name.replace(".nii.gz", ".labels.json"), good.name, "labels.json"]
-
-
-def assert_clean_failure(proc: subprocess.CompletedProcess, *fragments: str) -> None:
-    """One error line naming the problem, exit code 2, no traceback."""
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def test_missing_input_file(tiny_run, tmp_path):

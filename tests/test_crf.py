@@ -14,9 +14,9 @@ from scipy import ndimage
 
 from cli import main
 from medseg.errors import MedsegError
-from medseg.inference.crf import Kernels, blur, refine
 from medseg.inference.memory import inference_bytes
-from medseg.inference.options import CRFSettings, InferOptions
+from medseg.models.crf import Kernels, blur, refine
+from medseg.models.options import CRFSettings, EngineOptions
 
 SPACING = (1.5, 1.5, 2.5)
 
@@ -152,9 +152,9 @@ def test_the_crf_estimate_counts_its_voxels_and_its_grid():
 
 def test_crf_settings_without_crf_are_refused():
     with pytest.raises(MedsegError, match="--crf-iterations set without --crf"):
-        InferOptions(crf_iterations=2)
-    assert InferOptions(crf=True, crf_appearance_hu=10.0).crf_settings.appearance_hu == 10.0
-    assert InferOptions().crf_settings is None
+        EngineOptions(crf_iterations=2)
+    assert EngineOptions(crf=True, crf_appearance_hu=10.0).crf_settings.appearance_hu == 10.0
+    assert EngineOptions().crf_settings is None
 
 
 def _world_corners(image: nib.Nifti1Image) -> np.ndarray:

@@ -15,12 +15,13 @@ from conftest import TINY_TRAIN_ARGS, convert_3slice, run_cli_here
 from scipy import ndimage
 
 from medseg.cross_validation import choose_postprocessing
-from medseg.data.io import case_name
+from medseg.data.files import case_name
 from medseg.data.manifest import load_manifest
 from medseg.errors import MedsegError
 from medseg.inference.batch import mask_author
-from medseg.inference.models import load_predictor
-from medseg.inference.predictor import model_id
+from medseg.models.contract import MODEL_ID_PREFIX
+from medseg.models.medseg_run import files_digest
+from medseg.models.open import open_model
 
 
 def read(path: Path) -> np.ndarray:
@@ -62,7 +63,7 @@ def test_every_case_is_predicted_once_by_the_fold_that_held_it_out(cross_validat
     masks = cross_validated / "oof" / "predictions"
     assert len(list(masks.glob("*.nii.gz"))) == len(cases)
     for k, images in enumerate(held_out):
-        fold = model_id([cross_validated / f"fold_{k}" / "last.pt"])
+        fold = MODEL_ID_PREFIX + files_digest([cross_validated / f"fold_{k}" / "last.pt"])
         for image in images:
             assert mask_author(masks / f"{case_name(Path(image))}.nii.gz") == fold
 
@@ -144,7 +145,7 @@ def test_a_stopped_cross_validation_continues_where_it_stopped(tiny_dataset, tmp
     fold_0 = tmp_path / "cv" / "fold_0" / "last.pt"
     trained_at = fold_0.stat().st_mtime_ns
     with pytest.raises(MedsegError, match="has not finished"):
-        load_predictor(tmp_path / "cv")
+        open_model(tmp_path / "cv")
     summary = cv.crossval(config, folds=2, figures=False)
     assert fold_0.stat().st_mtime_ns == trained_at  # finished folds are not trained again
     assert summary["mean_dice"] is not None
@@ -154,7 +155,7 @@ def test_a_stopped_cross_validation_continues_where_it_stopped(tiny_dataset, tmp
         fold = tmp_path / "cv" / f"fold_{k}"
         log = (fold / "log.csv").read_text().splitlines()
         assert [line.split(",")[0] for line in log[1:]] == ["1", "2"]
-        now = model_id([fold / "last.pt"])
+        now = MODEL_ID_PREFIX + files_digest([fold / "last.pt"])
         for image in json.loads((fold / "split.json").read_text())["validation"]:
             mask = tmp_path / "cv" / "oof" / "predictions" / f"{case_name(Path(image))}.nii.gz"
             assert mask_author(mask) == now

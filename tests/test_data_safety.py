@@ -10,10 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_TRAIN_ARGS, write_nifti
+from conftest import TINY_TRAIN_ARGS, assert_clean_failure, ct, tiny_checkpoint, write_nifti
 from conftest import run_cli_here as run_cli
-from test_cli import assert_clean_failure
-from test_errors import ct, tiny_checkpoint
 
 
 def fingerprints(folder: Path) -> dict[str, str]:
@@ -131,7 +129,7 @@ def test_writes_never_replace_a_fifo_a_folder_or_another_users_file(tiny_run, tm
     proc = run_cli("report", tiny_run, "--output", folder)  # click refuses it as it parses
     assert proc.returncode == 2 and "is a directory" in proc.stderr
     assert "Traceback" not in proc.stderr and (folder / "inside").is_dir()
-    from medseg.data.io import atomic_output
+    from medseg.data.files import atomic_output
     from medseg.errors import OutputError
 
     with pytest.raises(OutputError, match="folder.png: is a folder, not a file medseg writes"):

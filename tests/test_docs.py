@@ -12,12 +12,13 @@ import pytest
 
 from cli import main
 from medseg.choices import LOSSES, UPSAMPLING
-from medseg.inference.options import InferOptions
-from medseg.nets.registry import ALIASES, MODELS
+from medseg.inference.options import RunOptions
+from medseg.models.options import EngineOptions
+from medseg.nets.registry import ALIASES, NETWORKS
 
 ROOT = Path(__file__).resolve().parents[1]
 # Free-text options whose valid values come from a registry rather than a click.Choice.
-FREE_TEXT_VALUES = {"--network": {*MODELS, *ALIASES}, "--upsample": set(UPSAMPLING),
+FREE_TEXT_VALUES = {"--network": {*NETWORKS, *ALIASES}, "--upsample": set(UPSAMPLING),
                     "--loss": set(LOSSES)}
 
 
@@ -62,9 +63,11 @@ def test_readme_lists_every_choice_of_the_options_it_shows_with_alternatives():
 
 def test_the_api_doc_names_every_inference_option():
     text = (ROOT / "docs" / "api.md").read_text()
-    listed = re.search(r"`InferOptions` \(([^)]*)\)", text.replace("\n", " ")).group(1)
-    assert [n.strip() for n in listed.split(",")] == \
-        [f.name for f in dataclasses.fields(InferOptions)]
+    for options_class in (EngineOptions, RunOptions):
+        listed = re.search(rf"`{options_class.__name__}` \(([^)]*)\)",
+                           text.replace("\n", " ")).group(1)
+        assert [n.strip() for n in listed.split(",")] == \
+            [f.name for f in dataclasses.fields(options_class)]
 
 
 def test_help_shows_the_defaults_of_train_config_and_infer_options():
@@ -79,8 +82,8 @@ def test_help_shows_the_defaults_of_train_config_and_infer_options():
         assert re.search(rf"{option} .*?\[default: {re.escape(str(default))}\]", train_help), \
             option
     infer_help = " ".join(CliRunner().invoke(main, ["infer", "--help"]).output.split())
-    assert f"[default: {InferOptions().overlap}" in infer_help
-    for name in MODELS:
+    assert f"[default: {EngineOptions().overlap}" in infer_help
+    for name in NETWORKS:
         assert name in train_help
 
 

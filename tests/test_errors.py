@@ -21,32 +21,36 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import TINY_TRAIN_ARGS, write_dicom_series, write_nifti
-from test_cli import assert_clean_failure, run_cli
+from conftest import (
+    LABELS,
+    SHAPE,
+    TINY_TRAIN_ARGS,
+    assert_clean_failure,
+    ct,
+    tiny_checkpoint,
+    write_dicom_series,
+    write_nifti,
+)
+from conftest import run_cli_here as run_cli
 
 from cli import main
-from medseg import __version__
-from medseg.data.io import check_writable, list_scans, load_scan
+from medseg.data.files import check_writable
+from medseg.data.io import list_scans, load_scan
 from medseg.data.manifest import load_manifest
 from medseg.data.transforms import LoadScand
 from medseg.errors import MedsegError, OutputError
 from medseg.evaluation.evaluate import load_label_volume
-from medseg.inference.batch import check_fits_predictor, infer_cases
+from medseg.inference.batch import infer_cases
 from medseg.inference.memory import check_inference_memory, inference_bytes
 from medseg.inference.options import InferOptions
-from medseg.inference.predictor import Predictor
+from medseg.inference.pipeline import Pipeline
+from medseg.models.open import open_model
+from medseg.models.options import EngineOptions
 from medseg.nets.checkpoint import load_checkpoint, save_checkpoint
-from medseg.nets.registry import build_model
+from medseg.nets.registry import build_network
 from medseg.training.planning import ct_normalization, make_plan
 from medseg.training.run_folder import resume_from
-
-LABELS = {"0": "background", "1": "liver", "2": "spleen"}
-SHAPE = (12, 10, 8)
-
-
-def ct(shape=SHAPE, seed=0) -> np.ndarray:
-    """Random int16 voxels from air to contrast-filled vessels: looks like CT to every check."""
-    return np.random.default_rng(seed).integers(-1000, 400, shape).astype(np.int16)
+from medseg.version import __version__
 
 
 def nifti_with_affine(path: Path, array: np.ndarray, affine: np.ndarray) -> Path:
@@ -58,18 +62,6 @@ def nifti_with_affine(path: Path, array: np.ndarray, affine: np.ndarray) -> Path
     header["srow_x"], header["srow_y"], header["srow_z"] = affine[:3]
     header["pixdim"][1:4] = np.linalg.norm(affine[:3, :3], axis=0)
     nib.save(nib.Nifti1Image(array, None, header=header), str(path))
-    return path
-
-
-def tiny_checkpoint(path: Path, spatial_dims: int = 3, **config) -> Path:
-    """An untrained two-level U-Net with everything inference reads (instant to build)."""
-    kwargs = {"channels": (4, 8), "strides": (2,)}
-    settings = {"model": {"name": "unet3d", "kwargs": kwargs, "in_channels": 1,
-                          "spatial_dims": spatial_dims},
-                "labels": LABELS, "spacing": [2.0, 2.0, 2.0], "patch_size": [16, 16, 16],
-                "intensity": {"clip": [-1000.0, 1000.0], "mean": 0.0, "std": 100.0}} | config
-    save_checkpoint(path, build_model("unet3d", 1, len(LABELS), spatial_dims=spatial_dims,
-                                      **kwargs), settings)
     return path
 
 
@@ -148,14 +140,14 @@ def test_2d_input_and_single_slices_against_3d_and_2d_models(tmp_path):
         load_scan(write_nifti(tmp_path / "xray.nii.gz", ct()[..., 0]))
     path = write_nifti(tmp_path / "slice.nii.gz", ct()[..., :1])
     single = load_scan(path)
-    volume_model = Predictor(tiny_checkpoint(tmp_path / "3d.pt"), InferOptions(device="cpu"))
+    volume_model = open_model(tiny_checkpoint(tmp_path / "3d.pt"), EngineOptions(device="cpu"))
     with pytest.raises(MedsegError, match=r"slice\.nii\.gz: a single slice \(size 12x10x1\), but "
                                           "the model is 3D"):
-        check_fits_predictor(single, path, volume_model)
+        Pipeline(volume_model).check_fits(single, path)
     # A 2D model segments slice by slice, so one slice is a complete input for it.
-    slice_model = Predictor(tiny_checkpoint(tmp_path / "2d.pt", spatial_dims=2),
-                            InferOptions(device="cpu"))
-    check_fits_predictor(single, path, slice_model)
+    slice_model = open_model(tiny_checkpoint(tmp_path / "2d.pt", spatial_dims=2),
+                            EngineOptions(device="cpu"))
+    Pipeline(slice_model).check_fits(single, path)
     mask, _ = slice_model.predict(single)
     assert mask.shape == (12, 10, 1)
 
@@ -270,7 +262,7 @@ def test_infer_refuses_a_scan_too_large_for_memory_and_writes_nothing(tmp_path, 
     # a 10 kB machine
     monkeypatch.setattr("medseg.inference.memory.available_bytes", lambda: 10_000)
     results = infer_cases(tiny_checkpoint(tmp_path / "m.pt"), scan, tmp_path / "out",
-                          InferOptions(device="cpu"))
+                          InferOptions(EngineOptions(device="cpu")))
     assert [r.status for r in results] == ["failed"]
     assert "big.nii.gz: segmenting it needs about" in results[0].error
     assert not (tmp_path / "out").exists()
@@ -406,11 +398,11 @@ def test_resuming_a_run_that_has_no_last_checkpoint_says_what_to_do(tmp_path):
 def test_weights_of_another_model_are_refused_naming_the_file(tmp_path):
     path = tiny_checkpoint(tmp_path / "m.pt")
     payload = torch.load(path, weights_only=True)
-    wider = build_model("unet3d", 1, len(LABELS), channels=(8, 16), strides=(2,))
+    wider = build_network("unet3d", 1, len(LABELS), channels=(8, 16), strides=(2,))
     save_checkpoint(tmp_path / "swapped.pt", wider, payload["config"])
     with pytest.raises(MedsegError, match=r"swapped\.pt: weights do not fit the model they claim "
                                           r"\(.+\); use the checkpoint its own run wrote"):
-        Predictor(tmp_path / "swapped.pt", InferOptions(device="cpu"))
+        open_model(tmp_path / "swapped.pt", EngineOptions(device="cpu"))
 
 
 def test_a_checkpoint_of_another_medseg_version_names_both_versions(tmp_path):
@@ -425,15 +417,15 @@ def test_a_checkpoint_of_another_medseg_version_names_both_versions(tmp_path):
     torch.save(payload, tmp_path / "newer_model.pt")
     with pytest.raises(MedsegError, match=rf"written by medseg 9\.1\.0 for model 'segformer', "
                                           rf"which medseg {__version__} does not have"):
-        Predictor(tmp_path / "newer_model.pt", InferOptions(device="cpu"))
+        open_model(tmp_path / "newer_model.pt", EngineOptions(device="cpu"))
 
 
 def test_a_checkpoint_without_inference_settings_is_refused_by_name(tmp_path):
-    save_checkpoint(tmp_path / "bare.pt", build_model("unet3d", 1, 2, channels=(4, 8)),
+    save_checkpoint(tmp_path / "bare.pt", build_network("unet3d", 1, 2, channels=(4, 8)),
                     {"labels": LABELS})
     with pytest.raises(MedsegError, match=r"bare\.pt: the checkpoint's config lacks spacing, "
                                           "model, patch_size, intensity"):
-        Predictor(tmp_path / "bare.pt", InferOptions(device="cpu"))
+        open_model(tmp_path / "bare.pt", EngineOptions(device="cpu"))
 
 
 class _CreatesFile:
@@ -491,7 +483,7 @@ def three_scans_to_segment(tmp_path: Path) -> tuple[Path, list[str]]:
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
 def test_a_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
-    model = build_model("unet3d", 1, 2, channels=(4, 8))
+    model = build_network("unet3d", 1, 2, channels=(4, 8))
     save_checkpoint(tmp_path / "last.pt", model, {"epoch": 1})
     before = (tmp_path / "last.pt").read_bytes()
     real_open = open

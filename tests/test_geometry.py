@@ -6,19 +6,18 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_checkpoint
 from scipy.ndimage import map_coordinates
 
 from medseg.data.io import load_scan, save_nifti
-from medseg.inference.options import InferOptions
-from medseg.inference.predictor import Predictor
-from medseg.inference.resample import (
+from medseg.models.open import open_model
+from medseg.models.options import EngineOptions
+from medseg.models.resample import (
     SPARSE_MAX_BOUNDARY,
     _cell_agreement,
     resample_labels,
     resample_to_grid,
 )
-from medseg.nets.checkpoint import save_checkpoint
-from medseg.nets.registry import build_model
 
 
 def rotation(deg_z: float, deg_x: float) -> np.ndarray:
@@ -109,18 +108,13 @@ class BrightIsForeground(torch.nn.Module):
 
 
 @pytest.fixture(scope="module")
-def threshold_predictor(tmp_path_factory) -> Predictor:
-    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
-    kwargs = {"channels": (4, 8), "strides": (2,)}
-    config = {"model": {"name": "unet3d", "kwargs": kwargs, "in_channels": 1},
-              # 2.3 mm: no scan voxel falls exactly midway between two working voxels, where
-              # this saturated stand-in model's 0.5/0.5 ties would be decided by rounding.
-              "labels": {"0": "background", "1": "bright"}, "spacing": [2.3, 2.3, 2.3],
-              "patch_size": [16, 16, 16],
-              "intensity": {"clip": [-1000.0, 1000.0], "mean": 0.0, "std": 100.0}}
-    save_checkpoint(path, build_model("unet3d", 1, 2, **kwargs), config)
-    predictor = Predictor(path, InferOptions(device="cpu"))
-    predictor.model = BrightIsForeground()
+def threshold_predictor(tmp_path_factory):
+    # 2.3 mm: no scan voxel falls exactly midway between two working voxels, where this
+    # saturated stand-in model's 0.5/0.5 ties would be decided by rounding.
+    path = tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt",
+                           labels={"0": "background", "1": "bright"}, spacing=[2.3, 2.3, 2.3])
+    predictor = open_model(path, EngineOptions(device="cpu"))
+    predictor.network = BrightIsForeground()
     return predictor
 
 

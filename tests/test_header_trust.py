@@ -9,12 +9,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_errors import ct, tiny_checkpoint
+from conftest import ct, tiny_checkpoint
 
 from medseg.data.io import load_scan
 from medseg.errors import MedsegError
 from medseg.inference.batch import infer_cases
 from medseg.inference.options import InferOptions
+from medseg.models.options import EngineOptions
 
 SFORM = np.array([[-1.0, 0, 0, 40], [0, -1.0, 0, 30], [0, 0, 2.0, -10], [0, 0, 0, 1]])
 QFORM = np.array([[1.0, 0, 0, -20], [0, 1.0, 0, -25], [0, 0, 2.0, -10], [0, 0, 0, 1]])
@@ -48,7 +49,7 @@ def itk_affine(path) -> np.ndarray:
 
 def segment(scan, tmp_path):
     infer_cases(tiny_checkpoint(tmp_path / "m.pt"), scan, tmp_path / "out",
-                InferOptions(device="cpu"))
+                InferOptions(EngineOptions(device="cpu")))
     return tmp_path / "out" / scan.name
 
 

@@ -11,15 +11,14 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import tiny_checkpoint
 
 from cli import main
 from medseg.data.io import load_scan
 from medseg.errors import MedsegError
-from medseg.inference.options import InferOptions
 from medseg.inference.postprocess import clean_components
-from medseg.inference.predictor import Predictor
-from medseg.nets.checkpoint import save_checkpoint
-from medseg.nets.registry import build_model
+from medseg.models.open import open_model
+from medseg.models.options import EngineOptions
 
 LABELS = {"0": "background", "1": "bright", "2": "dark"}
 
@@ -41,12 +40,7 @@ class Gradient(torch.nn.Module):
 
 
 def make_checkpoint(path, labels=LABELS, spacing=(2.0, 2.0, 2.0)):
-    kwargs = {"channels": (4, 8), "strides": (2,)}
-    config = {"model": {"name": "unet3d", "kwargs": kwargs, "in_channels": 1}, "labels": labels,
-              "spacing": list(spacing), "patch_size": [16, 16, 16],
-              "intensity": {"clip": [-1000.0, 1000.0], "mean": 0.0, "std": 100.0}}
-    save_checkpoint(path, build_model("unet3d", 1, len(labels), **kwargs), config)
-    return path
+    return tiny_checkpoint(path, labels=labels, spacing=list(spacing))
 
 
 @pytest.fixture
@@ -58,9 +52,9 @@ def scan(tmp_path):
 
 
 def probabilities(checkpoints, network, scan, **options):
-    predictor = Predictor(checkpoints, InferOptions(device="cpu", **options))
+    predictor = open_model(checkpoints, EngineOptions(device="cpu", **options))
     for member in predictor.members:
-        member.model = network
+        member.network = network
     return predictor.probabilities(predictor.resample_to_working_grid(scan))
 
 
@@ -80,8 +74,8 @@ def test_tta_really_mirrors(tmp_path, scan):
 
 def test_ensemble_averages_member_probabilities(tmp_path, scan):
     a, b = make_checkpoint(tmp_path / "a.pt"), make_checkpoint(tmp_path / "b.pt")
-    predictor = Predictor([a, b], InferOptions(device="cpu"))
-    predictor.members[0].model, predictor.members[1].model = Pointwise(), Gradient()
+    predictor = open_model([a, b], EngineOptions(device="cpu"))
+    predictor.members[0].network, predictor.members[1].network = Pointwise(), Gradient()
     image = predictor.resample_to_working_grid(scan)
     both = predictor.probabilities(image)
     singles = [probabilities(a, net, scan) for net in (Pointwise(), Gradient())]
@@ -93,15 +87,15 @@ def test_ensemble_members_must_agree_on_labels_and_spacing(tmp_path):
     other_labels = make_checkpoint(tmp_path / "b.pt", labels={"0": "background", "1": "x"})
     other_grid = make_checkpoint(tmp_path / "c.pt", spacing=(3.0, 3.0, 3.0))
     with pytest.raises(MedsegError, match="label map differs"):
-        Predictor([a, other_labels], InferOptions(device="cpu"))
+        open_model([a, other_labels], EngineOptions(device="cpu"))
     with pytest.raises(MedsegError, match="spacing"):
-        Predictor([a, other_grid], InferOptions(device="cpu"))
+        open_model([a, other_grid], EngineOptions(device="cpu"))
 
 
 def test_bf16_on_cpu_agrees_with_fp32(tiny_run, tiny_dataset):
     scan = load_scan(sorted((tiny_dataset.parent / "imagesTr").iterdir())[0])
-    fp32, _ = Predictor(tiny_run, InferOptions(device="cpu", precision="fp32")).predict(scan)
-    bf16, _ = Predictor(tiny_run, InferOptions(device="cpu", precision="bf16")).predict(scan)
+    fp32, _ = open_model(tiny_run, EngineOptions(device="cpu", precision="fp32")).predict(scan)
+    bf16, _ = open_model(tiny_run, EngineOptions(device="cpu", precision="bf16")).predict(scan)
     assert (fp32 == bf16).mean() > 0.97
 
 

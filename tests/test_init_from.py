@@ -16,7 +16,7 @@ import torch
 from conftest import run_cli_here
 
 from medseg.nets.checkpoint import save_checkpoint
-from medseg.nets.registry import build_model
+from medseg.nets.registry import build_network
 from medseg.training.init_from import read_init_source, transfer_weights
 
 NNUNET_MODEL = Path(__file__).parent / "data" / "nnunet" / "model"
@@ -28,7 +28,7 @@ RUN_LABELS = {0: "background", 1: "Spleen", 2: "kidneys", 3: "liver"}
 def resunet(classes: int, **kwargs) -> torch.nn.Module:
     # No residual units: the last layer maps features to classes, so a copied class's logit
     # depends on copied weights alone and must equal the source's.
-    return build_model("resunet", 1, classes, channels=(6, 8, 16), strides=(2, 2),
+    return build_network("resunet", 1, classes, channels=(6, 8, 16), strides=(2, 2),
                        num_res_units=0, **kwargs)
 
 
@@ -76,14 +76,14 @@ def test_a_network_that_fits_nowhere_is_one_line(source_run, tmp_path):
 
     source = read_init_source(source_run)
     with pytest.raises(MedsegError, match="none of its weights fit the run's network"):
-        transfer_weights(build_model("fcn", 1, 4, channels=(4, 8)), source, RUN_LABELS,
-                         lambda n: build_model("fcn", 1, n, channels=(4, 8)))
+        transfer_weights(build_network("fcn", 1, 4, channels=(4, 8)), source, RUN_LABELS,
+                         lambda n: build_network("fcn", 1, n, channels=(4, 8)))
 
 
 def test_an_nnunet_model_becomes_the_same_network_in_xyz_order():
     """nnU-Net's network on its own axes (the fixture's weights, built by nnU-Net's network
     class) against the fine-tuning network on x, y, z with the classes renumbered."""
-    from medseg.inference.nnunet_folder import read_model_folder
+    from medseg.models.nnunet.folder import read_model_folder
 
     nnunet = read_model_folder(NNUNET_MODEL, folds="0")
     theirs = nnunet.build_network().eval()
@@ -98,7 +98,7 @@ def test_an_nnunet_model_becomes_the_same_network_in_xyz_order():
     labels = {0: "background", 1: "stomach", 2: "liver", 3: "kidneys"}
 
     def network(classes):
-        return build_model("nnunet", 1, classes, **source.network["model_kwargs"])
+        return build_network("nnunet", 1, classes, **source.network["model_kwargs"])
 
     ours = network(len(labels))
     transfer_weights(ours, source, labels, network)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from conftest import write_nifti
 
-from medseg.data.io import atomic_output, case_name, list_scans, load_scan, save_nifti
+from medseg.data.files import atomic_output, case_name
+from medseg.data.io import list_scans, load_scan, save_nifti
 from medseg.errors import MedsegError
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from medseg.errors import MedsegError
-from medseg.nets.registry import MODELS, build_model, monai_residual_unet
+from medseg.nets.registry import NETWORKS, build_network, monai_residual_unet
 from medseg.nets.slicewise import SliceWise
 from medseg.nets.upsample import UPSAMPLERS
 from medseg.training.losses import build_loss
@@ -64,11 +64,11 @@ def untrained(model: torch.nn.Module) -> list[str]:
 
 
 @pytest.mark.parametrize("dims", [2, 3])
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", list(NETWORKS))
 def test_model_keeps_shape_trains_every_weight_and_overfits_a_batch(name, dims):
     torch.manual_seed(0)
     in_channels = 3 if dims == 2 else 1  # 2D as used in 2.5D mode: slice and neighbours
-    model = build_model(name, in_channels, 3, spatial_dims=dims, **tiny(name, dims))
+    model = build_network(name, in_channels, 3, spatial_dims=dims, **tiny(name, dims))
     image, label = smooth_batch(dims, in_channels)
     model.eval()
     with torch.no_grad():
@@ -96,7 +96,7 @@ def test_model_keeps_shape_trains_every_weight_and_overfits_a_batch(name, dims):
 @pytest.mark.parametrize("upsample", list(UPSAMPLERS))
 @pytest.mark.parametrize("name", DECODERS)
 def test_every_upsampling_operator_fits_every_decoder(name, upsample, dims):
-    model = build_model(name, 1, 3, spatial_dims=dims, upsample=upsample, **TINY)
+    model = build_network(name, 1, 3, spatial_dims=dims, upsample=upsample, **TINY)
     image, label = smooth_batch(dims)
     out = model(image)
     assert out.shape == (2, 3, *SIZES[dims])
@@ -105,7 +105,7 @@ def test_every_upsampling_operator_fits_every_decoder(name, upsample, dims):
 
 
 def test_plain_unet_blocks_are_an_option():
-    model = build_model("unet", 1, 3, spatial_dims=2, residual=False, **TINY)
+    model = build_network("unet", 1, 3, spatial_dims=2, residual=False, **TINY)
     image, label = smooth_batch(2)
     build_loss()(model(image), label).backward()
     assert not untrained(model)
@@ -113,7 +113,7 @@ def test_plain_unet_blocks_are_an_option():
 
 
 def test_deep_supervision_returns_halving_outputs_in_training_only():
-    model = build_model("unet", 1, 3, spatial_dims=3, deep_supervision=True, **TINY)
+    model = build_network("unet", 1, 3, spatial_dims=3, deep_supervision=True, **TINY)
     image, label = smooth_batch(3)
     outputs = model(image)
     assert [tuple(o.shape[2:]) for o in outputs] == [(12, 20, 18), (6, 10, 9), (3, 5, 5),
@@ -126,19 +126,19 @@ def test_deep_supervision_returns_halving_outputs_in_training_only():
 
 def test_bad_names_and_settings_say_what_is_valid():
     with pytest.raises(MedsegError, match="resunet, unet, fcn, dilated, deeplabv3"):
-        build_model("segformer", 1, 2)
+        build_network("segformer", 1, 2)
     with pytest.raises(MedsegError, match="transpose, nearest, linear, bed_of_nails, unpool"):
-        build_model("unet", 1, 2, upsample="bicubic")
+        build_network("unet", 1, 2, upsample="bicubic")
     with pytest.raises(MedsegError, match="'pspnet': bad settings.*upsample"):
-        build_model("pspnet", 1, 2, upsample="nearest")
+        build_network("pspnet", 1, 2, upsample="nearest")
     with pytest.raises(MedsegError, match="2 or 3"):
-        build_model("unet", 1, 2, spatial_dims=1)
+        build_network("unet", 1, 2, spatial_dims=1)
 
 
 def test_bare_network_weights_load_into_the_padding_wrapper():
     # medseg 0.1 saved MONAI's U-Net unwrapped; those checkpoints must still load.
     bare = monai_residual_unet(3, 1, 2, channels=(4, 8))
-    model = build_model("unet3d", 1, 2, channels=(4, 8))
+    model = build_network("unet3d", 1, 2, channels=(4, 8))
     model.load_state_dict(bare.state_dict())
     x = torch.randn(1, 1, 8, 8, 8)
     bare.eval(), model.eval()

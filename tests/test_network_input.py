@@ -10,8 +10,9 @@ from conftest import write_nifti
 
 from medseg.data.network_input import AIR_HU, NetworkInput
 from medseg.data.transforms import RandOrganContrastd, training_cache_transforms
-from medseg.inference.options import InferOptions
-from medseg.inference.predictor import Predictor
+from medseg.models.medseg_run import MedsegPredictor
+from medseg.models.open import open_model
+from medseg.models.options import EngineOptions
 
 # Hand-computed: -1024 HU is clipped to -900, then (-900 - 50) / 200 = -4.75.
 INTENSITY = {"clip": [-900.0, 400.0], "mean": 50.0, "std": 200.0}
@@ -65,8 +66,8 @@ def test_training_and_inference_pad_a_thin_scan_with_the_same_values(tmp_path):
     trained_pad = spec.normalize()({"image": cached["image"]})["image"][0][..., padded]
 
     recorder = Recorder()
-    predictor = Predictor.for_network(recorder, spec, {0: "background", 1: "organ"},
-                                      InferOptions(device="cpu"))
+    predictor = MedsegPredictor.for_network(recorder, spec, {0: "background", 1: "organ"},
+                                            EngineOptions(device="cpu"), torch.device("cpu"))
     scan = spec.working_grid()[0]({"image": _loaded(thin_case(tmp_path)["image"])})["image"]
     predictor.probabilities(scan)
     window = recorder.seen[0][0, 0]
@@ -86,7 +87,7 @@ def _loaded(path):
 def test_2p5d_training_gives_end_slices_the_neighbours_inference_gives_them(tmp_path):
     """K = 2 context slices: training pads 2 air slices beyond each end, and SliceWise feeds
     the end slices air neighbours (legacy checkpoints: repeated end slices)."""
-    from medseg.nets.registry import volume_model
+    from medseg.nets.registry import volume_network
 
     spec = NetworkInput((4.0, 4.0, 4.0), INTENSITY, (8, 8, 8), spatial_dims=2, context_slices=2)
     cached = training_cache_transforms(spec, num_classes=2)(thin_case(tmp_path, slices=6))
@@ -99,9 +100,9 @@ def test_2p5d_training_gives_end_slices_the_neighbours_inference_gives_them(tmp_
     with torch.no_grad():
         conv.weight[0, 0] = 1.0  # outputs the slice two below
     volume = torch.arange(6.0).expand(1, 1, 2, 2, 6)
-    air = volume_model(conv, 2, 2, spec.end_slice_padding)(volume)
+    air = volume_network(conv, 2, 2, spec.end_slice_padding)(volume)
     assert air[0, 0, 0, 0].tolist() == [AIR_NORMALISED, AIR_NORMALISED, 0, 1, 2, 3]
-    legacy = volume_model(conv, 2, 2, None)(volume)
+    legacy = volume_network(conv, 2, 2, None)(volume)
     assert legacy[0, 0, 0, 0].tolist() == [0, 0, 0, 1, 2, 3]
 
 
@@ -111,7 +112,7 @@ def test_checkpoints_carry_the_input_definition(tiny_run):
     config = load_checkpoint(tiny_run / "best.pt")["config"]
     spec = NetworkInput.from_config(config)
     assert config["padding"] == "air" and spec.padding == "air"
-    assert spec == Predictor(tiny_run, InferOptions(device="cpu")).spec
+    assert spec == open_model(tiny_run, EngineOptions(device="cpu")).spec
     assert NetworkInput.from_config({**config, **spec.to_config()}) == spec
 
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import run_cli_here
+from conftest import NNUNET_MODEL, run_cli_here, write_totalseg_home
 
 FIXTURE = Path(__file__).parent / "data" / "nnunet"
-MODEL = FIXTURE / "model"
+MODEL = NNUNET_MODEL
 PREDICTIONS = FIXTURE / "nnunet_predictions"
 MIN_VOXELS = 50  # organs nnU-Net found with fewer voxels are too small for a stable Dice
 
@@ -184,8 +184,7 @@ def test_a_missing_configuration_is_one_line(tmp_path, small_scan):
 
 # --- TotalSegmentator's layout ----------------------------------------------------------------
 
-# A TotalSegmentator-shaped weights folder: the test model under each part's dataset id, its
-# dataset.json renamed to the part's classes (TotalSegmentator's spelling). Part 291 keeps the
+# A TotalSegmentator-shaped weights folder (conftest.write_totalseg_home). Part 291 keeps the
 # phantom organs; later parts name other TotalSegmentator classes, and overwrite earlier ones.
 ORGANS = {"spleen": 1, "kidney_right": 2, "kidney_left": 3, "gallbladder": 4, "liver": 5,
           "stomach": 6, "aorta": 7, "inferior_vena_cava": 8, "pancreas": 9}
@@ -204,22 +203,14 @@ OTHER_PARTS = {
 
 @pytest.fixture
 def totalseg_home(tmp_path, monkeypatch) -> Path:
-    home = tmp_path / "ts"
-    parts = {291: list(ORGANS), **OTHER_PARTS}
-    for dataset, names in parts.items():
-        folder = (home / "nnunet" / "results" / f"Dataset{dataset}_TotalSegmentator_part"
-                  / "nnUNetTrainerNoMirroring__nnUNetPlans__3d_fullres")
-        shutil.copytree(MODEL, folder)
-        spec = json.loads((folder / "dataset.json").read_text())
-        spec["labels"] = {"background": 0, **{n: i + 1 for i, n in enumerate(names)}}
-        (folder / "dataset.json").write_text(json.dumps(spec))
+    home = write_totalseg_home(tmp_path / "ts", {291: list(ORGANS), **OTHER_PARTS})
     monkeypatch.setenv("TOTALSEG_HOME_DIR", str(home))
     return home
 
 
 def _ts_ids() -> dict[str, int]:
     from medseg.data.labels import canonical_name
-    from medseg.inference.totalseg import class_map
+    from medseg.models.totalseg import class_map
 
     ids = {n: i for i, n in class_map().items()}
     return {name: ids[canonical_name(name)] for name in

@@ -20,9 +20,9 @@ import torch
 from scipy import ndimage
 
 from medseg.errors import MedsegError
-from medseg.inference import nnunet_predictor as nnp
-from medseg.inference.nnunet_folder import read_labels, read_model_folder
-from medseg.inference.options import InferOptions
+from medseg.models.nnunet import export, preprocessing, windows
+from medseg.models.nnunet.folder import read_labels, read_model_folder
+from medseg.models.options import EngineOptions
 
 FIXTURE = Path(__file__).parent / "data" / "nnunet"
 MODEL = FIXTURE / "model"
@@ -30,13 +30,13 @@ MODEL = FIXTURE / "model"
 
 def test_windows_are_placed_as_nnunet_documents():
     # nnU-Net's comment: image 110, patch 64, step 0.5 -> three steps at 0, 23, 46.
-    assert nnp.window_starts(110, 64, 0.5) == [0, 23, 46]
-    assert nnp.window_starts(64, 64, 0.5) == [0]
-    assert nnp.window_starts(65, 64, 0.5) == [0, 1]  # ceil(1 / 32) + 1 = 2 windows
+    assert windows.window_starts(110, 64, 0.5) == [0, 23, 46]
+    assert windows.window_starts(64, 64, 0.5) == [0]
+    assert windows.window_starts(65, 64, 0.5) == [0, 1]  # ceil(1 / 32) + 1 = 2 windows
 
 
 def test_the_gaussian_peaks_at_ten_in_the_centre_and_has_no_zero():
-    weights = nnp.gaussian_weights((9, 16, 16))
+    weights = windows.gaussian_weights((9, 16, 16))
     assert weights.shape == (9, 16, 16)
     assert float(weights[4, 8, 8]) == pytest.approx(10.0, rel=1e-3)
     assert float(weights.min()) > 0
@@ -48,14 +48,14 @@ def test_the_crop_is_the_box_of_nonzero_voxels():
     image = np.zeros((6, 7, 8), dtype=np.float32)
     image[1, 2, 3] = 5
     image[4, 5, 6] = -3
-    assert nnp.nonzero_box(image) == (slice(1, 5), slice(2, 6), slice(3, 7))
+    assert preprocessing.nonzero_box(image) == (slice(1, 5), slice(2, 6), slice(3, 7))
 
 
 def test_separate_z_follows_nnunets_anisotropy_rule():
-    assert nnp.separate_axis((5.0, 1.0, 1.0), (2.0, 2.0, 2.0)) == 0  # current anisotropic
-    assert nnp.separate_axis((1.0, 1.0, 1.0), (1.0, 4.0, 1.0)) == 1  # target anisotropic
-    assert nnp.separate_axis((3.0, 1.0, 1.0), (2.0, 2.0, 2.0)) is None  # ratio 3 is not > 3
-    assert nnp.separate_axis((4.0, 4.0, 1.0), (1.0, 1.0, 1.0)) is None  # two thick axes
+    assert preprocessing.separate_axis((5.0, 1.0, 1.0), (2.0, 2.0, 2.0)) == 0  # current anisotropic
+    assert preprocessing.separate_axis((1.0, 1.0, 1.0), (1.0, 4.0, 1.0)) == 1  # target anisotropic
+    assert preprocessing.separate_axis((3.0, 1.0, 1.0), (2.0, 2.0, 2.0)) is None  # ratio 3: not > 3
+    assert preprocessing.separate_axis((4.0, 4.0, 1.0), (1.0, 1.0, 1.0)) is None  # two thick axes
 
 
 def test_nearest_slices_match_scipys_order_zero_map_coordinates():
@@ -64,13 +64,13 @@ def test_nearest_slices_match_scipys_order_zero_map_coordinates():
         column = rng.normal(size=old)
         coords = (np.arange(new) + 0.5) * (old / new) - 0.5
         expected = ndimage.map_coordinates(column, [coords], order=0, mode="nearest")
-        np.testing.assert_array_equal(column[nnp._nearest_index(old, new)], expected)
+        np.testing.assert_array_equal(column[preprocessing.nearest_index(old, new)], expected)
 
 
 def test_cubic_resampling_is_scipys_zoom_on_the_cell_grid_clipped():
     rng = np.random.default_rng(1)
     image = rng.normal(size=(6, 9, 11)).astype(np.float32)
-    out = nnp.resample_image(image, (10, 5, 13), (2.0, 1.0, 1.0), (1.2, 1.8, 0.85))
+    out = preprocessing.resample_image(image, (10, 5, 13), (2.0, 1.0, 1.0), (1.2, 1.8, 0.85))
     expected = ndimage.zoom(image.astype(np.float64), (10 / 6, 5 / 9, 13 / 11), order=3,
                             mode="nearest", grid_mode=True)
     expected = np.clip(expected, image.min(), image.max())
@@ -80,7 +80,7 @@ def test_cubic_resampling_is_scipys_zoom_on_the_cell_grid_clipped():
 def test_thick_slices_resample_in_plane_then_nearest_along_z():
     rng = np.random.default_rng(2)
     image = rng.normal(size=(5, 8, 8)).astype(np.float32)
-    out = nnp.resample_image(image, (12, 16, 16), (5.0, 1.0, 1.0), (2.0, 0.5, 0.5))
+    out = preprocessing.resample_image(image, (12, 16, 16), (5.0, 1.0, 1.0), (2.0, 0.5, 0.5))
     for z in range(12):
         source = int(np.floor((z + 0.5) * 5 / 12))
         plane = ndimage.zoom(image[source].astype(np.float64), 2, order=3, mode="nearest",
@@ -95,12 +95,9 @@ def test_logits_go_back_as_scipys_linear_zoom_would_take_them(target, spacing):
     """Slab by slab equals nnU-Net's whole-volume order-1 resampling, then argmax."""
     rng = np.random.default_rng(3)
     logits = torch.from_numpy(rng.normal(size=(4, 6, 10, 9)).astype(np.float32))
-    shape = nnp.new_shape(logits.shape[1:], target, spacing)
-    predictor = nnp.NNUNetPredictor.__new__(nnp.NNUNetPredictor)
-    predictor.target, predictor.options = target, InferOptions(save_probabilities=True)
-    predictor.model = type("Model", (), {"regions": None})()
-    mask, probs = predictor.back_to_crop(logits, shape, spacing)
-    axis = nnp.separate_axis(target, spacing)
+    shape = preprocessing.new_shape(logits.shape[1:], target, spacing)
+    mask, probs = export.back_to_crop(logits, shape, spacing, target, keep_probabilities=True)
+    axis = preprocessing.separate_axis(target, spacing)
     expected = []
     for channel in logits.numpy().astype(np.float64):
         if axis is None:
@@ -109,7 +106,7 @@ def test_logits_go_back_as_scipys_linear_zoom_would_take_them(target, spacing):
         else:
             planes = np.stack([ndimage.zoom(p, np.divide(shape[1:], p.shape), order=1,
                                             mode="nearest", grid_mode=True) for p in channel])
-            expected.append(planes[nnp._nearest_index(channel.shape[0], shape[0])])
+            expected.append(planes[preprocessing.nearest_index(channel.shape[0], shape[0])])
     expected = np.stack(expected)
     assert mask.shape == tuple(shape)
     agree = (mask == expected.argmax(0)).mean()
@@ -133,19 +130,17 @@ def test_region_models_write_each_region_over_the_last_as_nnunet_does(tmp_path):
     labels, regions = read_labels(BRATS, tmp_path)
     assert labels == {0: "background", 1: "whole_tumor", 2: "tumor_core", 3: "enhancing_tumor"}
     assert regions == (1, 2, 3)
-    predictor = nnp.NNUNetPredictor.__new__(nnp.NNUNetPredictor)
-    predictor.model = type("Model", (), {"regions": regions})()
     # Hand-worked: sigmoid > 0.5 is logit > 0; later regions are written over earlier ones.
     logits = torch.tensor([[2.0, 2.0, 2.0, -1.0],
                            [1.0, -1.0, 3.0, -1.0],
                            [-1.0, 1.0, 0.5, -1.0]])[:, :, None]
-    assert predictor._segment(logits)[:, 0].tolist() == [2, 3, 3, 0]
+    assert export.labels_from_logits(logits, regions)[:, 0].tolist() == [2, 3, 3, 0]
     with pytest.raises(MedsegError, match="regions_class_order with one value per region"):
         read_labels({"labels": BRATS["labels"]}, tmp_path)
 
 
 def test_a_folder_without_plans_is_not_a_model(tmp_path):
-    from medseg.inference.nnunet_folder import is_nnunet_folder
+    from medseg.models.nnunet.folder import is_nnunet_folder
 
     (tmp_path / "fold_0").mkdir()
     assert not is_nnunet_folder(tmp_path)  # medseg's own "runs/fold_0" stays medseg's
@@ -211,14 +206,14 @@ def _copy_with_plans(tmp_path, change) -> Path:
      "names the layer 'builtins.eval'"),
 ])
 def test_plan_fields_medseg_does_not_reproduce_are_named(tmp_path, change, message):
-    from medseg.inference.nnunet_predictor import NNUNetPredictor
+    from medseg.models.nnunet.predictor import NNUNetPredictor
 
     with pytest.raises(MedsegError, match=message):
         NNUNetPredictor(_copy_with_plans(tmp_path, change))
 
 
 def test_weights_of_another_network_name_the_trainer(tmp_path):
-    from medseg.inference.nnunet_predictor import NNUNetPredictor
+    from medseg.models.nnunet.predictor import NNUNetPredictor
 
     model = _copy_with_plans(tmp_path, lambda c: c["architecture"]["arch_kwargs"].update(
         features_per_stage=[16, 32, 64, 128]))
@@ -241,14 +236,14 @@ def test_totalsegmentator_path_undoes_its_reorientation_exactly(code):
     TotalSegmentator's working grid must give back exactly the threshold on the scan's grid."""
     from medseg.data.io import scan_from_array
     from medseg.data.phantoms import _reorient
-    from medseg.inference.totalseg import Task, TotalSegmentatorPredictor
+    from medseg.models.totalseg import Task, TotalSegmentatorPredictor
 
     rng = np.random.default_rng(4)
     image = rng.integers(-20, 20, size=(9, 7, 5)).astype(np.float32) * 10 + 5
     affine = np.diag([1.5, 1.5, 1.5, 1.0])
     stored, stored_affine = _reorient(image, affine, code)
     predictor = TotalSegmentatorPredictor.__new__(TotalSegmentatorPredictor)
-    predictor.task, predictor.options = Task((1,), 1.5, ""), InferOptions()
+    predictor.task, predictor.options = Task((1,), 1.5, ""), EngineOptions()
     predictor.parts = [(_Threshold(), np.array([0, 5], dtype=np.uint8))]
     mask, _ = predictor.predict(scan_from_array(stored, stored_affine))
     # No voxel lies within 5 HU of the threshold: resampling at factor 1 and truncation

@@ -424,8 +424,8 @@ def test_evaluate_reads_one_file_per_organ_folders(real_mask, tmp_path):
 
 
 def test_roi_subset_names_are_checked_with_a_suggestion():
+    from medseg.data.labels import subset_ids
     from medseg.errors import MedsegError
-    from medseg.inference.roi import subset_ids
 
     labels = {0: "background", 1: "spleen", 2: "kidney_right", 5: "liver"}
     assert subset_ids(["right_kidney", "Liver"], labels, "m") == [2, 5]

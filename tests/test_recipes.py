@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from medseg.errors import MedsegError
-from medseg.nets.registry import build_model
+from medseg.nets.registry import build_network
 from medseg.training.recipes import build_config, load_recipe
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
@@ -17,7 +17,7 @@ PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 def test_every_shipped_recipe_builds_a_config_and_its_model(recipe):
     config = build_config(recipe, {})
     assert len(config.spacing) == len(config.patch_size) == 3
-    build_model(config.model, 1, 3, **config.model_kwargs)
+    build_network(config.model, 1, 3, **config.model_kwargs)
 
 
 def test_a_mistyped_key_is_named_with_a_suggestion_and_the_valid_keys(tmp_path):

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.data.io import case_name, load_mask, scan_suffix
+from medseg.data.files import case_name, scan_suffix
+from medseg.data.io import load_mask
 from medseg.data.scan_checks import onto_axes_of, same_grid
 from medseg.data.sitk_reader import dicom_series_files
 from medseg.errors import MedsegError

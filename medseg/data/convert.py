@@ -22,14 +22,8 @@ from medseg.data.annotations import (
     seg_masks,
     series_uid,
 )
-from medseg.data.io import (
-    case_name,
-    check_apart,
-    list_scans,
-    load_scan,
-    save_nifti,
-    write_json,
-)
+from medseg.data.files import case_name, check_apart, write_json
+from medseg.data.io import list_scans, load_scan, save_nifti
 from medseg.data.labels import canonical_name
 from medseg.data.scan_checks import check_same_grid, onto_axes_of
 from medseg.errors import MedsegError

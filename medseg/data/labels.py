@@ -6,6 +6,7 @@ evaluation pairs reference and prediction labels by canonical organ name, never 
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from collections.abc import Mapping
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.data.io import read_json
+from medseg.data.files import read_json
 from medseg.errors import MedsegError
 
 LABEL_MAP_DIR = Path(__file__).resolve().parents[2] / "data_manifests" / "label_maps"
@@ -175,3 +176,21 @@ def remap_by_name(mask: np.ndarray, source: dict[int, str], target: dict[int, st
     for source_id, name in source.items():
         lookup[source_id] = target_ids.get(name, 0)
     return lookup[np.asarray(mask).astype(np.intp)]
+
+
+def subset_ids(names: list[str], labels: dict[int, str], model: str) -> list[int]:
+    """The label ids of the named organs, in label order; unknown names refused with
+    suggestions from the model's own organ names."""
+    ids = {canonical_name(name): i for i, name in labels.items() if i}
+    unknown = [n for n in names if canonical_name(n) not in ids]
+    if unknown:
+        known = [labels[i] for i in sorted(ids.values())]
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(canonical_name(name), list(ids), n=3, cutoff=0.6)
+            shown = " or ".join(labels[ids[c]] for c in close)
+            hints.append(f"{name!r}" + (f" (did you mean {shown}?)" if close else ""))
+        listing = ", ".join(known[:20]) + (" ..." if len(known) > 20 else "")
+        raise MedsegError(f"--roi-subset: {', '.join(hints)} not among {model}'s organs "
+                          f"({listing})")
+    return sorted({ids[canonical_name(n)] for n in names})

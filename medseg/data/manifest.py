@@ -11,7 +11,7 @@ from pathlib import Path
 
 import nibabel as nib
 
-from medseg.data.io import NIFTI_SUFFIXES, read_json, scan_suffix
+from medseg.data.files import NIFTI_SUFFIXES, read_json, scan_suffix
 from medseg.data.labels import canonical_labels, canonical_name, parse_labels
 from medseg.data.scan_checks import check_same_grid
 from medseg.errors import MedsegError

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import nibabel as nib
 
+from medseg.data.files import NIFTI_SUFFIXES, case_name, scan_suffix, write_json
+from medseg.data.labels import load_labels
 from medseg.data.organ_codes import colours
 
 CARET_CODE = 30  # NIFTI_ECODE_CARET; TotalSegmentator writes the same XML under code 0
@@ -48,16 +50,12 @@ def labels_from_header(header) -> dict[int, str] | None:
 
 def labels_file(mask: Path) -> Path:
     """CASE.labels.json beside a mask CASE.nii.gz."""
-    from medseg.data.io import case_name
-
     mask = Path(mask)
     return mask.parent / f"{case_name(mask)}{LABELS_SUFFIX}"
 
 
 def write_labels_file(labels: dict[int, str], mask: Path) -> Path:
     """Write CASE.labels.json ({"labels": {"0": "background", "1": ...}}) atomically."""
-    from medseg.data.io import write_json
-
     target = labels_file(mask)
     write_json({"labels": {str(i): name for i, name in sorted(labels.items())}}, target)
     return target
@@ -66,9 +64,6 @@ def write_labels_file(labels: dict[int, str], mask: Path) -> Path:
 def described_labels(mask: Path) -> dict[int, str] | None:
     """The label map a mask carries: its CASE.labels.json, else its header's label table, else
     None (a folder of organ files is described by its file names instead)."""
-    from medseg.data.io import NIFTI_SUFFIXES, scan_suffix
-    from medseg.data.labels import load_labels
-
     mask = Path(mask)
     beside = labels_file(mask)
     if beside.is_file():

@@ -18,13 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from monai.transforms import (
-    BorderPadd,
-    Orientationd,
-    ScaleIntensityRanged,
-    Spacingd,
-    SpatialPadd,
-)
+
+# MONAI's transforms are imported where they are built: the command line reads this module's
+# constants for --help, which must not wait for torch and MONAI to load.
 
 AIR_HU = -1024.0  # what a scan is padded with: outside the patient there is air
 ORIENTATION = "RAS"
@@ -72,12 +68,17 @@ class NetworkInput:
     def working_grid(self, keys: Sequence[str] = ("image",)) -> list:
         """Reorient to the working frame (RAS) and resample to the working spacing (images
         linear, labels nearest)."""
+        from monai.transforms import Orientationd, Spacingd
+
         modes = ["bilinear" if k == "image" else "nearest" for k in keys]
         return [Orientationd(keys, axcodes=self.orientation, labels=None),
                 Spacingd(keys, pixdim=self.spacing, mode=modes, dtype=np.float32)]
 
-    def normalize(self, keys: Sequence[str] = ("image",)) -> ScaleIntensityRanged:
-        """nnU-Net's CT normalisation as one linear map: clip to [lo, hi], then z-score."""
+    def normalize(self, keys: Sequence[str] = ("image",)):
+        """nnU-Net's CT normalisation as one linear map (MONAI's ScaleIntensityRanged): clip
+        to [lo, hi], then z-score."""
+        from monai.transforms import ScaleIntensityRanged
+
         lo, hi = self.intensity["clip"]
         return ScaleIntensityRanged(keys, a_min=lo, a_max=hi, b_min=self.normalized(lo),
                                     b_max=self.normalized(hi), clip=True)
@@ -127,6 +128,8 @@ class NetworkInput:
         are trained with the neighbours inference gives them. Done on raw HU before
         normalisation, which maps AIR_HU to exactly `pad_value`.
         """
+        from monai.transforms import BorderPadd, SpatialPadd
+
         ends = [] if self.spatial_dims == 3 or not self.context_slices else [
             BorderPadd("image", (0, 0, self.context_slices), mode="constant", value=AIR_HU),
             BorderPadd("label", (0, 0, self.context_slices), mode="constant", value=0)]

@@ -11,7 +11,8 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from medseg.data.io import save_nifti, write_json
+from medseg.data.files import write_json
+from medseg.data.io import save_nifti
 from medseg.data.phantoms import SYNTHETIC_LABELS, make_phantom
 
 

@@ -20,15 +20,9 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
+from medseg.data.files import atomic_output, case_name, check_apart, check_writable, write_json
 from medseg.data.geometry import voxel_spacing, voxel_volume_ml
-from medseg.data.io import (
-    atomic_output,
-    case_name,
-    check_apart,
-    check_writable,
-    load_mask,
-    write_json,
-)
+from medseg.data.io import load_mask
 from medseg.data.labels import LabelMatch, match_label_maps
 from medseg.errors import MedsegError
 from medseg.evaluation.mask_files import is_organ_folder, list_cases, load_organ_folder

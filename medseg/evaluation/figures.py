@@ -11,8 +11,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from medseg.data.files import save_png
 from medseg.data.geometry import radiological_plane, ras_orientation, voxel_spacing
-from medseg.data.io import save_png
 from medseg.evaluation.metrics import label_boxes, union_box
 
 METRIC_TITLES = {"dice": "Dice", "iou": "IoU", "hd95_mm": "HD95 (mm)", "nsd": "NSD",

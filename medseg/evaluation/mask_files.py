@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from medseg.data.annotations import organ_files, organ_folder_masks
-from medseg.data.io import case_name, list_scans
+from medseg.data.files import case_name
+from medseg.data.io import list_scans
 from medseg.data.labels import canonical_name
 from medseg.data.mask_labels import described_labels
 from medseg.errors import MedsegError

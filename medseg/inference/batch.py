@@ -11,24 +11,14 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from medseg.data.geometry import voxel_spacing
-from medseg.data.io import (
-    case_name,
-    check_apart,
-    check_writable,
-    list_scans,
-    load_scan,
-    save_nifti,
-    staged_outputs,
-    write_json,
-)
+from medseg.data.files import case_name, check_apart, check_writable, staged_outputs, write_json
+from medseg.data.io import list_scans, load_scan, save_nifti
 from medseg.data.mask_labels import write_labels_file
 from medseg.distributed import all_gather, rank_and_world
 from medseg.errors import MedsegError, OutputError, find_medseg_error
-from medseg.inference.memory import check_inference_memory
-from medseg.inference.models import load_predictor
-from medseg.inference.options import InferOptions
-from medseg.inference.predictor import MODEL_ID_PREFIX, Predictor
+from medseg.inference.options import InferOptions, RunOptions
+from medseg.inference.pipeline import Pipeline, open_pipeline
+from medseg.models.contract import MODEL_ID_PREFIX
 from medseg.outputs.case import (
     check_scans_fit,
     extra_outputs,
@@ -58,16 +48,16 @@ def shard_for_rank(scans: list[Path], rank: int, world: int) -> list[Path]:
     return scans[rank::world]
 
 
-def infer_cases(checkpoints, inputs: Path, out_dir: Path,
+def infer_cases(models, inputs: Path, out_dir: Path,
                 options: InferOptions | None = None) -> list[CaseResult]:
     """Segment this rank's share of the scans under `inputs`; a failure doesn't stop the rest."""
     every_scan = checked_scans(inputs, out_dir)  # before the model loads: bad paths fail fast
-    return segment_scans(load_predictor(checkpoints, options), every_scan, out_dir)
+    return segment_scans(open_pipeline(models, options), every_scan, out_dir)
 
 
-def segment_folder(predictor: Predictor, inputs: Path, out_dir: Path) -> list[CaseResult]:
+def segment_folder(pipeline: Pipeline, inputs: Path, out_dir: Path) -> list[CaseResult]:
     """infer_cases with a model already loaded (the Python API's Segmenter)."""
-    return segment_scans(predictor, checked_scans(inputs, out_dir), out_dir)
+    return segment_scans(pipeline, checked_scans(inputs, out_dir), out_dir)
 
 
 def checked_scans(inputs: Path, out_dir: Path) -> list[Path]:
@@ -80,25 +70,25 @@ def checked_scans(inputs: Path, out_dir: Path) -> list[Path]:
     return scans
 
 
-def segment_scans(predictor: Predictor, every_scan: list[Path], out_dir: Path
+def segment_scans(pipeline: Pipeline, every_scan: list[Path], out_dir: Path
                   ) -> list[CaseResult]:
     """Segment this rank's share of the scans; a failure doesn't stop the rest. Returns every
     rank's results (gathered under torchrun), after the folder's summaries are written."""
-    options = predictor.options
-    check_scans_fit(every_scan, options)
+    run = pipeline.run
+    check_scans_fit(every_scan, run)
     rank, world = rank_and_world()
-    finished = set() if options.overwrite else finished_masks(every_scan, out_dir,
-                                                                predictor.model_id, options)
+    finished = set() if run.overwrite else finished_masks(every_scan, out_dir,
+                                                            pipeline.model_id, run)
     scans = shard_for_rank(every_scan, rank, world)
     # Closed also when a case stops the batch, so the error starts on a line of its own.
     with tqdm(scans, desc="infer" if world == 1 else f"infer rank {rank}", unit="case") as progress:
         results = [CaseResult(scan, output_path(scan, out_dir), "skipped") if scan in finished
-                   else segment_case(predictor, scan, out_dir, progress)
+                   else segment_case(pipeline, scan, out_dir, progress)
                    for scan in progress]
     results = gather_results(results)  # every rank done: the summaries see every case
     if rank == 0 and any(r.status != "failed" for r in results):  # beside masks, never alone
-        write_label_map(predictor.labels, out_dir)
-        write_folder_outputs(every_scan, out_dir, options)
+        write_label_map(pipeline.labels, out_dir)
+        write_folder_outputs(every_scan, out_dir, run)
     return results
 
 
@@ -112,13 +102,13 @@ def write_label_map(labels: dict[int, str], out_dir: Path) -> None:
                Path(out_dir) / LABEL_MAP_NAME)
 
 
-def segment_case(predictor: Predictor, scan_path: Path, out_dir: Path, progress) -> CaseResult:
+def segment_case(pipeline: Pipeline, scan_path: Path, out_dir: Path, progress) -> CaseResult:
     """Segment one scan and write its mask (and probabilities) atomically."""
     target = output_path(scan_path, out_dir)
     start = time.perf_counter()
     try:
         scan = load_scan(scan_path)
-        mask, probabilities, affine = predict_scan(predictor, scan, scan_path)
+        mask, probabilities, affine = pipeline.segment(scan, scan_path)
         # Every file of the case appears at once, the mask last: it marks "done", its header
         # says which model made it and what its ids mean.
         with staged_outputs(out_dir, last=target.name) as stage:
@@ -126,10 +116,11 @@ def segment_case(predictor: Predictor, scan_path: Path, out_dir: Path, progress)
                 save_nifti(np.moveaxis(probabilities, 0, -1), affine,
                            stage / f"{case_name(scan_path)}_probabilities.nii.gz",
                            like=scan_path)
-            write_case_outputs(predictor, scan, scan_path, mask, affine, stage)
-            write_labels_file(predictor.labels, stage / target.name)
+            write_case_outputs(pipeline.labels, pipeline.model_id, pipeline.run, scan, scan_path,
+                               mask, affine, stage)
+            write_labels_file(pipeline.labels, stage / target.name)
             save_nifti(mask, affine, stage / target.name, like=scan_path,
-                       description=predictor.model_id, labels=predictor.labels)
+                       description=pipeline.model_id, labels=pipeline.labels)
     except Exception as exc:  # noqa: BLE001 - one bad case must not stop a batch
         error = find_medseg_error(exc)
         if isinstance(error, OutputError):
@@ -169,7 +160,7 @@ def mask_author(path: Path) -> str | None:
 
 
 def finished_masks(scans: list[Path], out_dir: Path, model_id: str,
-                   options: InferOptions | None = None) -> set[Path]:
+                   options: RunOptions | None = None) -> set[Path]:
     """The scans whose mask this model already finished, with every extra output `options` ask
     for (skipped without --overwrite; a missing extra output redoes the case); any other file
     at a mask's path is refused before any work."""
@@ -181,29 +172,9 @@ def finished_masks(scans: list[Path], out_dir: Path, model_id: str,
         raise MedsegError(f"{out_dir}: already holds {len(foreign)} file(s) that this model did "
                           f"not write ({shown}); pass --overwrite to replace them, or choose "
                           "another output folder")
-    options = options or InferOptions()
+    options = options or RunOptions()
     return {scan for scan in existing
             if all(p.is_file() for p in extra_outputs(scan, out_dir, options))}
-
-
-def predict_scan(predictor: Predictor, scan, source: Path):
-    """(mask, probabilities or None, affine) on exactly the scan's own grid, after refusing a
-    scan the model cannot segment or the machine cannot hold."""
-    check_fits_predictor(scan, source, predictor)
-    mask, probabilities = predictor.predict(scan)
-    return mask, probabilities, np.asarray(scan.meta.get("original_affine", scan.affine))
-
-
-def check_fits_predictor(scan, path: Path, predictor: Predictor) -> None:
-    """Refuse, before any work, a single slice for a 3D model or a scan too large for memory."""
-    shape = tuple(scan.shape[1:])
-    if predictor.spatial_dims == 3 and min(shape) < 2:
-        raise MedsegError(f"{path}: a single slice (size {'x'.join(map(str, shape))}), but the "
-                          "model is 3D; give the whole series, or use a model trained with "
-                          "--dims 2")
-    check_inference_memory(path, shape, voxel_spacing(scan.affine), predictor.spacing,
-                           len(predictor.labels), predictor.options.save_probabilities,
-                           crf=predictor.options.crf_settings)
 
 
 def gather_results(results: list[CaseResult]) -> list[CaseResult]:

@@ -59,7 +59,7 @@ def inference_bytes(shape, spacing, working_spacing, num_classes: int,
 
 def _crf_bytes(working, working_spacing, settings) -> int:
     """The dense CRF's workspace (imported only when asked for: it needs torch)."""
-    from medseg.inference.crf import workspace_bytes
+    from medseg.models.crf import workspace_bytes
 
     return workspace_bytes(working, working_spacing, settings)
 

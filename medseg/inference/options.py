@@ -1,73 +1,75 @@
-"""How inference runs: the options a user chooses (the model's own settings come from its
-checkpoints). Light to import, so the command line shows these defaults in --help."""
+"""What a user chooses for `medseg infer`, split by who reads it: EngineOptions go to the
+model (medseg.models.options), RunOptions to what happens around it (the organs kept, the
+clean-up, the files written, reruns). Light to import, so the command line shows these
+defaults in --help; each range is checked here, for the command line and the API alike."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
-from medseg.choices import check_output_types
+from medseg.choices import Number, check_output_types, check_settings
 from medseg.errors import MedsegError
+from medseg.models.options import OPTION_FIX, EngineOptions
 
-# Windows overlap by half: training validates with it too, so its Dice is what infer gives (at
-# 0.25 a model 12 epochs into the real case scored aorta 0.01 on the working grid, at 0.5 0.69).
-OVERLAP = 0.5
+
+def parse_subset(text: str | None) -> list[str] | None:
+    """'liver, spleen' -> ['liver', 'spleen']; None -> None (every organ)."""
+    if text is None:
+        return None
+    return [n.strip() for n in text.split(",") if n.strip()]
 
 
 @dataclass(frozen=True)
-class CRFSettings:
-    """The dense CRF's parameters (medseg.inference.crf). The CT defaults scored best on 2
-    tuning phantoms kept apart from the benchmark's test cases (`benchmarks/crf.py --tune`,
-    docs/models.md), short of its extremes: 5 HU, 10 iterations and weight 6.5 scored higher
-    there, where noise is lower than in real scans."""
+class RunOptions:
+    """What happens around the model: organs kept, clean-up, outputs, reruns."""
 
-    iterations: int = 5
-    smoothness_mm: float = 3.0  # width (standard deviation) of the smoothness kernel
-    smoothness_weight: float = 0.0  # 1.0 scored 0.009 lower in the tuning
-    appearance_mm: float = 10.0  # spatial width of the appearance kernel
-    appearance_hu: float = 10.0  # intensity width of the appearance kernel
-    appearance_weight: float = 5.0
-    window: tuple[float, float] = (-200.0, 300.0)  # HU beyond are clipped (air, bone)
-
-
-@dataclass
-class InferOptions:
-    """How to run inference; the model-specific settings come from the checkpoints."""
-
-    device: str = "auto"  # one of choices.DEVICES, or cuda:N
-    overlap: float = OVERLAP
-    sw_batch_size: int = 2
-    precision: str = "auto"  # one of choices.PRECISIONS
-    tta: bool = False
+    overwrite: bool = False
+    roi_subset: str | None = None  # "liver,spleen": only these organs; default all
     keep_largest: bool = False
     min_volume_mm3: float = 0.0
-    save_probabilities: bool = False
-    overwrite: bool = False
-    folds: str | None = None  # nnU-Net model folders: "0,1,2" or "all"; default every fold
-    roi_subset: str | None = None  # "liver,spleen": only these organs; default all
     output_types: tuple[str, ...] = ("nifti",)  # choices.OUTPUT_TYPES; the NIfTI mask always
     statistics: bool = False  # CASE.stats.json per scan and statistics.csv per folder
     preview: bool = False  # CASE.preview.png per scan and index.html per folder
-    crf: bool = False  # refine with a dense CRF (the crf_* fields are its CRFSettings)
-    crf_iterations: int = CRFSettings.iterations
-    crf_smoothness_mm: float = CRFSettings.smoothness_mm
-    crf_smoothness_weight: float = CRFSettings.smoothness_weight
-    crf_appearance_mm: float = CRFSettings.appearance_mm
-    crf_appearance_hu: float = CRFSettings.appearance_hu
-    crf_appearance_weight: float = CRFSettings.appearance_weight
 
     def __post_init__(self):
-        self.output_types = check_output_types(self.output_types)
-        changed = [f.name for f in fields(CRFSettings) if hasattr(self, f"crf_{f.name}")
-                   and getattr(self, f"crf_{f.name}") != getattr(CRFSettings, f.name)]
-        if changed and not self.crf:
-            shown = ", ".join("--crf-" + name.replace("_", "-") for name in changed)
-            raise MedsegError(f"{shown} set without --crf; add --crf (crf=True in Python) to "
-                              "refine with the CRF")
+        object.__setattr__(self, "output_types", check_output_types(self.output_types))
+        check_settings(self, RUN_NUMBERS, flags=("overwrite", "keep_largest", "statistics",
+                                                 "preview"), fix=OPTION_FIX)
+        if self.roi_subset is not None and not isinstance(self.roi_subset, str):
+            raise MedsegError(f"roi_subset: expected organ names like 'liver,spleen', got "
+                              f"{self.roi_subset!r}")
+        if self.roi_subset is not None and not parse_subset(self.roi_subset):
+            raise MedsegError("--roi-subset: no organ named; give names like liver,spleen, or "
+                              "drop the option for every organ")
 
     @property
-    def crf_settings(self) -> CRFSettings | None:
-        """The CRF's settings, None without --crf."""
-        if not self.crf:
-            return None
-        return CRFSettings(**{f.name: getattr(self, f"crf_{f.name}") for f in fields(CRFSettings)
-                              if hasattr(self, f"crf_{f.name}")})
+    def organs(self) -> list[str] | None:
+        """The organ names --roi-subset keeps; None for every organ."""
+        return parse_subset(self.roi_subset)
+
+
+RUN_NUMBERS = {"min_volume_mm3": Number(False, 0)}
+
+
+@dataclass(frozen=True)
+class InferOptions:
+    """Everything `medseg infer` takes, in its two parts."""
+
+    engine: EngineOptions = field(default_factory=EngineOptions)
+    run: RunOptions = field(default_factory=RunOptions)
+
+    @classmethod
+    def from_keywords(cls, **given) -> InferOptions:
+        """From the flat keywords the command line and Segmenter take (overlap=..., tta=...),
+        naming the valid ones when one is mistyped."""
+        engine, run = option_names(EngineOptions), option_names(RunOptions)
+        unknown = sorted(set(given) - set(engine) - set(run))
+        if unknown:
+            raise MedsegError(f"unknown option {', '.join(unknown)}; valid: "
+                              f"{', '.join(engine + run)}")
+        return cls(EngineOptions(**{k: v for k, v in given.items() if k in engine}),
+                   RunOptions(**{k: v for k, v in given.items() if k in run}))
+
+
+def option_names(options_class) -> list[str]:
+    return [f.name for f in fields(options_class)]

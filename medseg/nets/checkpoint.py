@@ -9,14 +9,14 @@ from pathlib import Path
 
 import torch
 
-from medseg import __version__
-from medseg.data.io import atomic_output
+from medseg.data.files import atomic_output
 from medseg.errors import MedsegError, first_line
+from medseg.version import __version__
 
 FORMAT = 1
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6
 CHECKPOINT_NAMES = ("best.pt", "last.pt")
-# What inference reads from a checkpoint's config (medseg.inference.predictor).
+# What inference reads from a checkpoint's config (medseg.models.medseg_run).
 INFERENCE_KEYS = ("labels", "spacing", "model", "patch_size", "intensity")
 
 
@@ -66,10 +66,10 @@ def load_checkpoint(path: Path, needs: tuple[str, ...] = ()) -> dict:
         raise MedsegError(f"{path}: the checkpoint's config lacks {', '.join(missing)}; use "
                           "best.pt or last.pt of a `medseg train` run")
     if "model" in needs:
-        from medseg.nets.registry import known_model
+        from medseg.nets.registry import known_network
 
         name = config["model"].get("name") if isinstance(config["model"], dict) else None
-        if not known_model(name):
+        if not known_network(name):
             raise MedsegError(f"{path}: written by {_writer(payload)} for model {name!r}, which "
                               f"medseg {__version__} does not have; upgrade medseg to the "
                               "version that wrote it")

@@ -3,7 +3,7 @@
 Light to import: each entry imports its network when called, so the command line lists the
 names in --help without loading torch. To add a network: write it in medseg/nets/ (taking
 spatial_dims, in_channels, out_channels and setting a `stride` attribute), add a builder below
-and one entry to MODELS; tests/test_models.py runs its contract over every entry.
+and one entry to NETWORKS; tests/test_models.py runs its contract over every entry.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def nnunet(**kwargs) -> nn.Module:
     return nnunet_network(**kwargs)
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
+NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "resunet": monai_residual_unet,
     "unet": unet,
     "fcn": fcn,
@@ -97,28 +97,28 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 # Old names that still build their network, so checkpoints and recipes that use them load.
 ALIASES = {"unet3d": "resunet"}  # medseg 0.1's only model, named before 2D training existed
-DEFAULT_MODEL = "resunet"
+DEFAULT_NETWORK = "resunet"
 
 
-def known_model(name: str) -> bool:
+def known_network(name: str) -> bool:
     """Whether a name builds a network: a registered name or an old one (ALIASES)."""
-    return ALIASES.get(name, name) in MODELS
+    return ALIASES.get(name, name) in NETWORKS
 
 
 def canonical_model(name: str) -> str:
     """A registered name, old names (ALIASES) turned into the current one."""
     name = ALIASES.get(name, name)
-    if name not in MODELS:
-        raise MedsegError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    if name not in NETWORKS:
+        raise MedsegError(f"unknown model {name!r}; choose one of: {', '.join(NETWORKS)}")
     return name
 
 
-def build_model(name: str, in_channels: int, out_channels: int, spatial_dims: int = 3,
+def build_network(name: str, in_channels: int, out_channels: int, spatial_dims: int = 3,
                 **kwargs) -> nn.Module:
     """A registered network for 2D or 3D inputs of any size; unknown names list the valid ones."""
     from medseg.nets.pad import PadToMultiple
 
-    builder = MODELS[canonical_model(name)]
+    builder = NETWORKS[canonical_model(name)]
     if spatial_dims not in (2, 3):
         raise MedsegError(f"spatial_dims must be 2 or 3, not {spatial_dims}")
     try:
@@ -129,7 +129,7 @@ def build_model(name: str, in_channels: int, out_channels: int, spatial_dims: in
     return PadToMultiple(net, net.stride)
 
 
-def volume_model(model: nn.Module, spatial_dims: int, context_slices: int = 0,
+def volume_network(model: nn.Module, spatial_dims: int, context_slices: int = 0,
                  pad_value: float | None = None) -> nn.Module:
     """A model that maps (B, 1, X, Y, Z) volumes to logits: 2D models run slice by slice."""
     if spatial_dims == 3:

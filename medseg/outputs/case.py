@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medseg.data.io import case_name, write_json
+from medseg.data.files import case_name, write_json
 from medseg.outputs.dicom import (
     DICOM_TYPES,
     SUFFIXES,
@@ -42,10 +42,12 @@ def check_scans_fit(scans: list[Path], options) -> None:
         check_dicom_input(options.output_types, scan)
 
 
-def write_case_outputs(predictor, scan: torch.Tensor, scan_path: Path, mask: np.ndarray,
-                       affine: np.ndarray, out_dir: Path) -> None:
-    """DICOM-SEG, RTSTRUCT, statistics and preview of one case, those the options ask for."""
-    options, labels, case = predictor.options, predictor.labels, case_name(scan_path)
+def write_case_outputs(labels: dict[int, str], model_id: str, options, scan: torch.Tensor,
+                       scan_path: Path, mask: np.ndarray, affine: np.ndarray, out_dir: Path
+                       ) -> None:
+    """DICOM-SEG, RTSTRUCT, statistics and preview of one case, those the options ask for;
+    `labels` and `model_id` name what the mask holds and which model made it."""
+    case = case_name(scan_path)
     out_dir = Path(out_dir)
     dicom = [t for t in options.output_types if t in DICOM_TYPES]
     if dicom:  # the series read and the mask put on its slices once, for both
@@ -53,7 +55,7 @@ def write_case_outputs(predictor, scan: torch.Tensor, scan_path: Path, mask: np.
         frames = frames_on_slices(mask, affine, slices, scan_path)
         if "dicom-seg" in dicom:
             write_dicom_seg(frames, labels, slices, out_dir / f"{case}{SUFFIXES['dicom-seg']}",
-                            predictor.model_id)
+                            model_id)
         if "rtstruct" in dicom:
             write_rtstruct(frames, labels, scan_path, slices,
                            out_dir / f"{case}{SUFFIXES['rtstruct']}")
@@ -63,7 +65,7 @@ def write_case_outputs(predictor, scan: torch.Tensor, scan_path: Path, mask: np.
     if options.statistics:
         from medseg.outputs.statistics import organ_statistics
 
-        write_json({"case": case, "source": str(scan_path), "model": predictor.model_id,
+        write_json({"case": case, "source": str(scan_path), "model": model_id,
                     "organs": organ_statistics(mask, image, affine, labels)},
                    out_dir / f"{case}{STATS_SUFFIX}")
     if options.preview:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.data.annotations import plane_voxels
-from medseg.data.io import atomic_output
+from medseg.data.files import atomic_output
 from medseg.data.organ_codes import ANATOMICAL_STRUCTURE, organ_code
 from medseg.errors import MedsegError
 

@@ -14,8 +14,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from medseg.data.files import atomic_output, save_png
 from medseg.data.geometry import radiological_plane, ras_orientation
-from medseg.data.io import atomic_output, save_png
 from medseg.data.organ_codes import colours
 
 SOFT_TISSUE = (-160.0, 240.0)  # HU: window 400, level 40

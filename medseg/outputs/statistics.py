@@ -10,8 +10,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from medseg.data.files import atomic_output
 from medseg.data.geometry import voxel_volume_ml
-from medseg.data.io import atomic_output
 
 FIELDS = ("volume_ml", "voxels", "hu_mean", "hu_median", "hu_std", "hu_p5", "hu_p95",
           "bbox_min_ras_mm", "bbox_max_ras_mm", "touches_edge", "cut_at")

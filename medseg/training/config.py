@@ -3,7 +3,6 @@ setting."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from medseg.choices import (
@@ -14,12 +13,15 @@ from medseg.choices import (
     PRECISIONS,
     SCHEDULES,
     WORKING_SPACING_MM,
+    Number,
     check_device,
+    check_number,
+    check_settings,
 )
 from medseg.data.network_input import ORIENTATIONS, PADDINGS
 from medseg.errors import MedsegError
-from medseg.inference.options import OVERLAP
-from medseg.nets.registry import DEFAULT_MODEL
+from medseg.models.options import OVERLAP
+from medseg.nets.registry import DEFAULT_NETWORK
 
 
 @dataclass
@@ -28,7 +30,7 @@ class TrainConfig:
 
     manifest: str
     output: str
-    model: str = DEFAULT_MODEL  # the network: a name in medseg.nets.registry (--network)
+    model: str = DEFAULT_NETWORK  # the network: a name in medseg.nets.registry (--network)
     model_kwargs: dict = field(default_factory=dict)  # e.g. channels, upsample, deep_supervision
     spatial_dims: int = 3  # 2: the model sees axial slices, context_slices neighbours each side
     context_slices: int = 0
@@ -71,59 +73,43 @@ class TrainConfig:
     padding: str = "air"  # of scans smaller than a patch; "zero" (nnU-Net's) for its models
 
 
-# Numeric settings: (whole number?, lowest, highest, lowest excluded?). None: unbounded.
+# Numeric settings' ranges (the command line's option types are made from them too).
 NUMBER_RULES = {
-    "epochs": (True, 1, None, False), "iters_per_epoch": (True, 1, None, False),
-    "batch_size": (True, 1, None, False), "val_every": (True, 1, None, False),
-    "warmup_iters": (True, 0, None, False), "num_workers": (True, 0, None, False),
-    "seed": (True, None, None, False), "folds": (True, 2, None, False),
-    "fold": (True, 0, None, False), "spatial_dims": (True, 2, 3, False),
-    "context_slices": (True, 0, None, False),
-    "lr": (False, 0, None, True), "weight_decay": (False, 0, None, False),
-    "val_fraction": (False, 0, 1, True), "overlap": (False, 0, MAX_OVERLAP, False),
-    "affine_prob": (False, 0, 1, False), "contrast_prob": (False, 0, 1, False),
+    "epochs": Number(True, 1), "iters_per_epoch": Number(True, 1),
+    "batch_size": Number(True, 1), "val_every": Number(True, 1),
+    "warmup_iters": Number(True, 0), "num_workers": Number(True, 0),
+    "seed": Number(True), "folds": Number(True, 2),
+    "fold": Number(True, 0), "spatial_dims": Number(True, 2, 3),
+    "context_slices": Number(True, 0),
+    "lr": Number(False, 0, None, True), "weight_decay": Number(False, 0),
+    "val_fraction": Number(False, 0, 1, True), "overlap": Number(False, 0, MAX_OVERLAP),
+    "affine_prob": Number(False, 0, 1), "contrast_prob": Number(False, 0, 1),
 }
 
 
-def check_number(name: str, value, whole: bool, lo, hi, lo_open: bool = False) -> None:
-    """A setting must be a (whole) number, finite, within [lo, hi] (lo excluded if lo_open)."""
-    kinds = (int,) if whole else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        raise MedsegError(f"{name}: expected {'a whole number' if whole else 'a number'}, got "
-                          f"{value!r}; fix it in the recipe or on the command line")
-    too_low = lo is not None and (value <= lo if lo_open else value < lo)
-    if not math.isfinite(value) or too_low or (hi is not None and value > hi):
-        bounds = f"{'above' if lo_open else 'at least'} {lo}" if lo is not None else ""
-        bounds += (" and " if bounds and hi is not None else "") + (
-            f"at most {hi}" if hi is not None else "")
-        raise MedsegError(f"{name}: {value!r} is not a finite number {bounds}; fix it in the "
-                          "recipe or on the command line")
+SPACING_RULE = Number(False, *WORKING_SPACING_MM)
+PATCH_RULE = Number(True, 1, MAX_PATCH)
+CHOICES = {"augment": AUGMENTATIONS, "schedule": SCHEDULES, "optimizer": OPTIMIZERS,
+           "precision": PRECISIONS, "orientation": ORIENTATIONS, "padding": PADDINGS}
 
 
-def check_triple(name: str, value, whole: bool, lo, hi) -> None:
-    """spacing and patch_size: three numbers from lo to hi (or unset, to be planned)."""
+def check_triple(name: str, value, rule: Number) -> None:
+    """spacing and patch_size: three numbers within the rule (or unset, to be planned)."""
     if value is None:
         return
     if not isinstance(value, (tuple, list)) or len(value) != 3:
         raise MedsegError(f"{name}: expected three numbers like [3, 3, 3], got {value!r}")
     for part in value:
-        check_number(name, part, whole, lo, hi)
+        check_number(name, part, rule)
 
 
 def check_config(cfg: TrainConfig, num_classes: int) -> None:
     """Reject settings that would fail deep inside MONAI with a cryptic message, or make a run
     that cannot learn (a NaN learning rate), naming the setting."""
-    for name, rule in NUMBER_RULES.items():
-        if getattr(cfg, name) is not None:
-            check_number(name, getattr(cfg, name), *rule)
-    check_triple("spacing", cfg.spacing, False, *WORKING_SPACING_MM)
-    check_triple("patch_size", cfg.patch_size, True, 1, MAX_PATCH)
-    choices = {"augment": AUGMENTATIONS, "schedule": SCHEDULES, "optimizer": OPTIMIZERS,
-               "precision": PRECISIONS, "orientation": ORIENTATIONS, "padding": PADDINGS}
     check_device(cfg.device)  # before the run folder is claimed (and, with --overwrite, emptied)
-    for key, valid in choices.items():
-        if getattr(cfg, key) not in valid:
-            raise MedsegError(f"{key} {getattr(cfg, key)!r}: choose one of {', '.join(valid)}")
+    check_settings(cfg, NUMBER_RULES, CHOICES)
+    check_triple("spacing", cfg.spacing, SPACING_RULE)
+    check_triple("patch_size", cfg.patch_size, PATCH_RULE)
     for key in ("model_kwargs", "loss_kwargs"):
         if not isinstance(getattr(cfg, key), dict):
             raise MedsegError(f"{key}: expected a mapping like {{channels: [16, 32]}}, got "

@@ -22,7 +22,8 @@ import torch
 from medseg.data.labels import canonical_labels
 from medseg.data.network_input import NetworkInput
 from medseg.errors import MedsegError
-from medseg.inference.nnunet_folder import is_nnunet_folder, read_model_folder
+from medseg.models.nnunet.folder import read_model_folder
+from medseg.models.open import KINDS, model_kind
 from medseg.nets.checkpoint import INFERENCE_KEYS, load_checkpoint, resolve_checkpoint
 from medseg.nets.nnunet import architecture_in_xyz, in_xyz_order, weights_in_xyz
 from medseg.training.config import TrainConfig
@@ -44,8 +45,12 @@ class InitSource:
 def read_init_source(path: str | Path) -> InitSource:
     """The model --init-from names, read without running code from it."""
     path = Path(path)
-    if is_nnunet_folder(path):
+    kind = model_kind(path)  # the one place that tells kinds of model apart
+    if kind == "nnunet":
         return _nnunet_source(path)
+    if kind != "medseg":
+        raise MedsegError(f"{path}: {KINDS[kind]}; fine-tuning starts from one network: give "
+                          f"one of its folds' run folders (e.g. {path / 'fold_0'})")
     checkpoint = resolve_checkpoint(path)
     payload = load_checkpoint(checkpoint, needs=INFERENCE_KEYS)
     config = payload["config"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from medseg.data.io import save_png
+from medseg.data.files import save_png
 from medseg.errors import MedsegError, first_line
 
 # log.csv: these columns, then one validation Dice column per organ, then the time.

@@ -16,7 +16,7 @@ from monai.networks.utils import one_hot
 from monai.utils import set_determinism
 from tqdm import tqdm
 
-from medseg.data.io import check_writable, read_json
+from medseg.data.files import check_writable, read_json
 from medseg.data.manifest import check_case_files, load_manifest
 from medseg.distributed import (
     barrier,
@@ -26,10 +26,10 @@ from medseg.distributed import (
     rank_and_world,
     shutdown,
 )
-from medseg.inference.options import InferOptions
-from medseg.inference.predictor import Predictor
+from medseg.models.medseg_run import MedsegPredictor
+from medseg.models.options import EngineOptions
 from medseg.nets.checkpoint import save_checkpoint
-from medseg.nets.registry import build_model, canonical_model
+from medseg.nets.registry import build_network, canonical_model
 from medseg.runtime import autocast, resolve_device, training_precision
 from medseg.training.cases import network_input, prepare_cases, reseed_epoch, split_cases
 from medseg.training.config import TrainConfig, check_config, in_channels
@@ -80,12 +80,12 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     rank, world = rank_and_world()
     set_determinism(cfg.seed)
     # Built before caching, so bad model or loss settings fail at once.
-    def build_network(classes: int) -> torch.nn.Module:
-        return build_model(cfg.model, in_channels(cfg), classes, spatial_dims=cfg.spatial_dims,
-                           **cfg.model_kwargs)
+    def network_for(classes: int) -> torch.nn.Module:
+        return build_network(cfg.model, in_channels(cfg), classes, spatial_dims=cfg.spatial_dims,
+                             **cfg.model_kwargs)
 
-    model = build_network(num_classes)
-    started_from = (transfer_weights(model, source, labels, build_network)
+    model = network_for(num_classes)
+    started_from = (transfer_weights(model, source, labels, network_for)
                     if source is not None and not resume else None)
     model = model.to(device)
     loss_fn = build_loss(cfg.loss, **cfg.loss_kwargs)
@@ -96,8 +96,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
 
     spec = network_input(cfg)
     loader, val_items = prepare_cases(cfg, spec, train_cases, val_cases, labels)
-    validator = Predictor.for_network(model, spec, labels, InferOptions(
-        device=str(device), overlap=cfg.overlap, precision=cfg.precision))
+    validator = MedsegPredictor.for_network(model, spec, labels, EngineOptions(
+        device=str(device), overlap=cfg.overlap, precision=cfg.precision), device)
 
     optimizer = make_optimizer(model, cfg)
     # fp16 needs loss scaling against underflow; with any other precision the scaler is a no-op.
@@ -167,18 +167,18 @@ def train_epoch(model, loader, loss_fn, optimizer, scaler, cfg: TrainConfig, fir
     return float(np.mean(losses))
 
 
-def validate(predictor: Predictor, items: Sequence[dict], num_classes: int) -> np.ndarray:
+def validate(predictor: MedsegPredictor, items: Sequence[dict], num_classes: int) -> np.ndarray:
     """Per-organ Dice (background excluded, NaN where a case lacks the organ) on the working
     grid, predicted by inference's own code: normalisation, padding and sliding window."""
     # compute_dice, not DiceMetric: the latter all-gathers across ranks, and only rank 0 validates.
     scores = []
-    predictor.model.eval()
+    predictor.network.eval()
     for item in items:
         probs = predictor.probabilities(item["image"])
         pred = one_hot(probs.argmax(0)[None, None].cpu(), num_classes)
         ref = one_hot(item["label"].as_subclass(torch.Tensor)[None].long(), num_classes)
         scores.append(compute_dice(pred, ref, include_background=False, ignore_empty=True))
-    predictor.model.train()
+    predictor.network.train()
     with warnings.catch_warnings():  # an organ no validation case has: NaN, said at the start
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmean(torch.cat(scores).numpy(), axis=0)

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.data.files import read_json
 from medseg.data.geometry import ras_shape_and_spacing
-from medseg.data.io import read_json
 from medseg.data.manifest import check_case_files, load_manifest
 from medseg.data.scan_checks import AIR_BELOW_HU, check_label_ids
 from medseg.distributed import is_main_process
 from medseg.errors import MedsegError
-from medseg.nets.registry import DEFAULT_MODEL, canonical_model
+from medseg.nets.registry import DEFAULT_NETWORK, canonical_model
 from medseg.training.config import TrainConfig
 
 ANISOTROPY_RATIO = 3.0  # nnU-Net: beyond this, the coarse axis keeps a finer target spacing
@@ -199,7 +199,7 @@ def make_plan(manifest: Path, device: str = "cpu", memory_gb: float | None = Non
         "patch_size": patch,
         "batch_size": batch,
         "intensity": ct_normalization(hu),
-        "model": DEFAULT_MODEL,
+        "model": DEFAULT_NETWORK,
         "model_kwargs": unet_kwargs(levels, base),
         "device": device,
         "budget": budget_note,

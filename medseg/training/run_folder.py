@@ -8,7 +8,7 @@ import math
 import shutil
 from pathlib import Path
 
-from medseg.data.io import check_replaceable, write_json
+from medseg.data.files import check_replaceable, write_json
 from medseg.data.network_input import NetworkInput
 from medseg.distributed import is_main_process
 from medseg.errors import MedsegError

@@ -1,4 +1,5 @@
-"""The predictor: scan -> RAS + working spacing -> sliding window -> back onto the scan's grid."""
+"""medseg's own models (a run folder, a checkpoint, or several as an ensemble): scan -> working
+frame and spacing -> Gaussian-weighted sliding window -> back onto the scan's grid."""
 
 from __future__ import annotations
 
@@ -14,16 +15,14 @@ from monai.inferers import sliding_window_inference
 from monai.transforms import Compose
 
 from medseg.data.network_input import NetworkInput
-from medseg.distributed import local_device
 from medseg.errors import MedsegError, first_line
-from medseg.inference.crf import refine
-from medseg.inference.crossval_folder import organ_rules
-from medseg.inference.options import InferOptions
-from medseg.inference.postprocess import clean_organs, rules_in_voxels, voxels_for_volume
-from medseg.inference.resample import resample_to_grid
+from medseg.models.contract import CleanupRules
+from medseg.models.crf import refine
+from medseg.models.options import EngineOptions
+from medseg.models.resample import resample_to_grid
 from medseg.nets.checkpoint import INFERENCE_KEYS, load_checkpoint, resolve_checkpoint
-from medseg.nets.registry import build_model, volume_model
-from medseg.runtime import autocast, resolve_device
+from medseg.nets.registry import build_network, volume_network
+from medseg.runtime import autocast
 
 log = logging.getLogger("medseg")
 
@@ -36,59 +35,55 @@ TTA_AXES = (1, 2)
 class _Member:
     """One network of an ensemble and the input it expects."""
 
-    model: torch.nn.Module
+    network: torch.nn.Module
     spec: NetworkInput
 
 
-MODEL_ID_PREFIX = "medseg model "
-
-
-def model_id(checkpoints: list[Path]) -> str:
-    """Names the model (its checkpoint files' contents); masks record it in their header, so a
-    rerun skips only masks this very model finished."""
+def files_digest(paths: list[Path]) -> str:
+    """The files' contents, digested: what a model id names."""
     digest = hashlib.sha256()
-    for path in checkpoints:
+    for path in paths:
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
-    return MODEL_ID_PREFIX + digest.hexdigest()[:16]
+    return digest.hexdigest()[:16]
 
 
-class Predictor:
-    """One or more trained models (an ensemble averages their probabilities).
+class MedsegPredictor:
+    """One or more of medseg's trained models (an ensemble averages their probabilities).
 
-    `Predictor(checkpoints)` loads them for `medseg infer`; `Predictor.for_network` wraps a
-    network in memory, which is how training validates: through this very code.
+    `MedsegPredictor(checkpoints, options, device)` loads them (medseg.models.open does, for
+    `medseg infer`); `MedsegPredictor.for_network` wraps a network in memory, which is how
+    training validates: through this very code.
     """
 
-    def __init__(self, checkpoints, options: InferOptions | None = None,
-                 postprocessing: Path | None = None):
-        self.options = options or InferOptions()
-        self.device = resolve_device(local_device(self.options.device))
+    def __init__(self, checkpoints, options: EngineOptions, device: torch.device,
+                 cleanup_file: Path | None = None):
+        self.options, self.device = options, device
         paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
         configs = [load_checkpoint(p, needs=INFERENCE_KEYS) | {"path": p} for p in paths]
         self.labels = {int(k): v for k, v in configs[0]["config"]["labels"].items()}
         self.spec = NetworkInput.from_config(configs[0]["config"])
-        # A cross-validation's per-organ choices (postprocessing.json); masks record them too.
-        self.organ_rules = organ_rules(postprocessing, self.labels) if postprocessing else {}
-        self.model_id = model_id([resolve_checkpoint(p) for p in paths]
-                                 + ([Path(postprocessing)] if postprocessing else []))
+        # A cross-validation's per-organ choices are set by its adapter (crossval_folder); the
+        # id covers the file they come from.
+        self.cleanup: CleanupRules = {}
+        self.model_id = files_digest([resolve_checkpoint(p) for p in paths]
+                                     + ([Path(cleanup_file)] if cleanup_file else []))
         self.members = [self._load_member(c) for c in configs]
         # 3 if any member sees volumes: then a single-slice scan cannot be segmented.
         self.spatial_dims = max(m.spec.spatial_dims for m in self.members)
 
     @classmethod
     def for_network(cls, network: torch.nn.Module, spec: NetworkInput, labels: dict[int, str],
-                    options: InferOptions | None = None) -> Predictor:
-        """A predictor over a network already built (and placed on options.device)."""
+                    options: EngineOptions, device: torch.device) -> MedsegPredictor:
+        """A predictor over a network already built and placed on `device`."""
         self = cls.__new__(cls)
-        self.options = options or InferOptions()
-        self.device = resolve_device(local_device(self.options.device))
+        self.options, self.device = options, device
         self.labels, self.spec, self.spatial_dims = dict(labels), spec, spec.spatial_dims
-        self.model_id, self.organ_rules = f"{MODEL_ID_PREFIX}in-memory", {}
-        model = volume_model(network, spec.spatial_dims, spec.context_slices,
-                             spec.end_slice_padding)
-        self.members = [_Member(model, spec)]
+        self.model_id, self.cleanup = "in-memory", {}
+        wrapped = volume_network(network, spec.spatial_dims, spec.context_slices,
+                                 spec.end_slice_padding)
+        self.members = [_Member(wrapped, spec)]
         return self
 
     @property
@@ -108,7 +103,7 @@ class Predictor:
             raise MedsegError(f"{path}: spacing {list(spec.spacing)} differs from the first "
                               f"checkpoint's {list(self.spacing)}; ensembles share one grid")
         settings = config["model"]
-        net = build_model(settings["name"], settings["in_channels"], len(self.labels),
+        net = build_network(settings["name"], settings["in_channels"], len(self.labels),
                           spatial_dims=spec.spatial_dims, **settings["kwargs"])
         try:
             net.load_state_dict(payload["state_dict"])
@@ -117,17 +112,18 @@ class Predictor:
                               f"({first_line(exc)}); use the checkpoint its own run wrote, or "
                               "retrain") from None
         # 2D models see windows that span all slices, so each slice gets its true neighbours.
-        model = volume_model(net, spec.spatial_dims, spec.context_slices, spec.end_slice_padding)
-        return _Member(model.to(self.device).eval(), spec)
+        wrapped = volume_network(net, spec.spatial_dims, spec.context_slices,
+                                 spec.end_slice_padding)
+        return _Member(wrapped.to(self.device).eval(), spec)
 
     @property
-    def model(self) -> torch.nn.Module:
+    def network(self) -> torch.nn.Module:
         """The first member's network (the only one for a single checkpoint)."""
-        return self.members[0].model
+        return self.members[0].network
 
-    @model.setter
-    def model(self, network: torch.nn.Module) -> None:
-        self.members[0].model = network
+    @network.setter
+    def network(self, network: torch.nn.Module) -> None:
+        self.members[0].network = network
 
     def resample_to_working_grid(self, scan: torch.Tensor) -> torch.Tensor:
         """Reorient to the working frame and resample to its spacing, exactly as training does."""
@@ -161,7 +157,7 @@ class Predictor:
             with torch.inference_mode(), autocast(self.device, self.options.precision):
                 # Scans smaller than a window are padded as training padded them.
                 return sliding_window_inference(
-                    batch, member.spec.window, self.options.sw_batch_size, member.model,
+                    batch, member.spec.window, self.options.sw_batch_size, member.network,
                     overlap=self.options.overlap, mode="gaussian", padding_mode="constant",
                     cval=member.spec.pad_value, sw_device=self.device, device=stitch_device)
 
@@ -181,14 +177,6 @@ class Predictor:
         if self.options.crf:
             probs = refine(probs, image[0].as_subclass(torch.Tensor).to(probs.device),
                            self.spacing, self.options.crf_settings)
-        mask, probabilities = resample_to_grid(
+        return resample_to_grid(
             probs, np.asarray(image.affine), np.asarray(scan.affine), tuple(scan.shape[1:]),
             keep_probabilities=self.options.save_probabilities)
-        # --keep-largest / --min-volume for every organ, on top of a cross-validation's own
-        # per-organ choices: one pass over the mask either way.
-        affine = np.asarray(scan.affine)
-        largest, voxels = (self.options.keep_largest,
-                           voxels_for_volume(self.options.min_volume_mm3, affine))
-        rules = {organ: (own or largest, max(own_voxels, voxels)) for organ, (own, own_voxels)
-                 in rules_in_voxels(self.organ_rules, affine).items()}
-        return clean_organs(mask, rules, (largest, voxels)), probabilities

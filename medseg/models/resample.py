@@ -7,10 +7,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# What one slab of the result may take while probabilities or logits go back onto a scan's
+# grid: every kind of model's resampling keeps to it.
+SLAB_BYTES = 128 << 20
+
 
 def resample_to_grid(probs: torch.Tensor, src_affine: np.ndarray, dst_affine: np.ndarray,
                      dst_shape: tuple[int, int, int], keep_probabilities: bool = False,
-                     max_chunk_bytes: int = 128 << 20) -> tuple[np.ndarray, np.ndarray | None]:
+                     max_chunk_bytes: int = SLAB_BYTES) -> tuple[np.ndarray, np.ndarray | None]:
     """Trilinearly resample class probabilities onto another grid and take the argmax, in slabs.
 
     Works for any pair of affines, because each output voxel's position in the source grid comes
@@ -122,7 +126,7 @@ class _GridSampler:
 
 
 def resample_labels(probs: torch.Tensor, src_affine: np.ndarray, dst_affine: np.ndarray,
-                    dst_shape: tuple[int, int, int], max_chunk_bytes: int = 128 << 20
+                    dst_shape: tuple[int, int, int], max_chunk_bytes: int = SLAB_BYTES
                     ) -> np.ndarray:
     """Labels only: resample_to_grid without probabilities."""
     return resample_to_grid(probs, src_affine, dst_affine, dst_shape,

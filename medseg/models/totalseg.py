@@ -20,13 +20,10 @@ import torch
 from scipy import ndimage
 
 from medseg.data.geometry import ras_orientation
-from medseg.data.labels import LABEL_MAP_DIR, canonical_name, load_label_map
+from medseg.data.labels import LABEL_MAP_DIR, canonical_name, load_label_map, subset_ids
 from medseg.errors import MedsegError
-from medseg.inference.nnunet_predictor import NNUNetPredictor
-from medseg.inference.options import InferOptions
-from medseg.inference.postprocess import clean_components, voxels_for_volume
-from medseg.inference.predictor import MODEL_ID_PREFIX
-from medseg.inference.roi import subset_ids
+from medseg.models.nnunet.predictor import NNUNetPredictor
+from medseg.models.options import EngineOptions
 
 SCHEME = "totalsegmentator:"
 
@@ -92,19 +89,19 @@ class TotalSegmentatorPredictor:
 
     spatial_dims = 3
 
-    def __init__(self, name: str, options: InferOptions | None = None,
-                 roi_subset: list[str] | None = None):
-        self.options = options or InferOptions()
+    def __init__(self, name: str, options: EngineOptions | None = None,
+                 device: torch.device | None = None, organs: list[str] | None = None):
+        self.options = options or EngineOptions()
         self.task, folders = task_folders(name)
+        self.cleanup = {}
         classes = class_map()
         ids = {canonical_name(n): i for i, n in classes.items()}
-        wanted = self._roi(roi_subset, classes, name)
-        # The parts run with no post-processing: that applies once, to the merged mask.
-        part_options = replace(self.options, keep_largest=False, min_volume_mm3=0.0,
-                               save_probabilities=False)
+        wanted = self._wanted(organs, classes, name)
+        # The merged mask has no class probabilities: the parts keep none.
+        part_options = replace(self.options, save_probabilities=False)
         self.parts: list[tuple[NNUNetPredictor, np.ndarray]] = []
         for folder in folders:
-            predictor = NNUNetPredictor(folder, part_options)
+            predictor = NNUNetPredictor(folder, part_options, device)
             if predictor.model.regions:
                 raise MedsegError(f"{folder}: a region-based model where a TotalSegmentator "
                                   "part with a label map was expected; this is not one of "
@@ -118,17 +115,18 @@ class TotalSegmentatorPredictor:
                 self.parts.append((predictor, lookup))
         kept = {int(i) for _, lookup in self.parts for i in lookup if i}
         self.labels = {0: "background", **{i: classes[i] for i in sorted(kept)}}
-        # Masks record it in their 80-byte header: the parts' ids and the subset, digested.
-        made_by = "+".join(p.model_id for p, _ in self.parts) + "|" + ",".join(sorted(wanted or ()))
-        self.model_id = (f"{MODEL_ID_PREFIX}{name} "
-                         + hashlib.sha256(made_by.encode()).hexdigest()[:16])
+        # Masks record it in their 80-byte header: the parts run, digested.
+        made_by = "+".join(p.model_id for p, _ in self.parts)
+        self.model_id = f"{name} " + hashlib.sha256(made_by.encode()).hexdigest()[:16]
         self.spacing = (self.task.spacing,) * 3
 
     @staticmethod
-    def _roi(roi_subset, classes: dict[int, str], name: str) -> set[str] | None:
-        if not roi_subset:
+    def _wanted(organs, classes: dict[int, str], name: str) -> set[str] | None:
+        """The canonical names of the organs asked for (None: all), checked against the task's
+        whole class map."""
+        if not organs:
             return None
-        return {canonical_name(classes[i]) for i in subset_ids(roi_subset, classes, name)}
+        return {canonical_name(classes[i]) for i in subset_ids(organs, classes, name)}
 
     def predict(self, scan: torch.Tensor) -> tuple[np.ndarray, None]:
         """The merged uint8 mask on exactly the scan's grid (probabilities are not kept)."""
@@ -159,6 +157,4 @@ class TotalSegmentatorPredictor:
         mask = nib.orientations.apply_orientation(
             back, nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"),
                                                   ornt))
-        mask = np.ascontiguousarray(mask, dtype=np.uint8)
-        min_voxels = voxels_for_volume(self.options.min_volume_mm3, affine)
-        return clean_components(mask, self.options.keep_largest, min_voxels), None
+        return np.ascontiguousarray(mask, dtype=np.uint8), None

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medseg.data.io import read_json
+from medseg.data.files import read_json
 from medseg.errors import MedsegError
 from medseg.nets.checkpoint import safe_torch_load
 from medseg.nets.nnunet import NETWORK_CLASSES, build_plan_network

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.layers.convutils import gaussian_1d
 
-from medseg.inference.options import CRFSettings
+from medseg.models.options import CRFSettings
 
 # Probabilities are floored before the log: a class the network rules out entirely can still be
 # chosen only if the kernels' messages (at most w_s + w_a) outweigh log(1 / EPS) = 13.8.
