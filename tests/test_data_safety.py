@@ -154,3 +154,40 @@ def test_plan_and_report_never_write_over_their_own_inputs(tiny_dataset, tiny_ru
     proc = run_cli("report", tiny_run, "--output", tiny_run / "log.csv")
     assert_clean_failure(proc, "is an input of this command")
     assert (tiny_run / "log.csv").read_bytes() == log_bytes
+
+
+def test_a_scan_reached_through_a_link_into_the_output_folder_is_never_overwritten(tmp_path):
+    """The input folder holds a link to a scan that lies in the output folder: with
+    --overwrite its mask would replace the scan itself (same case name, same folder)."""
+    masks, inputs = tmp_path / "masks", tmp_path / "inputs"
+    masks.mkdir()
+    inputs.mkdir()
+    scan = write_nifti(masks / "a.nii.gz", ct())
+    (inputs / "a.nii.gz").symlink_to(scan)
+    before = fingerprints(masks)
+    proc = run_cli("infer", "--model", tiny_checkpoint(tmp_path / "m.pt"), "--input", inputs,
+                   "--output", masks, "--overwrite", "--device", "cpu")
+    assert_clean_failure(proc, "a.nii.gz: leads to", "inside the output folder")
+    assert fingerprints(masks) == before
+
+
+def test_a_dicom_series_whose_slices_lead_into_the_output_folder_is_refused(tmp_path):
+    from conftest import write_dicom_series
+
+    masks, series = tmp_path / "masks", tmp_path / "inputs" / "series"
+    write_dicom_series(masks / "slices", "1.2.3.4", [0.0, 1.0, 2.0])
+    series.mkdir(parents=True)
+    for slice_file in sorted((masks / "slices").iterdir()):
+        (series / slice_file.name).symlink_to(slice_file)
+    proc = run_cli("infer", "--model", tiny_checkpoint(tmp_path / "m.pt"), "--input", series,
+                   "--output", masks, "--device", "cpu")
+    assert_clean_failure(proc, "leads to", "inside the output folder")
+
+
+def test_a_link_loop_given_as_input_is_one_line(tmp_path):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    proc = run_cli("infer", "--model", tiny_checkpoint(tmp_path / "m.pt"), "--input", loop,
+                   "--output", tmp_path / "out", "--device", "cpu")
+    assert_clean_failure(proc, "loop: a symbolic link that leads nowhere")
+    assert not (tmp_path / "out").exists()

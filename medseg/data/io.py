@@ -25,6 +25,9 @@ def list_scans(path: Path) -> list[Path]:
     """The scans a user means by path: one file, a DICOM series folder, or a folder of either."""
     path = Path(path)
     if not path.exists():
+        if path.is_symlink():
+            raise MedsegError(f"{path}: a symbolic link that leads nowhere (a loop, or its "
+                              "target is gone); point at the scan itself")
         raise MedsegError(f"{path}: no such file or folder; check the path")
     if not (path.is_file() or path.is_dir()):
         raise MedsegError(f"{path}: neither a file nor a folder (a FIFO, device or socket); give "

@@ -61,13 +61,29 @@ def segment_folder(pipeline: Pipeline, inputs: Path, out_dir: Path) -> list[Case
 
 
 def checked_scans(inputs: Path, out_dir: Path) -> list[Path]:
-    """The scans under `inputs`, once the output folder is known to be apart from them,
-    writable, and free of two scans that would share a mask's name."""
-    check_apart(inputs, out_dir)
+    """The scans under `inputs`, once the output folder is known to be apart from them (every
+    file they lead to, through links too), writable, and free of two scans that would share a
+    mask's name."""
     scans = list_scans(Path(inputs))
+    check_apart(inputs, out_dir)
+    check_outside_output(scans, out_dir)
     check_unique_outputs(scans, Path(inputs), out_dir)
     check_writable(out_dir)
     return scans
+
+
+def check_outside_output(scans: list[Path], out_dir: Path) -> None:
+    """Refuse a scan that is, or leads through a link to, a file in the output folder: a mask
+    written there could replace it (--overwrite or not)."""
+    output = Path(out_dir).resolve()
+    for scan in scans:
+        files = sorted(scan.iterdir()) if scan.is_dir() else [scan]  # a DICOM series: its files
+        for path in [scan, *files]:
+            real = path.resolve()
+            if real == output or real.is_relative_to(output):
+                raise MedsegError(f"{path}: leads to {real}, inside the output folder {out_dir}; "
+                                  "writing masks there could replace it: move the scan out of "
+                                  "the output folder, or choose another output folder")
 
 
 def segment_scans(pipeline: Pipeline, every_scan: list[Path], out_dir: Path
