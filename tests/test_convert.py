@@ -4,6 +4,7 @@ v2 raw data set, checked against the masks the annotations were made from."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -169,3 +170,74 @@ def test_an_rtstruct_of_a_series_not_in_the_folder_is_one_line(real_data, tmp_pa
     assert refusal(images, annotations, tmp_path / "out") == (
         f"error: {rtstruct}: drawn on series 1.2.826.0.1.3680043.2.1125.99, which is not in "
         f"{images} (ct is series {own}); put the series it was drawn on there as ct")
+
+
+def test_convert_never_replaces_another_data_set_but_redoes_its_own(real_data, tmp_path):
+    """An existing data set given as --output keeps its dataset.json (its cases would be left
+    unlisted); a folder convert made of the same inputs is converted again."""
+    from conftest import convert_3slice
+
+    raw = convert_3slice(real_data, tmp_path)  # the 3-slice series' people-drawn masks
+    made = json.loads((raw / "dataset.json").read_text())
+    again = run_cli_here("convert", "--images", tmp_path / "images", "--annotations",
+                         tmp_path / "annotations", "--output", raw)
+    assert again.returncode == 0, again.stderr
+    other = tmp_path / "Task09_Spleen"
+    other.mkdir()
+    decathlon = {"name": "Spleen", "labels": {"0": "background", "1": "spleen"},
+                 "training": [{"image": "./imagesTr/s_1.nii.gz", "label": "./labelsTr/s_1.nii.gz"}]}
+    (other / "dataset.json").write_text(json.dumps(decathlon))
+    for target, what in ((other, "another data set"), (tmp_path / "annotations",
+                                                       "annotations")):
+        before = (target / "dataset.json").read_text() if target == other else None
+        proc = run_cli_here("convert", "--images", tmp_path / "images", "--annotations",
+                            tmp_path / "annotations", "--output", target)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert what in proc.stderr
+        if before is not None:
+            assert (target / "dataset.json").read_text() == before
+            assert not (target / "labelsTr").exists()
+    assert json.loads((raw / "dataset.json").read_text()) == made
+
+
+@pytest.mark.parametrize("kind", ["rtstruct", "dicom-seg"])
+def test_a_truncated_annotation_is_one_line(real_data, real_mask, tmp_path, kind):
+    mask, affine, labels, _ = real_mask
+    series = real_data / "petct_dicom" / "dicom"
+    images, annotations = convert_inputs(tmp_path, "petct", series)
+    target = annotations / "petct.dcm"
+    dicom_outputs_of(mask, affine, labels, series,
+                     **{("rtstruct" if kind == "rtstruct" else "seg"): target})
+    whole = target.read_bytes()
+    target.write_bytes(whole[: len(whole) * 2 // 3])
+    line = refusal(images, annotations, tmp_path / "out")
+    assert line.startswith(f"error: {target}: a damaged "), line
+    assert "export the annotation again" in line
+
+
+def test_probability_maps_in_an_organ_folder_are_refused(real_data, tmp_path):
+    """A float 'mask' of probabilities would otherwise become the organ wherever it is > 0."""
+    folder = real_data / "dcmqi_3slice"
+    images, annotations = convert_inputs(tmp_path, "ct", folder / "dicom")
+    (annotations / "ct").mkdir()
+    drawn = nib.load(str(_as_nifti(folder / "liver_seg.nrrd", tmp_path)))
+    probabilities = np.asarray(drawn.dataobj).astype(np.float32) * 0.8 + 0.1
+    nib.save(nib.Nifti1Image(probabilities, drawn.affine), str(annotations / "ct" / "liver.nii.gz"))
+    line = refusal(images, annotations, tmp_path / "out")
+    assert "liver.nii.gz: holds non-integer values (e.g. 0.1): a probability map" in line
+
+
+def test_a_ct_slice_where_the_annotation_belongs_says_what_it_is(real_data, tmp_path):
+    folder = real_data / "dcmqi_3slice" / "dicom"
+    images, annotations = convert_inputs(tmp_path, "ct", folder)
+    (annotations / "ct.dcm").symlink_to(folder / "01.dcm")
+    line = refusal(images, annotations, tmp_path / "out")
+    assert "no annotations found (it holds ct.dcm (a CT image))" in line
+
+
+def _as_nifti(nrrd: Path, tmp_path: Path) -> Path:
+    import SimpleITK as sitk
+
+    target = tmp_path / f"{nrrd.stem}.nii.gz"
+    sitk.WriteImage(sitk.ReadImage(str(nrrd)), str(target))
+    return target

@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 from conftest import TINY_TRAIN_ARGS, assert_clean_failure, ct, tiny_checkpoint, write_nifti
@@ -191,3 +192,39 @@ def test_a_link_loop_given_as_input_is_one_line(tmp_path):
                    "--output", tmp_path / "out", "--device", "cpu")
     assert_clean_failure(proc, "loop: a symbolic link that leads nowhere")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_file_put_at_a_mask_path_during_the_run_is_left_as_it_is(scans, tmp_path):
+    """The check at the start sees no file at a.nii.gz; one appears while the case is being
+    segmented (another program, a person): without --overwrite it is not replaced."""
+    from medseg import Segmenter
+
+    out = tmp_path / "out"
+    segmenter = Segmenter(tiny_checkpoint(tmp_path / "m.pt"), device="cpu")
+    predict = segmenter.pipeline.predictor.predict
+
+    def predict_while_someone_writes(scan):
+        write_nifti(out / "a.nii.gz", ct(seed=5))
+        return predict(scan)
+
+    segmenter.pipeline.predictor.predict = predict_while_someone_writes
+    results = {r.source.name: r for r in segmenter.segment_folder(scans, out)}
+    assert results["a.nii.gz"].status == "failed"
+    assert "appeared while this case was segmented" in results["a.nii.gz"].error
+    assert results["b.nii.gz"].status == "done"
+    np.testing.assert_array_equal(np.asarray(nib.load(str(out / "a.nii.gz")).dataobj),
+                                  ct(seed=5))
+
+
+def test_two_runs_into_one_folder_never_interleave(scans, tmp_path):
+    from medseg.data.files import folder_lock
+
+    out, model = tmp_path / "out", tiny_checkpoint(tmp_path / "m.pt")
+    with folder_lock(out):  # another run holds the folder
+        proc = run_cli("infer", "--model", model, "--input", scans, "--output", out,
+                       "--device", "cpu")
+        assert_clean_failure(proc, "another medseg run is writing into this folder")
+        assert list(out.iterdir()) == []
+    proc = run_cli("infer", "--model", model, "--input", scans, "--output", out,
+                   "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr

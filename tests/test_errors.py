@@ -609,3 +609,66 @@ def test_a_declared_root_admits_data_kept_elsewhere_and_nothing_beyond_it(tmp_pa
     manifest.write_text(json.dumps({"labels": LABELS, "training": [escaping], "root": str(data)}))
     with pytest.raises(MedsegError, match=r"label .* lies outside the data root .*btcv"):
         load_manifest(manifest)
+
+
+def test_a_file_size_limit_with_dicom_outputs_stops_the_batch_in_one_line(real_data, tiny_run,
+                                                                          tmp_path):
+    """As a full disk does for the NIfTI mask: one line naming the file, the finished masks
+    kept, no traceback per case (pydicom re-raises the write's OSError as another)."""
+    import resource
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for case in ("a", "b"):
+        (inputs / case).symlink_to(real_data / "dcmqi_3slice" / "dicom")
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+
+    proc = subprocess.run([sys.executable, "-m", "cli", "infer", "--model", str(tiny_run),
+                           "--input", str(inputs), "--output", str(tmp_path / "out"),
+                           "--output-type", "dicom-seg"], capture_output=True, text=True,
+                          preexec_fn=limit_file_size, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert error == [f"error: {tmp_path / 'out' / 'a.seg.dcm'}: over this process's file-size "
+                     "limit while writing (File too large); nothing half-written is left: raise "
+                     "the limit (ulimit -f) or choose another output folder, then run again"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_header_claiming_more_voxels_than_memory_holds_is_refused_before_reading(
+        tmp_path, monkeypatch):
+    """348 bytes of header say 2000^3 float32 voxels, the data is a few zeros: refused from
+    the header, before the reader grows the process to 32 GB."""
+    header = nib.Nifti1Header()
+    header.set_data_shape((2000, 2000, 2000))
+    header.set_data_dtype(np.float32)
+    header["vox_offset"] = 352
+    path = tmp_path / "huge.nii"
+    path.write_bytes(header.binaryblock + b"\0" * 4 + b"\0" * 4096)
+    monkeypatch.setattr("medseg.data.io.available_bytes", lambda: 10 * 10**9)
+    with pytest.raises(MedsegError, match=r"huge\.nii: its header claims 2000x2000x2000 voxels, "
+                                          r"about 96 GB to read, but 10 GB of memory is"):
+        load_scan(path)
+    load_scan(write_nifti(tmp_path / "fine.nii.gz", ct()))  # what fits is read as before
+
+
+@pytest.mark.parametrize("field, message", [
+    ("origin", "origin lies 1e\\+30 mm from the scanner's centre"),
+    ("scl_slope", "intensities reach .* far beyond any CT"),
+])
+def test_implausible_origins_and_intensity_scaling_are_refused(tmp_path, field, message):
+    """Both gave an all-background mask with exit 0: far outside any scanner, or values no CT
+    has, nothing the model saw in training."""
+    image = nib.Nifti1Image(ct(), np.eye(4))
+    if field == "origin":
+        affine = np.eye(4)
+        affine[:3, 3] = 1e30
+        image = nib.Nifti1Image(ct(), affine)
+    else:
+        image.header.set_slope_inter(1e30, 0)
+    path = tmp_path / f"{field}.nii.gz"
+    nib.save(image, str(path))
+    with pytest.raises(MedsegError, match=message):
+        load_scan(path)

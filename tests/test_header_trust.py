@@ -84,8 +84,9 @@ def test_a_zero_pixdim_with_a_usable_sform_warns_and_uses_the_sform(tmp_path, wa
 
 def test_a_header_with_no_usable_transform_is_refused(tmp_path):
     scan = nifti(tmp_path / "none.nii.gz", sform=np.zeros((4, 4)), q_code=0)
-    with pytest.raises(MedsegError, match="none.nii.gz: voxel spacing 0 x 0 x 0 mm is not "
-                                          "plausible"):
+    # The sform is what is broken (it was blamed on pixdim: "voxel spacing 0 x 0 x 0 mm").
+    with pytest.raises(MedsegError, match=r"none.nii.gz: the header's sform \(srow_x, srow_y, "
+                                          r"srow_z\) is set \(sform_code 1\) but zero"):
         load_scan(scan)
 
 

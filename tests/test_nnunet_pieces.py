@@ -249,3 +249,45 @@ def test_totalsegmentator_path_undoes_its_reorientation_exactly(code):
     # No voxel lies within 5 HU of the threshold: resampling at factor 1 and truncation
     # to integers cannot move one across it.
     np.testing.assert_array_equal(mask, np.where(stored > 0, 5, 0))
+
+
+def _tampered(tmp_path, change) -> Path:
+    """The test model with its whole plans.json changed by `change(plans, configuration)`."""
+    model = tmp_path / "model"
+    shutil.copytree(MODEL, model)
+    plans = json.loads((model / "plans.json").read_text())
+    change(plans, plans["configurations"]["3d_fullres"])
+    (model / "plans.json").write_text(json.dumps(plans))
+    return model
+
+
+TAMPERED = {
+    "zero spacing": (lambda p, c: c.update(spacing=[0, 2.0, 2.0]), r"spacing \[0, 2.0, 2.0\]"),
+    "negative patch": (lambda p, c: c.update(patch_size=[32, -96, 96]), "patch_size"),
+    "absurd patch": (lambda p, c: c.update(patch_size=[10**6, 96, 96]), "patch_size"),
+    "stage count": (lambda p, c: c["architecture"]["arch_kwargs"].update(n_stages="four"),
+                    "cannot build a PlainConvUNet"),
+    "intensity": (lambda p, c: p.pop("foreground_intensity_properties_per_channel"),
+                  "foreground_intensity_properties_per_channel"),
+    "axes": (lambda p, c: p.update(transpose_forward=[0, 0, 1]), "transpose_forward"),
+}
+
+
+@pytest.mark.parametrize("name", list(TAMPERED))
+def test_a_tampered_plan_is_one_line_naming_plans_json(tmp_path, name):
+    change, message = TAMPERED[name]
+    model = _tampered(tmp_path, change)
+    with pytest.raises(MedsegError, match=message) as raised:
+        read_model_folder(model).build_network()
+    assert str(raised.value).startswith(f"{model / 'plans.json'}: ")
+
+
+def test_fine_tuning_from_a_tampered_plan_names_the_plans_file(tmp_path, tiny_dataset):
+    from conftest import run_cli_here
+
+    model = _tampered(tmp_path, TAMPERED["zero spacing"][0])
+    proc = run_cli_here("train", "--manifest", tiny_dataset, "--output", tmp_path / "run",
+                        "--init-from", model, "--epochs", "1")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{model / 'plans.json'}: spacing" in proc.stderr
+    assert not (tmp_path / "run").exists()

@@ -36,12 +36,24 @@ def organ_folder_masks(folder: Path) -> Iterator[tuple[str, np.ndarray, np.ndarr
     first = None
     for path in organ_files(folder):
         array, affine = load_mask(path)
+        check_whole_numbers(array, path)
         if first is None:
             first = (path, array.shape, affine)
         elif not same_grid(first[1], first[2], array.shape, affine):
             raise MedsegError(f"{path}: not on the grid of {first[0].name} in the same folder; "
                               "an organ folder's files share one grid")
         yield path, onto_axes_of(np.asarray(array) > 0, affine, first[2]), first[2]
+
+
+def check_whole_numbers(array: np.ndarray, path: Path) -> None:
+    """An organ mask holds whole numbers; a probability map (0.37, ...) is no mask, and taking
+    every non-zero voxel would paint the organ over its whole surroundings."""
+    if np.issubdtype(array.dtype, np.floating):
+        fractional = array[array != np.round(array)]
+        if fractional.size:
+            raise MedsegError(f"{path}: holds non-integer values (e.g. {float(fractional[0]):g}): "
+                              "a probability map, not a mask; threshold it (at 0.5, say) and "
+                              "save it with whole numbers")
 
 
 def annotation_names(path: Path) -> list[str]:

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from medseg.errors import MedsegError, OutputError
@@ -37,18 +38,32 @@ def case_name(path: Path) -> str:
     return name[: -len(NNUNET_CHANNEL)] if name.endswith(NNUNET_CHANNEL) else name
 
 
-_FULL = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded"}
+_FREE_SPACE = "free space or choose another output folder"
+_FULL = {errno.ENOSPC: ("disk full", _FREE_SPACE),
+         errno.EDQUOT: ("disk quota exceeded", _FREE_SPACE),
+         errno.EFBIG: ("over this process's file-size limit",
+                       "raise the limit (ulimit -f) or choose another output folder")}
 _DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 def _output_error(path: Path, exc: OSError) -> OutputError:
     """One line for a failed write: the file (or folder), the reason, and what to do."""
     if exc.errno in _FULL:
-        return OutputError(f"{path}: {_FULL[exc.errno]} while writing ({exc.strerror}); nothing "
-                           "half-written is left: free space or choose another output folder, "
-                           "then run again")
+        reason, fix = _FULL[exc.errno]
+        return OutputError(f"{path}: {reason} while writing ({exc.strerror}); nothing "
+                           f"half-written is left: {fix}, then run again")
     return OutputError(f"{path}: cannot write output here ({exc.strerror}); choose another "
                        "output folder or fix its permissions")
+
+
+def _write_failure(exc: BaseException) -> OSError | None:
+    """The OSError of a full disk, a file-size limit or a refused write behind `exc`, also
+    where a writer re-raised it as another exception (pydicom wraps it, keeping the cause)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and (exc.errno in _FULL or exc.errno in _DENIED):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def check_writable(folder: Path) -> None:
@@ -63,6 +78,20 @@ def check_writable(folder: Path) -> None:
                           "another output folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise _output_error(folder, OSError(errno.EACCES, os.strerror(errno.EACCES)))
+
+
+def make_writable_folder(folder: Path) -> Path:
+    """A folder that is there and takes files (made if need be; a cache, not an output), or
+    one line saying why not: a read-only or virtual file system such as /proc, no permission,
+    a file in the way."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise _output_error(folder, exc) from None
+    return folder
 
 
 _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
@@ -136,20 +165,23 @@ def atomic_output(path: Path) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, path)
-    except OSError as exc:
-        if exc.errno in _FULL or exc.errno in _DENIED:
-            raise _output_error(path, exc) from None
+    except Exception as exc:
+        failure = _write_failure(exc)
+        if failure is not None:
+            raise _output_error(path, failure) from None
         raise
     finally:
         tmp_path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
-def staged_outputs(folder: Path, last: str) -> Iterator[Path]:
+def staged_outputs(folder: Path, last: str,
+                   before_move: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """Yield a hidden folder inside `folder` to write one case's files into; when the block
     succeeds they move into `folder`, the file named `last` (the mask, which marks the case
-    done) after all others. On an error or Ctrl-C nothing of the case is left; a killed process
-    leaves at most the hidden folder."""
+    done) after all others. `before_move(folder / last)` may refuse the move at that moment
+    (a file someone else put there meanwhile). On an error or Ctrl-C nothing of the case is
+    left; a killed process leaves at most the hidden folder."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -157,14 +189,45 @@ def staged_outputs(folder: Path, last: str) -> Iterator[Path]:
     except OSError as exc:
         raise _output_error(folder, exc) from None
     try:
-        yield stage
+        try:
+            yield stage
+        except OutputError as exc:  # name the file where it would have appeared
+            raise OutputError(str(exc).replace(str(stage), str(folder))) from None
         written = sorted(stage.iterdir(), key=lambda p: p.name == last)
+        if before_move is not None:
+            before_move(folder / last)
         for path in written:
             check_replaceable(folder / path.name)
         for path in written:
             os.replace(path, folder / path.name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on an output folder (made if need be) while a run writes into
+    it: a second run into the same folder is refused in one line instead of interleaving.
+    A folder this made and left empty is removed again."""
+    folder = Path(folder)
+    made = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError as exc:
+        raise _output_error(folder, exc) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(f"{folder}: another medseg run is writing into this folder; wait "
+                              "for it to finish, or choose another output folder") from None
+        yield
+    finally:
+        os.close(fd)
+        if made:
+            with contextlib.suppress(OSError):  # not empty: it holds what the run wrote
+                folder.rmdir()
 
 
 def read_json(path: Path) -> dict:

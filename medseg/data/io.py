@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import warnings
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from medseg.data.files import FORMATS, NIFTI_SUFFIXES, atomic_output, scan_suffi
 from medseg.data.mask_labels import label_extension
 from medseg.data.nifti_header import FORMS_AGREE_MM, forms_disagree, trusted_affine
 from medseg.data.scan_checks import check_geometry, check_intensities, check_label
-from medseg.errors import MedsegError, first_line
+from medseg.errors import MedsegError, find_medseg_error, first_line
+from medseg.runtime import available_bytes
 
 log = logging.getLogger("medseg")
 
@@ -125,6 +127,48 @@ def _image_loader(dtype):
         plugin_log.setLevel(level)
 
 
+# Reading holds a scan's voxels as float32, with a second copy on the way through the reader.
+READ_BYTES_PER_VOXEL = 8
+
+
+def check_claimed_size(path: Path) -> None:
+    """Refuse, from the header alone, a scan whose voxels could not be held in memory: a
+    damaged or hostile header claiming 2000^3 voxels would otherwise grow the process until
+    the kernel kills it (and the machine's other work with it)."""
+    claimed = claimed_shape(path)
+    budget = available_bytes()
+    if claimed is None or budget is None:
+        return
+    shape, itemsize = claimed
+    need = math.prod(shape) * (READ_BYTES_PER_VOXEL + itemsize)
+    if need > budget:
+        raise MedsegError(f"{path}: its header claims {'x'.join(map(str, shape))} voxels, about "
+                          f"{need / 1e9:.3g} GB to read, but {budget / 1e9:.3g} GB of memory is "
+                          "available; check the file (a damaged header claims a size its data "
+                          "does not have), or use a machine with more memory")
+
+
+def claimed_shape(path: Path) -> tuple[tuple[int, ...], int] | None:
+    """(the voxel grid's size, bytes per stored voxel) a scan file's header claims, read
+    without its data; None for a DICOM folder or a header that cannot be read (the reader
+    then says what is wrong)."""
+    try:
+        if scan_suffix(path) in NIFTI_SUFFIXES:
+            header = nib.load(str(path)).header
+            return tuple(int(n) for n in header.get_data_shape()), header.get_data_dtype().itemsize
+        if scan_suffix(path):
+            import SimpleITK as sitk
+
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            components = reader.GetNumberOfComponents()
+            return tuple(reader.GetSize()) + ((components,) if components > 1 else ()), 8
+    except Exception:  # noqa: BLE001 - unreadable headers are reported by the reader itself
+        return None
+    return None
+
+
 def load_scan(path: Path, what: str = "image", dtype=np.float32) -> torch.Tensor:
     """Load a 3D volume as a channel-first MetaTensor (1, X, Y, Z), or raise a clear MedsegError.
 
@@ -135,10 +179,13 @@ def load_scan(path: Path, what: str = "image", dtype=np.float32) -> torch.Tensor
         raise MedsegError(f"{path}: {what} file not found; check the path")
     if path.is_file():
         _check_scan_file(path)
+        check_claimed_size(path)
     try:
         # The reader given at call time, so its own error (not MONAI's "no suitable reader") shows.
         volume = _image_loader(dtype)(str(path), reader=_reader_for(path))
     except Exception as exc:  # noqa: BLE001 - readers raise anything from EOFError to RuntimeError
+        if find_medseg_error(exc) is not None:  # medseg's own header checks, in the reader
+            raise find_medseg_error(exc) from None
         reason = first_line(exc).replace(f"cannot read {path}: ", "")
         advice = "" if path.is_dir() else "; the file is damaged or not a scan: export it again"
         raise MedsegError(f"{path}: cannot read {what} ({reason}){advice}") from None
@@ -221,6 +268,9 @@ def _check_volume(volume: torch.Tensor, path: Path, what: str) -> None:
             f"{path}: expected a 3D {what}, got shape {tuple(volume.shape)} "
             f"({volume.ndim - 1}D with {volume.shape[0]} channel(s)); split 4D series into 3D files"
         )
+    if what == "image" and sum(n > 1 for n in spatial) < 2:
+        raise MedsegError(f"{path}: the {what} is {'x'.join(map(str, spatial))} voxels, not a "
+                          "slice or a volume; export the whole scan")
     if volume.is_floating_point():
         # On the plain tensor, and counted only when needed: summing the inverted MetaTensor
         # mask took 1.4 GB for a 512 x 512 x 600 scan.
@@ -228,7 +278,8 @@ def _check_volume(volume: torch.Tensor, path: Path, what: str) -> None:
         bad = 0 if bool(finite.all()) else int(finite.numel() - finite.sum())
         if bad:
             raise MedsegError(f"{path}: {what} contains {bad} NaN or infinite voxels; replace "
-                              "them (air is -1024) or export the scan again")
+                              "them (air is -1024) or export the scan again (a stored value "
+                              "beyond 3.4e38, what 32-bit floats hold, also reads as infinite)")
 
 
 # Direction cosines this close to orthonormal are a rounding defect of the header, not a shear.

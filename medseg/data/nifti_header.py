@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.errors import MedsegError
+
 log = logging.getLogger("medseg")
 
 # Largest difference between the two transforms' 3x4 entries (mm, or mm per voxel) that is
@@ -57,6 +59,11 @@ def trusted_affine(header, path: Path) -> np.ndarray:
             log.warning("%s: the header's sform is set but unusable (zero or NaN); medseg uses "
                         "the qform, and writes masks with both set to it", path)
         return qform
+    if s_code > 0 and not np.isnan(sform).any() and not np.any(sform[:3, :3]):
+        # nibabel would use the sform, and its zero spacing would be blamed on pixdim
+        raise MedsegError(f"{path}: the header's sform (srow_x, srow_y, srow_z) is set "
+                          f"(sform_code {s_code}) but zero, and no qform is usable; fix the sform, or set sform_code to 0 "
+                          "so that the qform and pixdim place the voxels")
     with np.errstate(all="ignore"):  # none usable: load_scan's geometry check names the problem
         return header.get_best_affine()
 

@@ -25,6 +25,10 @@ SPACING_RANGE_MM = (0.01, 50.0)
 # CT spans about -1000 HU (air) to over 1000 HU (bone); a narrower range is a normalised copy.
 NORMALISED_RANGE = 50.0
 AIR_BELOW_HU = -500.0  # a CT in HU has air somewhere: lungs, bowel gas, around the body
+# No scanner stores a voxel farther than this from its isocentre (a kilometre), and no CT value
+# (HU, or a raw uint16 before rescaling) lies beyond this: a header saying so is damaged.
+MAX_ORIGIN_MM = 1e6
+MAX_INTENSITY = 1e6
 
 
 def check_geometry(affine: np.ndarray, path: Path, what: str) -> None:
@@ -33,6 +37,11 @@ def check_geometry(affine: np.ndarray, path: Path, what: str) -> None:
     if not np.isfinite(affine).all():
         raise MedsegError(f"{path}: the {what}'s header holds NaN or infinite geometry (affine); "
                           "fix the header's spacing and orientation, or re-export the scan")
+    farthest = float(np.abs(affine[:3, 3]).max())
+    if farthest > MAX_ORIGIN_MM:
+        raise MedsegError(f"{path}: the {what}'s origin lies {farthest:.3g} mm from the "
+                          "scanner's centre, which no scan does; fix the header's origin "
+                          "(qoffset or srow), or re-export the scan")
     spacing = voxel_spacing(affine)
     lo, hi = SPACING_RANGE_MM
     if not all(lo <= s <= hi for s in spacing):
@@ -116,6 +125,11 @@ def check_intensities(volume: torch.Tensor, path: Path) -> None:
     if lo == hi:
         raise MedsegError(f"{path}: every voxel is {lo:g}, the scan is blank; check the export "
                           "(a DICOM conversion that lost the pixel data gives this)")
+    if max(abs(lo), abs(hi)) > MAX_INTENSITY:
+        raise MedsegError(f"{path}: intensities reach {lo:.3g}..{hi:.3g}, far beyond any CT "
+                          "(Hounsfield units lie within about -1024..30000); check the header's "
+                          "intensity scaling (scl_slope and scl_inter, or RescaleSlope and "
+                          "RescaleIntercept), or re-export the scan")
     if hi - lo < NORMALISED_RANGE or lo >= 0:
         log.warning("%s: intensities %.4g..%.4g do not look like CT in Hounsfield units (air is "
                     "-1000); medseg normalises HU itself, so give it the original scan", path,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +13,14 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from medseg.data.files import case_name, check_apart, check_writable, staged_outputs, write_json
+from medseg.data.files import (
+    case_name,
+    check_apart,
+    check_writable,
+    folder_lock,
+    staged_outputs,
+    write_json,
+)
 from medseg.data.io import list_scans, load_scan, save_nifti
 from medseg.data.mask_labels import write_labels_file
 from medseg.distributed import all_gather, rank_and_world
@@ -93,19 +102,38 @@ def segment_scans(pipeline: Pipeline, every_scan: list[Path], out_dir: Path
     run = pipeline.run
     check_scans_fit(every_scan, run)
     rank, world = rank_and_world()
-    finished = set() if run.overwrite else finished_masks(every_scan, out_dir,
-                                                            pipeline.model_id, run)
-    scans = shard_for_rank(every_scan, rank, world)
-    # Closed also when a case stops the batch, so the error starts on a line of its own.
-    with tqdm(scans, desc="infer" if world == 1 else f"infer rank {rank}", unit="case") as progress:
-        results = [CaseResult(scan, output_path(scan, out_dir), "skipped") if scan in finished
-                   else segment_case(pipeline, scan, out_dir, progress)
-                   for scan in progress]
-    results = gather_results(results)  # every rank done: the summaries see every case
-    if rank == 0 and any(r.status != "failed" for r in results):  # beside masks, never alone
-        write_label_map(pipeline.labels, out_dir)
-        write_folder_outputs(every_scan, out_dir, run)
+    with run_lock(out_dir):  # one run at a time per folder: no interleaved cases
+        finished = set() if run.overwrite else finished_masks(every_scan, out_dir,
+                                                                pipeline.model_id, run)
+        scans = shard_for_rank(every_scan, rank, world)
+        # Closed also when a case stops the batch, so the error starts on a line of its own.
+        with tqdm(scans, desc="infer" if world == 1 else f"infer rank {rank}",
+                  unit="case") as progress:
+            results = [CaseResult(scan, output_path(scan, out_dir), "skipped")
+                       if scan in finished else segment_case(pipeline, scan, out_dir, progress)
+                       for scan in progress]
+        results = gather_results(results)  # every rank done: the summaries see every case
+        if rank == 0 and any(r.status != "failed" for r in results):  # beside masks only
+            write_label_map(pipeline.labels, out_dir)
+            write_folder_outputs(every_scan, out_dir, run)
     return results
+
+
+@contextlib.contextmanager
+def run_lock(out_dir: Path) -> Iterator[None]:
+    """The output folder's lock (data.files.folder_lock), taken by rank 0 for every rank of
+    this run; another run's refusal reaches every rank."""
+    with contextlib.ExitStack() as held:
+        refused = None
+        if rank_and_world()[0] == 0:
+            try:
+                held.enter_context(folder_lock(out_dir))
+            except OutputError as exc:
+                refused = str(exc)
+        refusals = [r for r in all_gather(refused) if r]
+        if refusals:
+            raise OutputError(refusals[0])
+        yield
 
 
 LABEL_MAP_NAME = "labels.json"
@@ -127,7 +155,8 @@ def segment_case(pipeline: Pipeline, scan_path: Path, out_dir: Path, progress) -
         mask, probabilities, affine = pipeline.segment(scan, scan_path)
         # Every file of the case appears at once, the mask last: it marks "done", its header
         # says which model made it and what its ids mean.
-        with staged_outputs(out_dir, last=target.name) as stage:
+        with staged_outputs(out_dir, last=target.name,
+                            before_move=lambda mask: check_still_free(mask, pipeline)) as stage:
             if probabilities is not None:
                 save_nifti(np.moveaxis(probabilities, 0, -1), affine,
                            stage / f"{case_name(scan_path)}_probabilities.nii.gz",
@@ -148,6 +177,16 @@ def segment_case(pipeline: Pipeline, scan_path: Path, out_dir: Path, progress) -
     seconds = time.perf_counter() - start
     progress.set_postfix_str(f"{case_name(scan_path)} {seconds:.1f}s")
     return CaseResult(scan_path, target, "done", seconds)
+
+
+def check_still_free(mask: Path, pipeline: Pipeline) -> None:
+    """At the moment a case's files move in: a file someone else put at the mask's path
+    during the run is left as it is (the check at the start saw none there)."""
+    if not pipeline.run.overwrite and os.path.lexists(mask) \
+            and mask_author(mask) != pipeline.model_id:
+        raise MedsegError(f"{mask}: appeared while this case was segmented, and this model did "
+                          "not write it; left as it is: pass --overwrite to replace it, or move "
+                          "it away and run again")
 
 
 def check_unique_outputs(scans: list[Path], inputs: Path, out_dir: Path) -> None:

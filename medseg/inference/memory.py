@@ -7,32 +7,7 @@ import math
 from pathlib import Path
 
 from medseg.errors import MedsegError
-
-
-def _read_int(path: str) -> int | None:
-    try:
-        text = Path(path).read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def available_bytes() -> int | None:
-    """Memory this process can still take: MemAvailable, capped by a cgroup v2 limit.
-
-    None where neither is known (not Linux): the check is then skipped.
-    """
-    found = []
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                found.append(int(line.split()[1]) * 1024)
-    except (OSError, ValueError, IndexError):
-        pass
-    limit, used = _read_int("/sys/fs/cgroup/memory.max"), _read_int("/sys/fs/cgroup/memory.current")
-    if limit is not None and used is not None:
-        found.append(max(0, limit - used))
-    return min(found) if found else None
+from medseg.runtime import available_bytes
 
 
 def inference_bytes(shape, spacing, working_spacing, num_classes: int,

@@ -40,6 +40,9 @@ def resolve_checkpoint(path: Path) -> Path:
     path = Path(path)
     if path.is_dir():
         for name in CHECKPOINT_NAMES:
+            if (path / name).is_dir():
+                raise MedsegError(f"{path / name}: a folder where the checkpoint file should be; "
+                                  "pass a run folder of `medseg train`, or the checkpoint file")
             if (path / name).exists():
                 return path / name
         raise MedsegError(f"{path}: no checkpoint ({' or '.join(CHECKPOINT_NAMES)}) in this "

@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, first_line
 
 # The networks nnU-Net's planners write into plans.json (dynamic_network_architectures).
 NETWORK_CLASSES = {
@@ -77,6 +77,12 @@ def build_plan_network(architecture: dict, in_channels: int, out_channels: int,
     except TypeError as exc:
         raise MedsegError(f"{where}: the network's arguments do not fit {class_name} ({exc}); "
                           "this plan needs another version of dynamic_network_architectures"
+                          ) from None
+    except (AssertionError, ValueError, IndexError, RuntimeError) as exc:  # values, not names
+        shown = first_line(exc) or type(exc).__name__
+        raise MedsegError(f"{where}: its architecture's arguments cannot build a {class_name} "
+                          f"({shown}: n_stages, features_per_stage, kernel_sizes and strides "
+                          "must agree); the plan is damaged: copy the model folder again"
                           ) from None
 
 

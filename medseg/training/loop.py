@@ -16,7 +16,7 @@ from monai.networks.utils import one_hot
 from monai.utils import set_determinism
 from tqdm import tqdm
 
-from medseg.data.files import check_writable, read_json
+from medseg.data.files import check_writable, make_writable_folder, read_json
 from medseg.data.manifest import check_case_files, load_manifest
 from medseg.distributed import (
     barrier,
@@ -68,7 +68,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     check_config(cfg, num_classes)
     check_writable(out)
     if cfg.cache_dir:
-        check_writable(Path(cfg.cache_dir))
+        make_writable_folder(Path(cfg.cache_dir))
     claim_run_folder(out, resume, overwrite)
     for case in cases:
         check_case_files(case)

@@ -10,12 +10,14 @@ names come from an allowlist, and checkpoints load with torch's weights_only unp
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from medseg.choices import MAX_PATCH
 from medseg.data.files import read_json
 from medseg.errors import MedsegError
 from medseg.nets.checkpoint import safe_torch_load
@@ -145,6 +147,45 @@ def check_configuration(config: dict, plans: dict, name: str, path: Path) -> Non
                           "model with nnUNetv2_predict")
 
 
+# Plan values medseg computes with, and the ranges they must lie in: a tampered or damaged
+# plans.json is refused naming the value, before any memory is allocated for it.
+PLAN_SPACING_MM = (0.05, 50.0)
+INTENSITY_KEYS = ("mean", "std", "percentile_00_5", "percentile_99_5")
+
+
+def check_plan_values(config: dict, plans: dict, path: Path) -> None:
+    """The configuration's spacing and patch, the CT intensity properties and the axis order
+    are numbers medseg can compute with: one line naming plans.json and the value, never a
+    ZeroDivisionError or a 10^12-voxel allocation."""
+    lo, hi = PLAN_SPACING_MM
+    if not _numbers(config.get("spacing"), 3, lambda s: lo <= s <= hi):
+        raise MedsegError(f"{path}: spacing {config.get('spacing')!r} is not three numbers from "
+                          f"{lo} to {hi} mm; the plan is damaged: copy the model folder again")
+    if not _numbers(config.get("patch_size"), 3, lambda p: p == int(p) and 1 <= p <= MAX_PATCH):
+        raise MedsegError(f"{path}: patch_size {config.get('patch_size')!r} is not three whole "
+                          f"numbers from 1 to {MAX_PATCH}; the plan is damaged: copy the model "
+                          "folder again")
+    if sorted(plans.get("transpose_forward", [0, 1, 2])) != [0, 1, 2]:
+        raise MedsegError(f"{path}: transpose_forward {plans.get('transpose_forward')!r} is no "
+                          "order of the axes 0, 1, 2; the plan is damaged")
+    if "CTNormalization" in config.get("normalization_schemes", []):
+        found = plans.get("foreground_intensity_properties_per_channel", {})
+        found = found.get("0", {}) if isinstance(found, dict) else {}
+        bad = [k for k in INTENSITY_KEYS if not _numbers([found.get(k)], 1, lambda v: True)]
+        if bad or not found.get("std", 0) > 0:
+            raise MedsegError(f"{path}: CT normalisation needs foreground_intensity_properties_"
+                              f"per_channel['0'] with finite {', '.join(INTENSITY_KEYS)} (std "
+                              f"above 0); {', '.join(bad) or 'std'} missing or not a number: "
+                              "the plan is damaged, copy the model folder again")
+
+
+def _numbers(values, count: int, within) -> bool:
+    """`values` is a list of `count` finite numbers, each `within` its range."""
+    return (isinstance(values, (list, tuple)) and len(values) == count
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                    and math.isfinite(v) and within(v) for v in values))
+
+
 def resolve_configuration(plans: dict, name: str, path: Path) -> dict:
     """A configuration with nnU-Net's 'inherits_from' chain applied."""
     configurations = plans.get("configurations", {})
@@ -215,6 +256,7 @@ def read_model_folder(folder: Path, folds: str | None = None) -> NNUNetModel:
                               "ensemble folds of one configuration")
     config = resolve_configuration(plans, name, folder / "plans.json")
     check_configuration(config, plans, name, folder / "plans.json")
+    check_plan_values(config, plans, folder / "plans.json")
     mirror = first.get("inference_allowed_mirroring_axes")
     return NNUNetModel(
         folder=folder, configuration_name=name, configuration=config, plans=plans,
