@@ -62,8 +62,9 @@ def trusted_affine(header, path: Path) -> np.ndarray:
     if s_code > 0 and not np.isnan(sform).any() and not np.any(sform[:3, :3]):
         # nibabel would use the sform, and its zero spacing would be blamed on pixdim
         raise MedsegError(f"{path}: the header's sform (srow_x, srow_y, srow_z) is set "
-                          f"(sform_code {s_code}) but zero, and no qform is usable; fix the sform, or set sform_code to 0 "
-                          "so that the qform and pixdim place the voxels")
+                          f"(sform_code {s_code}) but zero, and no qform is usable; fix the "
+                          "sform, or set sform_code to 0 so that the qform and pixdim place the "
+                          "voxels")
     with np.errstate(all="ignore"):  # none usable: load_scan's geometry check names the problem
         return header.get_best_affine()
 
