@@ -523,6 +523,7 @@ def _relaunch_with_torchrun(nproc: int) -> None:
 def evaluate(pred, ref, output, labels_spec, ref_spec, pred_spec, nsd_tolerance, resample_pred,
              workers, no_figures):
     """Dice, IoU, HD95, NSD and volumes per organ: per_case.csv, summary.json, report.md/.html."""
+    _prepare_runtime()  # warnings (a reference without its prediction) on lines of their own
     from medseg.api import evaluate as run_evaluation
     from medseg.evaluation.report import markdown_table
 

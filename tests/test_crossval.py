@@ -155,6 +155,9 @@ def test_a_stopped_cross_validation_continues_where_it_stopped(tiny_dataset, tmp
         fold = tmp_path / "cv" / f"fold_{k}"
         log = (fold / "log.csv").read_text().splitlines()
         assert [line.split(",")[0] for line in log[1:]] == ["1", "2"]
+        # The fold's config.json says it was continued, not trained for 2 epochs in one go.
+        recorded = json.loads((fold / "config.json").read_text())
+        assert recorded["resumed"] == [{"after_epoch": 1, "to_epoch": 2}]
         now = MODEL_ID_PREFIX + files_digest([fold / "last.pt"])
         for image in json.loads((fold / "split.json").read_text())["validation"]:
             mask = tmp_path / "cv" / "oof" / "predictions" / f"{case_name(Path(image))}.nii.gz"

@@ -672,3 +672,118 @@ def test_implausible_origins_and_intensity_scaling_are_refused(tmp_path, field, 
     nib.save(image, str(path))
     with pytest.raises(MedsegError, match=message):
         load_scan(path)
+
+
+def test_a_single_voxel_scan_is_named_for_what_it_is(tmp_path):
+    with pytest.raises(MedsegError, match=r"dot\.nii\.gz: the image is 1x1x1 voxels, not a slice "
+                                          "or a volume"):
+        load_scan(write_nifti(tmp_path / "dot.nii.gz", ct((1, 1, 1))))
+
+
+def test_a_best_pt_that_is_a_folder_is_one_line(tmp_path):
+    from medseg.models.open import open_model
+
+    (tmp_path / "run" / "best.pt").mkdir(parents=True)
+    with pytest.raises(MedsegError, match=r"best\.pt: a folder where the checkpoint file should "
+                                          "be"):
+        open_model(tmp_path / "run")
+
+
+def test_a_cache_dir_that_cannot_be_made_is_one_line_before_the_run_starts(tiny_dataset,
+                                                                           tmp_path):
+    proc = run_cli("train", "--manifest", tiny_dataset, "--output", tmp_path / "run",
+                   "--cache-dir", "/proc/medseg-cache", *TINY_TRAIN_ARGS)
+    assert_clean_failure(proc, "/proc/medseg-cache: cannot write")
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_python_api_checks_its_options_as_the_command_line_does(tmp_path):
+    from medseg import Segmenter
+
+    model = tiny_checkpoint(tmp_path / "m.pt")
+    for bad, message in [({"overlap": float("nan")}, "overlap: nan is not a finite number"),
+                         ({"overlap": 1.5}, "overlap: 1.5 is not a finite number"),
+                         ({"sw_batch_size": 0}, "sw_batch_size: 0 is not a finite number"),
+                         ({"min_volume_mm3": float("inf")}, "min_volume_mm3: inf"),
+                         ({"tta": "yes"}, "tta: expected True or False, got 'yes'"),
+                         ({"crf": True, "crf_iterations": -3}, "crf_iterations: -3"),
+                         ({"roi_subset": ""}, "--roi-subset: no organ named")]:
+        with pytest.raises(MedsegError, match=re.escape(message)):
+            Segmenter(model, **bad)
+
+
+def test_unclear_inputs_are_named_for_what_they_are(tmp_path, warnings_seen):
+    """Complex voxels, a NIfTI named .nrrd, a FIFO in a folder of scans."""
+    import os
+
+    complex_scan = tmp_path / "complex.nii.gz"
+    nib.save(nib.Nifti1Image(ct().astype(np.complex64), np.eye(4)), str(complex_scan))
+    with pytest.raises(MedsegError, match=r"complex\.nii\.gz: holds complex numbers"):
+        load_scan(complex_scan)
+    misnamed = tmp_path / "scan.nrrd"
+    misnamed.write_bytes(write_nifti(tmp_path / "scan.nii.gz", ct()).read_bytes())
+    with pytest.raises(MedsegError, match=r"scan\.nrrd: holds a gzip-compressed NIfTI image but "
+                                          r"is named \.nrrd; rename it to end in \.nii\.gz"):
+        load_scan(misnamed)
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    write_nifti(folder / "a.nii.gz", ct())
+    os.mkfifo(folder / "pipe")
+    assert list_scans(folder) == [folder / "a.nii.gz"]
+    assert any("pipe: left out, it is a FIFO" in w for w in warnings_seen)
+
+
+def test_a_scan_whose_mask_name_is_too_long_fails_alone(tmp_path):
+    """Its name fits the file system, its mask's longer name does not: that case fails, naming
+    it; the folder is not blamed and the other cases are segmented."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    long = "x" * 245
+    write_nifti(folder / f"{long}.nii", ct())
+    write_nifti(folder / "b.nii.gz", ct())
+    proc = run_cli("infer", "--model", tiny_checkpoint(tmp_path / "m.pt"), "--input", folder,
+                   "--output", tmp_path / "out", "--device", "cpu")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{long}.labels.json: this output's name is 257 bytes, longer than the file system " \
+           "allows (255); rename the scan it is named after" in proc.stderr
+    assert (tmp_path / "out" / "b.nii.gz").is_file()
+
+
+def test_a_truncated_slice_of_a_de_identified_series_is_named(real_data, tmp_path):
+    """The real series has no SeriesInstanceUID: GDCM left the damaged slice out silently and
+    the gap was reported as missing slices, naming no file."""
+    import shutil
+
+    series = tmp_path / "series"
+    shutil.copytree(real_data / "petct_dicom" / "dicom", series)
+    damaged = sorted(series.iterdir())[9]
+    damaged.chmod(0o644)
+    data = damaged.read_bytes()
+    damaged.write_bytes(data[: len(data) // 2])
+    with pytest.raises(MedsegError, match=rf"its slice {damaged.name} is damaged"):
+        load_scan(series)
+
+
+def test_a_manifest_naming_one_organ_twice_or_an_image_as_its_label_is_refused(tmp_path):
+    """Train took both and evaluate then refused the run's own label map; an image given as
+    its own label trained on CT values as organ ids."""
+    image = write_nifti(tmp_path / "a.nii.gz", ct())
+    label = write_nifti(tmp_path / "a_label.nii.gz", (ct() > 0).astype(np.uint8))
+    cases = [{"image": str(image), "label": str(label)}]
+    alike = tmp_path / "alike.json"
+    alike.write_text(json.dumps({"labels": {"0": "background", "1": "liver", "2": "Liver"},
+                                 "training": cases}))
+    proc = run_cli("plan", "--manifest", alike)
+    assert_clean_failure(proc, "ids 1 and 2 both name 'liver'")
+    same = tmp_path / "same.json"
+    same.write_text(json.dumps({"labels": {"0": "background", "1": "liver"},
+                                "training": [{"image": str(image), "label": str(image)}]}))
+    proc = run_cli("plan", "--manifest", same)
+    assert_clean_failure(proc, "training entry 0 gives the same file as image and label")
+
+
+def test_a_finite_value_beyond_float32_is_said_to_read_as_infinite(tmp_path):
+    image = ct().astype(np.float64)
+    image[0, 0, 0] = 1e300
+    with pytest.raises(MedsegError, match=r"1 NaN or infinite voxels; .*beyond 3\.4e38"):
+        load_scan(write_nifti(tmp_path / "huge_value.nii.gz", image))

@@ -31,7 +31,7 @@ def _rows(path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_folder_evaluation_writes_csv_summary_and_report(tmp_path):
+def test_folder_evaluation_writes_csv_summary_and_report(tmp_path, warnings_seen):
     ref_a = np.zeros((10, 10, 10))
     ref_a[:5] = 1
     pred_a = np.zeros_like(ref_a)
@@ -55,6 +55,8 @@ def test_folder_evaluation_writes_csv_summary_and_report(tmp_path):
     assert summary["organs"]["spleen"]["n"] == 1  # case a has no spleen anywhere: NaN, left out
     assert summary["organs"]["pancreas"]["dice_mean"] is None
     assert summary["missing_predictions"] == ["c"]
+    assert any("1 reference case(s) have no prediction" in w and w.endswith(": c")
+               for w in warnings_seen)  # said, not only recorded
     assert summary["predictions_without_reference"] == ["d"]
     assert summary["mean_dice"] == pytest.approx(np.mean([(liver_a + 1) / 2, 1.0]))
     on_disk = json.loads((tmp_path / "eval" / "summary.json").read_text())

@@ -549,7 +549,8 @@ def test_an_imported_nnunet_model_writes_the_same_outputs(real_data, tmp_path):
     assert set(stats) == {n for i, n in labels.items() if i}
 
 
-def test_an_empty_mask_gives_a_seg_with_one_empty_segment(real_data, real_mask, tmp_path):
+def test_an_empty_mask_gives_a_seg_with_one_empty_segment(real_data, real_mask, tmp_path,
+                                                          warnings_seen):
     mask, affine, labels, _ = real_mask
     series = real_data / "petct_dicom" / "dicom"
     empty = np.zeros_like(mask)
@@ -557,3 +558,9 @@ def test_an_empty_mask_gives_a_seg_with_one_empty_segment(real_data, real_mask, 
     seg = pydicom.dcmread(target)
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["no organ found"]
     assert not seg_as_volume(target, mask.shape, affine, labels).any()
+    assert any("empty.seg.dcm: the mask holds no organ" in w for w in warnings_seen)
+    # Read back, it is no organ: convert neither names it nor paints it.
+    from medseg.data.annotations import annotation_names, seg_masks
+
+    assert annotation_names(target) == []
+    assert seg_masks(target, mask.shape, affine) == {}

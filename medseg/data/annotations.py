@@ -18,6 +18,9 @@ from medseg.errors import MedsegError
 
 LPS = np.array([-1.0, -1.0, 1.0])  # DICOM patient (LPS) <-> NIfTI world (RAS)
 ON_SLICE = 1e-2  # voxels: a contour or frame farther than this from a slice is refused
+# A DICOM-SEG needs a segment: medseg writes this one, empty, for a mask without organs
+# (medseg.outputs.dicom), and reading it back finds no organ in it.
+EMPTY_SEGMENT_LABEL = "no organ found"
 
 
 def organ_files(folder: Path) -> list[Path]:
@@ -64,7 +67,8 @@ def annotation_names(path: Path) -> list[str]:
         return [case_name(p) for p in organ_files(path)]
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     if ds.Modality == "SEG":
-        return [str(s.SegmentLabel) for s in ds.SegmentSequence]
+        return [str(s.SegmentLabel) for s in ds.SegmentSequence
+                if str(s.SegmentLabel) != EMPTY_SEGMENT_LABEL]
     return [str(roi.ROIName) for roi in ds.get("StructureSetROISequence", [])]
 
 
@@ -198,4 +202,4 @@ def seg_masks(path: Path, shape: tuple[int, ...], affine: np.ndarray) -> dict[st
         on = frame > 0
         masks[names[identification[0].ReferencedSegmentNumber]][
             tuple(v[on] for v in voxels)] = True
-    return masks
+    return {name: mask for name, mask in masks.items() if mask.any()}  # an empty one: no organ

@@ -66,6 +66,20 @@ def _write_failure(exc: BaseException) -> OSError | None:
     return None
 
 
+def check_name_fits(path: Path) -> None:
+    """A file name the output folder's file system can hold, or one line naming it: a case
+    whose name is too long fails alone, instead of being blamed on the folder."""
+    folder = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("/"))
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    size = len(os.fsencode(path.name))
+    if size > limit:
+        raise MedsegError(f"{path}: this output's name is {size} bytes, longer than the file "
+                          f"system allows ({limit}); rename the scan it is named after")
+
+
 def check_writable(folder: Path) -> None:
     """Fail before any work if outputs could not be written to `folder` (created later)."""
     folder = Path(folder).absolute()
@@ -153,7 +167,8 @@ def atomic_output(path: Path) -> Iterator[Path]:
     suffix = ".part" + (scan_suffix(path) or path.suffix)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        # A short prefix: a name near the file system's limit must not overflow in its temp.
+        fd, tmp = tempfile.mkstemp(prefix=".medseg-", suffix=suffix, dir=path.parent)
     except OSError as exc:
         raise _output_error(path.parent, exc) from None
     os.close(fd)
@@ -185,7 +200,7 @@ def staged_outputs(folder: Path, last: str,
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{last}.", suffix=".stage", dir=folder))
+        stage = Path(tempfile.mkdtemp(prefix=".medseg-", suffix=".stage", dir=folder))
     except OSError as exc:
         raise _output_error(folder, exc) from None
     try:

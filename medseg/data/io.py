@@ -39,6 +39,10 @@ def list_scans(path: Path) -> list[Path]:
         return [path]
     entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
     scans = [p for p in entries if (p.is_file() and scan_suffix(p)) or p.is_dir()]
+    for odd in (p for p in entries if not (p.is_file() or p.is_dir())):
+        log.warning("%s: left out, it is %s, not a scan file or folder", odd,
+                    "a link that leads nowhere" if odd.is_symlink() else
+                    "a FIFO, device or socket")
     if not scans and any(p.is_file() for p in entries):
         return [path]  # the folder itself holds a DICOM series
     if not scans:
@@ -70,6 +74,30 @@ def _check_scan_file(path: Path) -> None:
                           "series")
     raise MedsegError(f"{path}: not a scan format medseg reads ({FORMATS}); convert it, or "
                       "point at the scan itself")
+
+
+def stored_format(path: Path) -> tuple[tuple[str, ...], str] | None:
+    """(the suffixes its content calls for, what it is) from a file's first bytes, for the
+    formats medseg reads; None for anything else."""
+    import gzip
+
+    with open(path, "rb") as f:
+        start = f.read(352)
+    if start[:2] == GZIP_MAGIC:
+        try:
+            with gzip.open(path, "rb") as f:
+                inner = f.read(352)
+        except (OSError, EOFError):
+            return None
+        return ((".nii.gz",), "gzip-compressed NIfTI image") if inner[344:347] == b"n+1" \
+            else None
+    if start[344:347] == b"n+1":
+        return (".nii",), "NIfTI image"
+    if start.startswith(b"NRRD"):
+        return (".nrrd", ".nhdr"), "NRRD image"
+    if b"ObjectType" in start[:64]:
+        return (".mha", ".mhd"), "MetaImage"
+    return None
 
 
 def stored_header(path: Path):
@@ -136,6 +164,9 @@ def check_claimed_size(path: Path) -> None:
     damaged or hostile header claiming 2000^3 voxels would otherwise grow the process until
     the kernel kills it (and the machine's other work with it)."""
     claimed = claimed_shape(path)
+    if claimed is not None and claimed[1] < 0:
+        raise MedsegError(f"{path}: holds complex numbers; a CT is real-valued: export its "
+                          "magnitude or real part")
     budget = available_bytes()
     if claimed is None or budget is None:
         return
@@ -149,13 +180,15 @@ def check_claimed_size(path: Path) -> None:
 
 
 def claimed_shape(path: Path) -> tuple[tuple[int, ...], int] | None:
-    """(the voxel grid's size, bytes per stored voxel) a scan file's header claims, read
-    without its data; None for a DICOM folder or a header that cannot be read (the reader
-    then says what is wrong)."""
+    """(the voxel grid's size, bytes per stored voxel; -1 for complex voxels) a scan file's
+    header claims, read without its data; None for a DICOM folder or a header that cannot be
+    read (the reader then says what is wrong)."""
     try:
         if scan_suffix(path) in NIFTI_SUFFIXES:
             header = nib.load(str(path)).header
-            return tuple(int(n) for n in header.get_data_shape()), header.get_data_dtype().itemsize
+            dtype = header.get_data_dtype()
+            return (tuple(int(n) for n in header.get_data_shape()),
+                    -1 if dtype.kind == "c" else dtype.itemsize)
         if scan_suffix(path):
             import SimpleITK as sitk
 
@@ -187,6 +220,10 @@ def load_scan(path: Path, what: str = "image", dtype=np.float32) -> torch.Tensor
         if find_medseg_error(exc) is not None:  # medseg's own header checks, in the reader
             raise find_medseg_error(exc) from None
         reason = first_line(exc).replace(f"cannot read {path}: ", "")
+        held = stored_format(path) if path.is_file() else None
+        if held is not None and scan_suffix(path) not in held[0]:
+            raise MedsegError(f"{path}: holds a {held[1]} but is named {scan_suffix(path)}; "
+                              f"rename it to end in {held[0][0]}") from None
         advice = "" if path.is_dir() else "; the file is damaged or not a scan: export it again"
         raise MedsegError(f"{path}: cannot read {what} ({reason}){advice}") from None
     return checked_volume(volume, path, what)

@@ -31,6 +31,7 @@ def load_manifest(path: Path) -> tuple[list[dict], dict[int, str]]:
         if key not in data:
             raise MedsegError(f"{path}: missing key {key!r} (a Decathlon dataset.json needs it)")
     labels = parse_labels(data["labels"], str(path))
+    canonical_labels(labels, str(path))  # two names of one organ: evaluate would refuse them
     if not isinstance(data["training"], list):
         raise MedsegError(f"{path}: 'training' must be a list of {{\"image\": ..., \"label\": "
                           "...} entries")
@@ -41,6 +42,9 @@ def load_manifest(path: Path) -> tuple[list[dict], dict[int, str]]:
         raise MedsegError(f"{path}: the 'training' list is empty; add image/label entries")
     first_entry: dict[str, int] = {}
     for index, case in enumerate(cases):
+        if Path(case["image"]).resolve() == Path(case["label"]).resolve():
+            raise MedsegError(f"{path}: training entry {index} gives the same file as image and "
+                              f"label ({case['image']}); point 'label' at the organ mask")
         first = first_entry.setdefault(case["image"], index)
         if first != index:
             # Twice listed, a case weighs double and can land in training and validation at once.
@@ -149,7 +153,9 @@ def _nnunet_raw_labels(path: Path, data: dict) -> dict[int, str]:
                           "medseg trains one class per voxel: give each label one id")
     if labels is None:
         raise MedsegError(f"{path}: missing key 'labels' (an nnU-Net dataset.json needs it)")
-    return parse_labels(labels, str(path))
+    parsed = parse_labels(labels, str(path))
+    canonical_labels(parsed, str(path))  # two names of one organ: evaluate would refuse them
+    return parsed
 
 
 def _nnunet_raw_cases(path: Path, data: dict) -> list[dict]:

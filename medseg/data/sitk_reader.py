@@ -76,7 +76,8 @@ def _check_left_out(folder: Path, files: Sequence[str]) -> None:
     """GDCM leaves slices it cannot parse out of a series, silently: a damaged one is named.
 
     Only files that carry this series' UID count: another object in the folder (an RTSTRUCT,
-    a DICOMDIR) is left alone.
+    a DICOMDIR) is left alone. A de-identified series has no UID: then every DICOM file left
+    out counts, a readable one (another object) still being left alone.
     """
     kept = {Path(name).resolve() for name in files}
     others = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")
@@ -84,9 +85,7 @@ def _check_left_out(folder: Path, files: Sequence[str]) -> None:
     if not others or not files:
         return
     uid = _slice_tags(files[0], "0020|000e")["0020|000e"]
-    if not uid:
-        return
-    ours = [str(p) for p in others if uid.encode() in _head(p)]
+    ours = [str(p) for p in others if not uid or uid.encode() in _head(p)]
     damaged = _first_unreadable(ours)
     if damaged is not None:
         raise ValueError(f"cannot read {folder}: its slice {Path(damaged[0]).name} is damaged "

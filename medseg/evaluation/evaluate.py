@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import logging
 import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -28,6 +29,8 @@ from medseg.errors import MedsegError
 from medseg.evaluation.mask_files import is_organ_folder, list_cases, load_organ_folder
 from medseg.evaluation.metrics import METRICS, case_metrics, label_boxes
 from medseg.evaluation.report import html_report, markdown_report, markdown_table
+
+log = logging.getLogger("medseg")
 
 __all__ = ["evaluate_folders", "evaluate_case", "markdown_table", "EMPTY_POLICY"]
 
@@ -322,6 +325,10 @@ def evaluate_folders(pred_dir: Path, ref_dir: Path, out_dir: Path, labels: dict[
     check_apart(ref_dir, out_dir, "references")
     check_writable(out_dir)
     pairs, missing, extra = match_cases(Path(pred_dir), Path(ref_dir))
+    if missing:  # said here too, not only inside summary.json
+        log.warning("%d reference case(s) have no prediction in %s and are left out of the "
+                    "means: %s", len(missing), pred_dir, ", ".join(missing[:10])
+                    + (" ..." if len(missing) > 10 else ""))
     results = evaluate_pairs(pairs, match, tolerance_mm, resample, workers, progress)
     summary = summarize(results, match, (missing, extra), tolerance_mm)
     out_dir = Path(out_dir)

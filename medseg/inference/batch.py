@@ -16,13 +16,14 @@ from tqdm import tqdm
 from medseg.data.files import (
     case_name,
     check_apart,
+    check_name_fits,
     check_writable,
     folder_lock,
     staged_outputs,
     write_json,
 )
 from medseg.data.io import list_scans, load_scan, save_nifti
-from medseg.data.mask_labels import write_labels_file
+from medseg.data.mask_labels import labels_file, write_labels_file
 from medseg.distributed import all_gather, rank_and_world
 from medseg.errors import MedsegError, OutputError, find_medseg_error
 from medseg.inference.options import InferOptions, RunOptions
@@ -50,6 +51,18 @@ class CaseResult:
 def output_path(scan: Path, out_dir: Path) -> Path:
     """Where a scan's mask goes: the case name with .nii.gz, in out_dir."""
     return Path(out_dir) / f"{case_name(scan)}.nii.gz"
+
+
+def probabilities_path(scan: Path, out_dir: Path) -> Path:
+    """Where --save-probabilities puts a scan's class probabilities."""
+    return Path(out_dir) / f"{case_name(scan)}_probabilities.nii.gz"
+
+
+def case_outputs(scan: Path, out_dir: Path, pipeline: Pipeline) -> list[Path]:
+    """Every file a case writes: the mask and its labels, and what the options ask for."""
+    mask = output_path(scan, out_dir)
+    asked = [probabilities_path(scan, out_dir)] if pipeline.engine.save_probabilities else []
+    return [mask, labels_file(mask), *asked, *extra_outputs(scan, out_dir, pipeline.run)]
 
 
 def shard_for_rank(scans: list[Path], rank: int, world: int) -> list[Path]:
@@ -151,6 +164,8 @@ def segment_case(pipeline: Pipeline, scan_path: Path, out_dir: Path, progress) -
     target = output_path(scan_path, out_dir)
     start = time.perf_counter()
     try:
+        for path in case_outputs(scan_path, out_dir, pipeline):
+            check_name_fits(path)
         scan = load_scan(scan_path)
         mask, probabilities, affine = pipeline.segment(scan, scan_path)
         # Every file of the case appears at once, the mask last: it marks "done", its header
@@ -159,8 +174,7 @@ def segment_case(pipeline: Pipeline, scan_path: Path, out_dir: Path, progress) -
                             before_move=lambda mask: check_still_free(mask, pipeline)) as stage:
             if probabilities is not None:
                 save_nifti(np.moveaxis(probabilities, 0, -1), affine,
-                           stage / f"{case_name(scan_path)}_probabilities.nii.gz",
-                           like=scan_path)
+                           stage / probabilities_path(scan_path, out_dir).name, like=scan_path)
             write_case_outputs(pipeline.labels, pipeline.model_id, pipeline.run, scan, scan_path,
                                mask, affine, stage)
             write_labels_file(pipeline.labels, stage / target.name)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.data.annotations import plane_voxels
+from medseg.data.annotations import EMPTY_SEGMENT_LABEL, plane_voxels
 from medseg.data.files import atomic_output
 from medseg.data.organ_codes import ANATOMICAL_STRUCTURE, organ_code
 from medseg.errors import MedsegError
@@ -142,7 +142,10 @@ def write_dicom_seg(frames: np.ndarray, labels: dict[int, str], slices: list, ta
     descriptions = [_segment_description(n, labels[i], i, algorithm)
                     for n, i in enumerate(present, start=1)]
     if not descriptions:  # DICOM-SEG needs a segment: an empty mask gets one empty segment
-        descriptions = [_segment_description(1, "no organ found", 0, algorithm)]
+        log.warning("%s: the mask holds no organ (none found, or all removed by --min-volume / "
+                    "--keep-largest); the DICOM-SEG holds one empty segment, %r", target.name,
+                    EMPTY_SEGMENT_LABEL)
+        descriptions = [_segment_description(1, EMPTY_SEGMENT_LABEL, 0, algorithm)]
     with warnings.catch_warnings():  # on the source's patient name, copied as it is
         warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person")
         seg = _segmentation(hd, slices, numbered[frames], descriptions, model_id, bool(present))

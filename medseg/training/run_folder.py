@@ -8,7 +8,7 @@ import math
 import shutil
 from pathlib import Path
 
-from medseg.data.files import check_replaceable, write_json
+from medseg.data.files import check_replaceable, read_json, write_json
 from medseg.data.network_input import NetworkInput
 from medseg.distributed import is_main_process
 from medseg.errors import MedsegError
@@ -81,5 +81,11 @@ def resume_from(path: Path, model, optimizer, scaler, meta: dict) -> tuple[int, 
     optimizer.load_state_dict(payload["optimizer"])
     if payload.get("scaler"):
         scaler.load_state_dict(payload["scaler"])
-    print(f"resuming after epoch {payload['epoch']}", flush=True)
+    print(f"resuming after epoch {payload['epoch']}, to epoch {now['epochs']}", flush=True)
+    # config.json says the run was continued (a cross-validation rerun with more epochs, say),
+    # not that it was trained for its epochs in one go.
+    recorded = path.parent / "config.json"
+    earlier = read_json(recorded).get("resumed", []) if recorded.is_file() else []
+    meta["resumed"] = [*earlier, {"after_epoch": int(payload["epoch"]),
+                                  "to_epoch": int(now["epochs"])}]
     return int(payload["epoch"]), float(payload.get("best", -math.inf))
