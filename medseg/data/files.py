@@ -38,6 +38,8 @@ def case_name(path: Path) -> str:
     return name[: -len(NNUNET_CHANNEL)] if name.endswith(NNUNET_CHANNEL) else name
 
 
+# How much of a target's name its temporary file or staging folder repeats.
+TEMP_NAME_CHARS = 100
 _FREE_SPACE = "free space or choose another output folder"
 _FULL = {errno.ENOSPC: ("disk full", _FREE_SPACE),
          errno.EDQUOT: ("disk quota exceeded", _FREE_SPACE),
@@ -99,6 +101,7 @@ def make_writable_folder(folder: Path) -> Path:
     one line saying why not: a read-only or virtual file system such as /proc, no permission,
     a file in the way."""
     folder = Path(folder)
+    check_writable(folder)  # names a file in the way
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
@@ -167,8 +170,10 @@ def atomic_output(path: Path) -> Iterator[Path]:
     suffix = ".part" + (scan_suffix(path) or path.suffix)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # A short prefix: a name near the file system's limit must not overflow in its temp.
-        fd, tmp = tempfile.mkstemp(prefix=".medseg-", suffix=suffix, dir=path.parent)
+        # The target's name, cut short: a name near the file system's limit must not overflow
+        # in its temp, and a temp still says what it was for.
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:TEMP_NAME_CHARS]}.", suffix=suffix,
+                                   dir=path.parent)
     except OSError as exc:
         raise _output_error(path.parent, exc) from None
     os.close(fd)
@@ -200,7 +205,8 @@ def staged_outputs(folder: Path, last: str,
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=".medseg-", suffix=".stage", dir=folder))
+        stage = Path(tempfile.mkdtemp(prefix=f".{last[:TEMP_NAME_CHARS]}.", suffix=".stage",
+                                      dir=folder))
     except OSError as exc:
         raise _output_error(folder, exc) from None
     try:

@@ -74,12 +74,15 @@ def infer_cases(models, inputs: Path, out_dir: Path,
                 options: InferOptions | None = None) -> list[CaseResult]:
     """Segment this rank's share of the scans under `inputs`; a failure doesn't stop the rest."""
     every_scan = checked_scans(inputs, out_dir)  # before the model loads: bad paths fail fast
-    return segment_scans(open_pipeline(models, options), every_scan, out_dir)
+    with run_lock(out_dir):  # one run at a time per folder: no interleaved cases
+        return segment_scans(open_pipeline(models, options), every_scan, out_dir)
 
 
 def segment_folder(pipeline: Pipeline, inputs: Path, out_dir: Path) -> list[CaseResult]:
     """infer_cases with a model already loaded (the Python API's Segmenter)."""
-    return segment_scans(pipeline, checked_scans(inputs, out_dir), out_dir)
+    every_scan = checked_scans(inputs, out_dir)
+    with run_lock(out_dir):
+        return segment_scans(pipeline, every_scan, out_dir)
 
 
 def checked_scans(inputs: Path, out_dir: Path) -> list[Path]:
@@ -111,24 +114,24 @@ def check_outside_output(scans: list[Path], out_dir: Path) -> None:
 def segment_scans(pipeline: Pipeline, every_scan: list[Path], out_dir: Path
                   ) -> list[CaseResult]:
     """Segment this rank's share of the scans; a failure doesn't stop the rest. Returns every
-    rank's results (gathered under torchrun), after the folder's summaries are written."""
+    rank's results (gathered under torchrun), after the folder's summaries are written. The
+    caller holds the folder (run_lock; a cross-validation its folder, whose folds' held-out
+    cases are predicted side by side into one out-of-fold folder)."""
     run = pipeline.run
     check_scans_fit(every_scan, run)
     rank, world = rank_and_world()
-    with run_lock(out_dir):  # one run at a time per folder: no interleaved cases
-        finished = set() if run.overwrite else finished_masks(every_scan, out_dir,
-                                                                pipeline.model_id, run)
-        scans = shard_for_rank(every_scan, rank, world)
-        # Closed also when a case stops the batch, so the error starts on a line of its own.
-        with tqdm(scans, desc="infer" if world == 1 else f"infer rank {rank}",
-                  unit="case") as progress:
-            results = [CaseResult(scan, output_path(scan, out_dir), "skipped")
-                       if scan in finished else segment_case(pipeline, scan, out_dir, progress)
-                       for scan in progress]
-        results = gather_results(results)  # every rank done: the summaries see every case
-        if rank == 0 and any(r.status != "failed" for r in results):  # beside masks only
-            write_label_map(pipeline.labels, out_dir)
-            write_folder_outputs(every_scan, out_dir, run)
+    finished = set() if run.overwrite else finished_masks(every_scan, out_dir,
+                                                            pipeline.model_id, run)
+    scans = shard_for_rank(every_scan, rank, world)
+    # Closed also when a case stops the batch, so the error starts on a line of its own.
+    with tqdm(scans, desc="infer" if world == 1 else f"infer rank {rank}", unit="case") as progress:
+        results = [CaseResult(scan, output_path(scan, out_dir), "skipped") if scan in finished
+                   else segment_case(pipeline, scan, out_dir, progress)
+                   for scan in progress]
+    results = gather_results(results)  # every rank done: the summaries see every case
+    if rank == 0 and any(r.status != "failed" for r in results):  # beside masks, never alone
+        write_label_map(pipeline.labels, out_dir)
+        write_folder_outputs(every_scan, out_dir, run)
     return results
 
 
