@@ -395,8 +395,9 @@ def plan(manifest, output, device, memory_gb, overwrite):
 @click.option("--model", "checkpoints", required=True, multiple=True,
               type=GivenPath(path_type=Path),
               help="A trained model: a run folder (uses best.pt) or a checkpoint file (repeat to "
-                   "ensemble folds); an nnU-Net v2 trained-model folder; or "
-                   "totalsegmentator:TASK (total, total_fast, total_fastest).")
+                   "ensemble folds); a cross-validation folder; an nnU-Net v2 trained-model "
+                   "folder; or a name `medseg models` lists, e.g. totalsegmentator:total_fast "
+                   "(fetched on first use).")
 @click.option("--input", "inputs", required=True, type=GivenPath(path_type=Path),
               help="A scan (NIfTI, NRRD, MHA), a DICOM series folder, or a folder of them.")
 @click.option("--output", required=True, type=GivenPath(file_okay=False, path_type=Path))
@@ -422,6 +423,8 @@ def plan(manifest, output, device, memory_gb, overwrite):
 @click.option("--folds", default=None,
               help="nnU-Net model folders: the folds to average, e.g. 0,1,2 or all "
                    "[default: every fold present].")
+@click.option("--offline", is_flag=True,
+              help="Fetch no model (as MEDSEG_OFFLINE=1); a model not installed is an error.")
 @click.option("--roi-subset", default=None,
               help="Only these organs, e.g. liver,spleen, named as the model's labels name them "
                    "(TotalSegmentator tasks run only the parts that have them).")
@@ -496,6 +499,47 @@ def _relaunch_with_torchrun(nproc: int) -> None:
     # A rank that dies in native code then names its Python line, not just "SIGABRT".
     env = {"PYTHONFAULTHANDLER": "1", **os.environ}
     sys.exit(subprocess.call(command, env=env))
+
+
+@main.command("models")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per model, for scripts.")
+@user_errors
+def models_command(as_json):
+    """List the models medseg can fetch and run: source, network, classes, spacing, size,
+    licence, and whether and where each is installed."""
+    import json
+
+    from medseg.api import models
+
+    listed = models()
+    if as_json:
+        click.echo(json.dumps(listed, indent=2))
+        return
+    for row in listed:
+        size = (f"{row['download_bytes'] / 1e6:.0f} MB" if row["download_bytes"]
+                else "size not listed")
+        state = ("installed in " + row["where"] if row["installed"] else
+                 "not installed" if row["fetchable"] else row["where"])
+        classes = (f"{row['classes']} classes at {row['spacing_mm']:g} mm" if row["classes"]
+                   else "classes not listed")
+        click.echo(f"{row['name']}: {row['source']}; {row['network']}; {classes}; {size}; "
+                   f"licence {row['licence']}; {state}")
+        if row["abdominal"]:
+            click.echo(f"    abdominal organs: {', '.join(row['abdominal'])}")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--offline", is_flag=True,
+              help="Touch no network (as MEDSEG_OFFLINE=1): only say whether it is installed.")
+@user_errors
+def download(name, offline):
+    """Fetch and install a model `medseg models` lists (e.g. totalsegmentator:total_fast)."""
+    _prepare_runtime()
+    from medseg.api import download as fetch
+
+    folders = fetch(name, offline=offline)
+    click.echo(f"{name}: installed in {', '.join(folders)}")
 
 
 @main.command()

@@ -196,6 +196,23 @@ def convert(images: str | Path, annotations: str | Path, output: str | Path,
                            None if labels is None else load_label_map(labels))
 
 
+def models() -> list[dict]:
+    """`medseg models`: every model medseg can fetch and run, one dict each (name, source,
+    network, classes, abdominal organs, working spacing, download size, licence, whether and
+    where it is installed)."""
+    from medseg.models.catalog import as_json, rows
+
+    return as_json(rows())
+
+
+def download(name: str, offline: bool = False, progress: bool = True) -> list[str]:
+    """`medseg download NAME`: fetch and install a model `models()` lists (nothing to do when
+    it is installed); returns its folders."""
+    from medseg.models.catalog import download as fetch
+
+    return fetch(name, offline=offline, progress=progress)
+
+
 def _label_map(given, masks: Path, other: Path) -> dict[int, str] | None:
     """The label map given for one side, else the one its masks describe themselves with
     (`other`: the other side, whose being one file makes a folder of organ files one case)."""

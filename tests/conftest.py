@@ -45,6 +45,15 @@ def run_cli_here(*args) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(args, result.exit_code, result.stdout, stderr)
 
 
+@pytest.fixture(autouse=True)
+def no_model_downloads(monkeypatch, tmp_path_factory):
+    """No test fetches a model from the internet: medseg is offline and keeps what it would
+    fetch in a temporary home (tests/test_download.py serves archives on the loopback address
+    and goes online itself)."""
+    monkeypatch.setenv("MEDSEG_OFFLINE", "1")
+    monkeypatch.setenv("MEDSEG_HOME", str(tmp_path_factory.getbasetemp() / "medseg_home"))
+
+
 @pytest.fixture
 def warnings_seen():
     """Warnings medseg logs (the CLI turns off propagation to the root logger, so caplog can't)."""

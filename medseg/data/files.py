@@ -48,7 +48,7 @@ _FULL = {errno.ENOSPC: ("disk full", _FREE_SPACE),
 _DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
-def _output_error(path: Path, exc: OSError) -> OutputError:
+def output_error(path: Path, exc: OSError) -> OutputError:
     """One line for a failed write: the file (or folder), the reason, and what to do."""
     if exc.errno in _FULL:
         reason, fix = _FULL[exc.errno]
@@ -88,12 +88,12 @@ def check_writable(folder: Path) -> None:
     try:
         existing = next(p for p in (folder, *folder.parents) if p.exists())
     except OSError as exc:  # e.g. ENAMETOOLONG: exists() raises for such names
-        raise _output_error(folder, exc) from None
+        raise output_error(folder, exc) from None
     if not existing.is_dir():
         raise OutputError(f"{folder}: cannot write output here ({existing} is a file); choose "
                           "another output folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise _output_error(folder, OSError(errno.EACCES, os.strerror(errno.EACCES)))
+        raise output_error(folder, OSError(errno.EACCES, os.strerror(errno.EACCES)))
 
 
 def make_writable_folder(folder: Path) -> Path:
@@ -107,7 +107,7 @@ def make_writable_folder(folder: Path) -> Path:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as exc:
-        raise _output_error(folder, exc) from None
+        raise output_error(folder, exc) from None
     return folder
 
 
@@ -175,7 +175,7 @@ def atomic_output(path: Path) -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:TEMP_NAME_CHARS]}.", suffix=suffix,
                                    dir=path.parent)
     except OSError as exc:
-        raise _output_error(path.parent, exc) from None
+        raise output_error(path.parent, exc) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -188,7 +188,7 @@ def atomic_output(path: Path) -> Iterator[Path]:
     except Exception as exc:
         failure = _write_failure(exc)
         if failure is not None:
-            raise _output_error(path, failure) from None
+            raise output_error(path, failure) from None
         raise
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -208,7 +208,7 @@ def staged_outputs(folder: Path, last: str,
         stage = Path(tempfile.mkdtemp(prefix=f".{last[:TEMP_NAME_CHARS]}.", suffix=".stage",
                                       dir=folder))
     except OSError as exc:
-        raise _output_error(folder, exc) from None
+        raise output_error(folder, exc) from None
     try:
         try:
             yield stage
@@ -236,7 +236,7 @@ def folder_lock(folder: Path) -> Iterator[None]:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(folder, os.O_RDONLY)
     except OSError as exc:
-        raise _output_error(folder, exc) from None
+        raise output_error(folder, exc) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

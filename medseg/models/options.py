@@ -43,6 +43,7 @@ class EngineOptions:
     tta: bool = False
     save_probabilities: bool = False
     folds: str | None = None  # nnU-Net model folders: "0,1,2" or "all"; default every fold
+    offline: bool = False  # fetch no model (MEDSEG_OFFLINE=1 too); one that is missing fails
     crf: bool = False  # refine with a dense CRF (the crf_* fields are its CRFSettings)
     crf_iterations: int = CRFSettings.iterations
     crf_smoothness_mm: float = CRFSettings.smoothness_mm
@@ -54,7 +55,7 @@ class EngineOptions:
     def __post_init__(self):
         check_device(self.device)
         check_settings(self, ENGINE_NUMBERS, {"precision": PRECISIONS},
-                       ("tta", "save_probabilities", "crf"), OPTION_FIX)
+                       ("tta", "save_probabilities", "crf", "offline"), OPTION_FIX)
         if self.folds is not None and not isinstance(self.folds, str):
             raise MedsegError(f"folds: expected text like '0,1' or 'all', got {self.folds!r}")
         changed = [f.name for f in fields(CRFSettings) if hasattr(self, f"crf_{f.name}")

@@ -10,6 +10,7 @@ mask back with nearest-neighbour resampling onto the scan's own grid.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 from dataclasses import dataclass, replace
@@ -21,7 +22,8 @@ from scipy import ndimage
 
 from medseg.data.geometry import ras_orientation
 from medseg.data.labels import LABEL_MAP_DIR, canonical_name, load_label_map, subset_ids
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, OutputError
+from medseg.models.download import Archive, check_unchanged, install, medseg_home
 from medseg.models.nnunet.predictor import NNUNetPredictor
 from medseg.models.options import EngineOptions
 
@@ -41,6 +43,31 @@ TASKS = {
     "total_fast": Task((297,), 3.0, "totalseg_download_weights -t total_fast"),
     "total_fastest": Task((298,), 6.0, "totalseg_download_weights -t total_fastest"),
 }
+# The release assets TotalSegmentator's own downloader fetches (libs.download_pretrained_
+# weights, TotalSegmentator 2.x), one zip per dataset holding DatasetNNN_.../Trainer__Plans__
+# config/. TotalSegmentator publishes no checksums: medseg records the SHA-256s at download.
+RELEASES = "https://github.com/wasserth/TotalSegmentator/releases/download"
+ARCHIVES = {
+    291: Archive(f"{RELEASES}/v2.0.0-weights/Dataset291_TotalSegmentator_part1_organs_1559subj"
+                 ".zip", "Dataset291_"),
+    292: Archive(f"{RELEASES}/v2.0.0-weights/Dataset292_TotalSegmentator_part2_vertebrae_1532"
+                 "subj.zip", "Dataset292_"),
+    293: Archive(f"{RELEASES}/v2.0.0-weights/Dataset293_TotalSegmentator_part3_cardiac_1559subj"
+                 ".zip", "Dataset293_"),
+    294: Archive(f"{RELEASES}/v2.0.0-weights/Dataset294_TotalSegmentator_part4_muscles_1559subj"
+                 ".zip", "Dataset294_"),
+    295: Archive(f"{RELEASES}/v2.0.0-weights/Dataset295_TotalSegmentator_part5_ribs_1559subj"
+                 ".zip", "Dataset295_"),
+    297: Archive(f"{RELEASES}/v2.0.4-weights/Dataset297_TotalSegmentator_total_3mm_1559subj_v204"
+                 ".zip", "Dataset297_"),
+    298: Archive(f"{RELEASES}/v2.0.0-weights/Dataset298_TotalSegmentator_total_6mm_1559subj.zip",
+                 "Dataset298_", size=134_827_240),
+}
+# Tasks whose weights need TotalSegmentator's licence (academic or commercial): listed by
+# `medseg models`, never fetched.
+LICENSED = {"tissue_types": 481, "heartchambers_highres": 301, "appendicular_bones": 304,
+            "face": 303}
+LICENCE = "Apache-2.0"  # TotalSegmentator's code and its openly released weights
 
 
 def is_totalseg(model) -> bool:
@@ -48,10 +75,35 @@ def is_totalseg(model) -> bool:
 
 
 def weights_home() -> Path:
-    """Where TotalSegmentator keeps its nnU-Net folders."""
+    """Where TotalSegmentator's nnU-Net folders are: its own home ($TOTALSEG_HOME_DIR, or
+    ~/.totalsegmentator where that exists), else medseg's ($MEDSEG_HOME/totalsegmentator)."""
     home = os.environ.get("TOTALSEG_HOME_DIR")
-    base = Path(home) if home else Path.home() / ".totalsegmentator"
+    own = Path.home() / ".totalsegmentator"
+    base = Path(home) if home else own if own.is_dir() else medseg_home() / "totalsegmentator"
     return base / "nnunet" / "results"
+
+
+def task(name: str) -> Task:
+    """The task a 'totalsegmentator:TASK' name names, or one line with the closest names."""
+    task_name = name[len(SCHEME):]
+    if task_name in LICENSED:
+        raise MedsegError(f"{name}: its weights need TotalSegmentator's licence (academic or "
+                          "commercial), which medseg does not fetch; get them with "
+                          f"TotalSegmentator (`totalseg_set_license`), or use {SCHEME}total")
+    if task_name not in TASKS:
+        close = difflib.get_close_matches(task_name, list(TASKS), n=2, cutoff=0.5)
+        hint = f" (did you mean {' or '.join(SCHEME + c for c in close)}?)" if close else ""
+        raise MedsegError(f"{name}: unknown TotalSegmentator task{hint}; medseg runs "
+                          f"{', '.join(SCHEME + t for t in TASKS)}")
+    return TASKS[task_name]
+
+
+def install_task(name: str, offline: bool = False, progress: bool = True) -> list[Path]:
+    """The task's nnU-Net model folders, fetched from its release assets where missing."""
+    home = weights_home()
+    for dataset in task(name).datasets:
+        install(ARCHIVES[dataset], home, f"{name} (dataset {dataset})", offline, progress)
+    return [part_folder(home, d) for d in task(name).datasets]
 
 
 def part_folder(home: Path, dataset: int) -> Path | None:
@@ -63,20 +115,21 @@ def part_folder(home: Path, dataset: int) -> Path | None:
     return None
 
 
-def task_folders(name: str) -> tuple[Task, list[Path]]:
-    task_name = name[len(SCHEME):]
-    if task_name not in TASKS:
-        raise MedsegError(f"{name}: unknown TotalSegmentator task; medseg runs "
-                          f"{', '.join(SCHEME + t for t in TASKS)}")
-    task, home = TASKS[task_name], weights_home()
-    folders = [part_folder(home, d) for d in task.datasets]
-    missing = [d for d, f in zip(task.datasets, folders) if f is None]
-    if missing:
-        raise MedsegError(
-            f"{name}: TotalSegmentator's weights (datasets {', '.join(map(str, missing))}) are "
-            f"not in {home}; medseg does not download them: TotalSegmentator users get them "
-            f"with `{task.download}` (set TOTALSEG_HOME_DIR if they live elsewhere)")
-    return task, folders
+def task_folders(name: str, offline: bool = False) -> tuple[Task, list[Path]]:
+    """The task and its part folders: installed (fetched first where missing, unless offline),
+    and, where medseg fetched them, unchanged since."""
+    wanted = task(name)
+    try:
+        folders = install_task(name, offline)
+    except OutputError:
+        raise
+    except MedsegError as exc:
+        raise MedsegError(f"{exc}; TotalSegmentator users can also fetch them with "
+                          f"`{wanted.download}` (set TOTALSEG_HOME_DIR if they live elsewhere)"
+                          ) from None
+    for folder in folders:
+        check_unchanged(folder)
+    return wanted, folders
 
 
 def class_map() -> dict[int, str]:
@@ -92,7 +145,7 @@ class TotalSegmentatorPredictor:
     def __init__(self, name: str, options: EngineOptions | None = None,
                  device: torch.device | None = None, organs: list[str] | None = None):
         self.options = options or EngineOptions()
-        self.task, folders = task_folders(name)
+        self.task, folders = task_folders(name, self.options.offline)
         self.cleanup = {}
         classes = class_map()
         ids = {canonical_name(n): i for i, n in classes.items()}
