@@ -155,7 +155,7 @@ class TotalSegmentatorPredictor:
         self.parts: list[tuple[NNUNetPredictor, np.ndarray]] = []
         for folder in folders:
             predictor = NNUNetPredictor(folder, part_options, device)
-            if predictor.model.regions:
+            if predictor.region_based:
                 raise MedsegError(f"{folder}: a region-based model where a TotalSegmentator "
                                   "part with a label map was expected; this is not one of "
                                   "TotalSegmentator's weights folders")

@@ -37,6 +37,8 @@ class NNUNetPredictor:
         self.model = (model if isinstance(model, NNUNetModel)
                       else read_model_folder(model, self.options.folds))
         self.labels = dict(self.model.labels)
+        # Region models (one sigmoid per overlapping region) write region values, not classes.
+        self.region_based = bool(self.model.regions)
         self.cleanup = {}
         if self.model.regions and self.options.save_probabilities:
             raise MedsegError(f"{self.model.folder}: a region-based model (overlapping regions, "
