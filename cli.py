@@ -396,8 +396,8 @@ def plan(manifest, output, device, memory_gb, overwrite):
               type=GivenPath(path_type=Path),
               help="A trained model: a run folder (uses best.pt) or a checkpoint file (repeat to "
                    "ensemble folds); a cross-validation folder; an nnU-Net v2 trained-model "
-                   "folder; or a name `medseg models` lists, e.g. totalsegmentator:total_fast "
-                   "(fetched on first use).")
+                   "folder; a MONAI bundle folder; or a name `medseg models` lists, e.g. "
+                   "totalsegmentator:total_fast (fetched on first use).")
 @click.option("--input", "inputs", required=True, type=GivenPath(path_type=Path),
               help="A scan (NIfTI, NRRD, MHA), a DICOM series folder, or a folder of them.")
 @click.option("--output", required=True, type=GivenPath(file_okay=False, path_type=Path))

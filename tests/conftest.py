@@ -272,3 +272,60 @@ def write_totalseg_home(home: Path, parts: dict[int, list[str]]) -> Path:
         spec["labels"] = {"background": 0, **{n: i + 1 for i, n in enumerate(names)}}
         (folder / "dataset.json").write_text(json.dumps(spec))
     return home
+
+
+# A MONAI bundle as the Model Zoo lays them out (configs/inference.json, configs/metadata.json,
+# models/model.pt), with spleen_ct_segmentation's kind of preprocessing, a small UNet.
+BUNDLE_LABELS = {"0": "background", "1": "liver", "2": "spleen"}
+
+
+def bundle_config(**changes) -> dict:
+    """inference.json in the Model Zoo's form, with the parts MONAI's runner needs besides
+    those medseg reads (never evaluated by medseg)."""
+    config = {
+        "imports": ["$import glob", "$import os"],
+        "bundle_root": ".",
+        "highres": False,
+        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+        "network_def": {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1,
+                        "out_channels": 3,
+                        "channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1},
+        "network": "$@network_def.to(@device)",
+        "preprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "LoadImaged", "keys": "image"},
+            {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+            {"_target_": "Spacingd", "keys": "image",
+             "pixdim": "$[1.5, 1.5, 1.5] if @highres else [3.0, 3.0, 3.0]", "mode": "bilinear"},
+            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -57, "a_max": 164,
+             "b_min": 0.0, "b_max": 1.0, "clip": True},
+            {"_target_": "EnsureTyped", "keys": "image"}]},
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [48, 48, 16],
+                    "sw_batch_size": 4, "overlap": 0.5, "mode": "gaussian"},
+        "run": ["$@evaluator.run()"],
+    }
+    config.update(changes)
+    return config
+
+
+def write_bundle(folder: Path, config: dict | None = None, metadata: dict | None = None,
+                 seed: int = 0) -> Path:
+    """A bundle folder with seeded random weights for its network_def."""
+    import torch
+    from monai.networks.nets import UNet
+
+    (folder / "configs").mkdir(parents=True, exist_ok=True)
+    (folder / "models").mkdir(exist_ok=True)
+    config = config or bundle_config()
+    (folder / "configs" / "inference.json").write_text(json.dumps(config, indent=2))
+    metadata = metadata or {"version": "0.1.0", "network_data_format": {
+        "inputs": {"image": {"type": "image", "format": "hounsfield", "modality": "CT",
+                             "num_channels": 1}},
+        "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": 3,
+                             "channel_def": BUNDLE_LABELS}}}}
+    (folder / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    torch.manual_seed(seed)
+    network = UNet(spatial_dims=3, in_channels=1, out_channels=3, channels=(8, 16, 32),
+                   strides=(2, 2), num_res_units=1)
+    torch.save(network.state_dict(), folder / "models" / "model.pt")
+    return folder

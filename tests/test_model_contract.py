@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import NNUNET_MODEL, write_totalseg_home
+from conftest import NNUNET_MODEL, write_bundle, write_totalseg_home
 
 from medseg.data.io import scan_from_array
 from medseg.data.phantoms import make_phantom
@@ -39,6 +39,7 @@ def references(tiny_run, tmp_path_factory, monkeypatch_module) -> dict[str, obje
     home = write_totalseg_home(root / "ts", TOTALSEG_PART)
     monkeypatch_module.setenv("TOTALSEG_HOME_DIR", str(home))
     return {"medseg": tiny_run, "crossval": crossval, "nnunet": NNUNET_MODEL,
+            "bundle": write_bundle(root / "bundle"),
             "totalsegmentator": "totalsegmentator:total_fast"}
 
 

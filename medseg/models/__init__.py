@@ -12,6 +12,7 @@ dimensions, the engine options it runs with, its own clean-up rules, and
 | medseg run, checkpoint, ensemble | a run folder, a `.pt` file, several of them | `medseg_run` |
 | cross-validation folder | what `medseg crossval` wrote | `crossval_folder` (+ `medseg_run`) |
 | nnU-Net v2 model folder | `Dataset.../Trainer__Plans__config` | `nnunet/` |
+| MONAI bundle | a folder with `configs/inference.json` | `bundle` |
 | TotalSegmentator task | `totalsegmentator:TASK` | `totalseg` |
 
 Everything that belongs to every kind (ROI subset, component clean-up, fit checks, the model

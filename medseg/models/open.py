@@ -1,8 +1,8 @@
 """The one place that decides which kind of model a reference names, and opens it: medseg's
 own runs and checkpoints (several: an ensemble), a cross-validation folder, an nnU-Net v2
-trained-model folder, or a TotalSegmentator task. `medseg infer`, the Python API and
-`medseg train --init-from` all ask here. A new kind is one adapter module and one entry in
-KINDS."""
+trained-model folder, a MONAI bundle folder, or a TotalSegmentator task. `medseg infer`, the
+Python API and `medseg train --init-from` all ask here. A new kind is one adapter module and
+one entry in KINDS."""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ KINDS = {
     "totalsegmentator": "a TotalSegmentator task (totalsegmentator:TASK)",
     "nnunet": "an nnU-Net v2 model folder",
     "crossval": "a medseg cross-validation folder",
+    "bundle": "a MONAI bundle folder",
     "medseg": "a medseg run folder or checkpoint",
 }
 
 
 def model_kind(ref) -> str:
     """Which of KINDS a model reference names (a path, or 'totalsegmentator:TASK')."""
+    from medseg.models.bundle import is_bundle
     from medseg.models.crossval_folder import is_crossval_folder
     from medseg.models.nnunet.folder import is_nnunet_folder
     from medseg.models.totalseg import is_totalseg
@@ -35,6 +37,8 @@ def model_kind(ref) -> str:
                           "fold alone)")
     if is_nnunet_folder(path):
         return "nnunet"
+    if is_bundle(path):
+        return "bundle"
     return "crossval" if is_crossval_folder(path) else "medseg"
 
 
@@ -56,7 +60,8 @@ def open_model(refs, options: EngineOptions | None = None, organs: list[str] | N
     if len(given) > 1 and set(kinds) != {"medseg"}:
         foreign, kind = next((m, k) for m, k in zip(given, kinds) if k != "medseg")
         why = ("a cross-validation folder runs alone (its folds are an ensemble already)"
-               if kind == "crossval" else "an nnU-Net or TotalSegmentator model runs alone")
+               if kind == "crossval" else "a MONAI bundle runs alone" if kind == "bundle"
+               else "an nnU-Net or TotalSegmentator model runs alone")
         raise MedsegError(f"{foreign}: {why}; give one --model (nnU-Net folds: --folds)")
     if options.folds is not None and kinds[0] != "nnunet":
         raise MedsegError("--folds applies to nnU-Net model folders; for medseg models give "
@@ -70,6 +75,10 @@ def open_model(refs, options: EngineOptions | None = None, organs: list[str] | N
         from medseg.models.nnunet.predictor import NNUNetPredictor
 
         return NNUNetPredictor(Path(given[0]), options, device)
+    if kinds[0] == "bundle":
+        from medseg.models.bundle import open_bundle
+
+        return open_bundle(Path(given[0]), options, device)
     if kinds[0] == "crossval":
         from medseg.models.crossval_folder import open_crossval_folder
 
