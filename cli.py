@@ -520,7 +520,7 @@ def models_command(as_json):
                 else "size not listed")
         state = ("installed in " + row["where"] if row["installed"] else
                  "not installed" if row["fetchable"] else row["where"])
-        classes = (f"{row['classes']} classes at {row['spacing_mm']:g} mm" if row["classes"]
+        classes = (f"{row['classes']} classes at {row['spacing']}" if row["classes"]
                    else "classes not listed")
         click.echo(f"{row['name']}: {row['source']}; {row['network']}; {classes}; {size}; "
                    f"licence {row['licence']}; {state}")

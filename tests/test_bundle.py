@@ -139,3 +139,11 @@ def test_weights_that_hold_code_are_refused(tmp_path):
                pickle_module=pickle)
     with pytest.raises(MedsegError, match="refused, it holds pickled code"):
         open_model(bundle, EngineOptions(device="cpu"))
+
+
+def test_arguments_of_transforms_medseg_does_not_need_are_never_evaluated(tmp_path):
+    """wholeBody_ct_segmentation's EnsureTyped takes "$torch.float32": outside the grammar,
+    and not needed, so it is not read at all."""
+    config = bundle_config()
+    config["preprocessing"]["transforms"][-1]["dtype"] = "$torch.float32"
+    open_model(write_bundle(tmp_path / "bundle", config), EngineOptions(device="cpu"))

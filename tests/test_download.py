@@ -239,3 +239,59 @@ def test_a_full_disk_during_the_unpack_is_one_line_and_installs_nothing(served, 
     assert "disk full while writing" in proc.stderr
     assert visible(results(tmp_path)) == []
     shutil.rmtree(results(tmp_path), ignore_errors=True)
+
+
+# --- MONAI Model Zoo bundles ----------------------------------------------------------------
+
+def zoo_release(served_folder: Path, tmp_path: Path, versions=("0.5.8", "0.5.9"),
+                checksum: str | None = None) -> None:
+    """model_info.json listing releases of spleen_ct_segmentation, and their archives (the
+    bundle folder, named as the zoo names it, at the top), as the zoo's hosting lays them out."""
+    import hashlib
+
+    from conftest import write_bundle
+
+    bundle = write_bundle(tmp_path / "zoo" / "spleen_ct_segmentation")
+    info = {}
+    for version in versions:
+        archive = served_folder / f"spleen_ct_segmentation_v{version}.zip"
+        with zipfile.ZipFile(archive, "w") as zipped:
+            for path in sorted(bundle.rglob("*")):
+                if path.is_file():
+                    zipped.write(path, str(path.relative_to(bundle.parent)))
+        info[f"spleen_ct_segmentation_v{version}"] = {
+            "checksum": checksum or hashlib.sha1(archive.read_bytes()).hexdigest(),
+            "source": "https://github.com/Project-MONAI/model-zoo/releases/download/"
+                      f"hosting_storage_v1/{archive.name}"}
+    (served_folder / "model_info.json").write_text(json.dumps(info))
+
+
+@pytest.fixture
+def zoo(served, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no bundle MONAI fetched
+    zoo_release(served.folder, tmp_path)
+    return served
+
+
+def test_a_zoo_bundle_is_fetched_at_its_newest_release_checked_and_run(zoo, tmp_path,
+                                                                        real_data):
+    proc = run_cli_here("infer", "--model", "monai:spleen_ct_segmentation", "--input",
+                        real_data / "dcmqi_3slice" / "dicom", "--output", tmp_path / "masks")
+    assert proc.returncode == 0, proc.stderr
+    assert zoo.requests == ["/model_info.json", "/spleen_ct_segmentation_v0.5.9.zip"]
+    installed = tmp_path / "home" / "bundles" / "spleen_ct_segmentation"
+    assert (installed / "configs" / "inference.json").is_file()
+    assert nib.load(str(tmp_path / "masks" / "dicom.nii.gz")).shape == (512, 512, 3)
+    listed = json.loads(run_cli_here("models", "--json").stdout)
+    row = next(r for r in listed if r["name"] == "monai:spleen_ct_segmentation")
+    assert row["installed"] and row["abdominal"] == ["spleen"]
+
+
+def test_a_zoo_archive_that_does_not_match_its_published_checksum_installs_nothing(
+        served, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    zoo_release(served.folder, tmp_path, checksum="0" * 40)
+    proc = run_cli_here("download", "monai:spleen_ct_segmentation")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "does not match its published checksum" in proc.stderr
+    assert not (tmp_path / "home" / "bundles" / "spleen_ct_segmentation").exists()

@@ -77,6 +77,15 @@ class Config:
                                   f"{seen[-1] if seen else 'the config'} names it)") from None
         return self.resolve(node, key, (*seen, key))
 
+    def raw_at(self, key: str) -> list:
+        """The list at `key` as written (its items are resolved one by one, when read)."""
+        node = self.raw
+        for part in key.split("#"):
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, list):
+            raise MedsegError(f"{self.path}: {key} is not a list of transforms")
+        return node
+
     def resolve(self, value, key: str, seen: tuple[str, ...] = ()):
         if isinstance(value, dict):
             return {k: self.resolve(v, f"{key}#{k}", seen) for k, v in value.items()}
@@ -216,14 +225,17 @@ def _network(config: Config, classes: int) -> torch.nn.Module:
 def _network_input(config: Config) -> NetworkInput:
     """Orientation, spacing and intensity window from the preprocessing transforms, the
     window size from the inferer."""
-    transforms = config.get("preprocessing")
-    transforms = transforms.get("transforms", []) if isinstance(transforms, dict) else transforms
+    # Only what medseg reads is resolved: another transform's arguments ("$torch.float32")
+    # are never evaluated.
+    key = "preprocessing#transforms" if isinstance(config.raw.get("preprocessing"), dict) \
+        else "preprocessing"
     settings = {"orientation": "RAS", "spacing": None, "intensity": None}
-    for number, transform in enumerate(transforms or []):
-        name = str(transform.get("_target_", "")).rsplit(".", 1)[-1]
+    for number in range(len(config.raw_at(key))):
+        name = str(config.get(f"{key}#{number}#_target_")).rsplit(".", 1)[-1]
         where = f"preprocessing transform {number} ({name})"
         if name in NO_EFFECT:
             continue
+        transform = config.get(f"{key}#{number}")
         if name not in READ_AS_SETTINGS:
             raise MedsegError(f"{config.path}: {where} is not one medseg reproduces (it "
                               f"reads {', '.join(READ_AS_SETTINGS)}, and {', '.join(NO_EFFECT)}"

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 
 from medseg.data.labels import canonical_name, load_label_map
 from medseg.errors import MedsegError
-from medseg.models import totalseg
+from medseg.models import totalseg, zoo
 from medseg.models.download import installed
 
 # The abdominal organs of the public multi-organ CT data sets (BTCV, AMOS, FLARE22): a row
@@ -24,7 +24,7 @@ class Row:
     network: str
     classes: int
     abdominal: list[str]
-    spacing_mm: float | None
+    spacing: str
     download_bytes: int | None  # None: not listed by the source
     licence: str
     fetchable: bool
@@ -53,16 +53,24 @@ def rows() -> list[Row]:
             network="nnU-Net 3d_fullres" + (f", {len(archives)} parts" if len(archives) > 1
                                            else ""),
             classes=len(classes) - 1, abdominal=abdominal_organs(classes),
-            spacing_mm=task.spacing,
+            spacing=f"{task.spacing:g} mm",
             download_bytes=sum(sizes) if None not in sizes else None,
             licence=totalseg.LICENCE, fetchable=True, installed=all(there),
             where=str(home)))
     for task_name in totalseg.LICENSED:
         listed.append(Row(
             name=totalseg.SCHEME + task_name, source="TotalSegmentator (licensed weights)",
-            network="nnU-Net 3d_fullres", classes=0, abdominal=[], spacing_mm=None,
+            network="nnU-Net 3d_fullres", classes=0, abdominal=[], spacing="",
             download_bytes=None, licence="TotalSegmentator licence (academic or commercial)",
             fetchable=False, installed=False, where="not fetched by medseg"))
+    for name, bundle in zoo.BUNDLES.items():
+        found = zoo.installed_bundle(zoo.SCHEME + name)
+        listed.append(Row(
+            name=zoo.SCHEME + name, source="MONAI Model Zoo (newest release)",
+            network=f"MONAI {bundle.network}", classes=bundle.classes,
+            abdominal=list(bundle.abdominal), spacing=bundle.spacing, download_bytes=None,
+            licence=zoo.LICENCE, fetchable=True, installed=found is not None,
+            where=str(found.parent if found else zoo.bundles_home())))
     return listed
 
 
@@ -83,6 +91,8 @@ def find(name: str) -> Row:
 def download(name: str, offline: bool = False, progress: bool = True) -> list[str]:
     """Fetch a listed model (nothing to do where it is installed); returns its folders."""
     row = find(name)
+    if zoo.is_zoo_name(name):
+        return [str(zoo.zoo_folder(name, offline, progress))]
     if not row.fetchable:
         totalseg.task(name)  # says why, in one line
     return [str(p) for p in totalseg.install_task(name, offline, progress)]

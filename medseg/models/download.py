@@ -42,9 +42,10 @@ class Archive:
     """One release archive and the folder it unpacks into."""
 
     url: str
-    folder: str  # the one top-level folder it holds starts with this (Dataset297_, ...)
+    folder: str  # the one top-level folder it holds: this name, or (prefix) starting with it
     size: int | None = None  # bytes, as the source lists it (None: unknown until fetched)
-    sha256: str | None = None  # as the source publishes it (None: recorded at download)
+    checksum: str | None = None  # "sha1:..." or "sha256:..." as the source publishes it
+    prefix: bool = True
 
 
 def medseg_home() -> Path:
@@ -70,7 +71,8 @@ def installed(home: Path, archive: Archive) -> Path | None:
     when complete)."""
     if not home.is_dir():
         return None
-    found = sorted(p for p in home.glob(f"{archive.folder}*") if p.is_dir())
+    found = sorted(p for p in home.glob(f"{archive.folder}*") if p.is_dir()
+                   and (archive.prefix or p.name == archive.folder))
     return found[0] if found else None
 
 
@@ -137,16 +139,15 @@ def fetch(url: str, archive: Archive, work: Path, by_hand: str, progress: bool) 
 
     logging.getLogger("pooch").setLevel(logging.WARNING)
     name = url.rsplit("/", 1)[-1]
-    known = f"sha256:{archive.sha256}" if archive.sha256 else None
     try:
-        return Path(pooch.retrieve(url, known_hash=known, fname=name, path=work,
+        return Path(pooch.retrieve(url, known_hash=archive.checksum, fname=name, path=work,
                                    downloader=pooch.HTTPDownloader(progressbar=progress)))
     except requests.RequestException as exc:
         raise MedsegError(f"{url}: download failed ({first_line(exc)[:200]}); nothing was "
                           f"installed: check the network (or set {MIRROR_ENV}), or {by_hand}"
                           ) from None
     except ValueError as exc:  # pooch: the checksum differs from the published one
-        raise MedsegError(f"{url}: the download does not match its published SHA-256 "
+        raise MedsegError(f"{url}: the download does not match its published checksum "
                           f"({first_line(exc)[:200]}); nothing was installed: run again, and "
                           "if it persists the release has changed") from None
 
@@ -183,11 +184,12 @@ def _checked_members(members: list[zipfile.ZipInfo], archive: Archive, url: str)
             raise MedsegError(f"{url}: the archive's member {member.filename!r} would land "
                               "outside the model's folder; refused, nothing was installed")
         tops.add(path.parts[0])
-    if len(tops) != 1 or not next(iter(tops)).startswith(archive.folder):
+    top = next(iter(tops)) if len(tops) == 1 else ""
+    if not (top.startswith(archive.folder) if archive.prefix else top == archive.folder):
         raise MedsegError(f"{url}: the archive holds {', '.join(sorted(tops)) or 'nothing'}, "
                           f"not one folder {archive.folder}...; it is not the model's release "
                           "archive")
-    return next(iter(tops))
+    return top
 
 
 def _record(folder: Path, url: str, zip_path: Path) -> dict:

@@ -16,7 +16,7 @@ KINDS = {
     "totalsegmentator": "a TotalSegmentator task (totalsegmentator:TASK)",
     "nnunet": "an nnU-Net v2 model folder",
     "crossval": "a medseg cross-validation folder",
-    "bundle": "a MONAI bundle folder",
+    "bundle": "a MONAI bundle (its folder, or monai:NAME from the Model Zoo)",
     "medseg": "a medseg run folder or checkpoint",
 }
 
@@ -27,9 +27,12 @@ def model_kind(ref) -> str:
     from medseg.models.crossval_folder import is_crossval_folder
     from medseg.models.nnunet.folder import is_nnunet_folder
     from medseg.models.totalseg import is_totalseg
+    from medseg.models.zoo import is_zoo_name
 
     if is_totalseg(str(ref)):
         return "totalsegmentator"
+    if is_zoo_name(str(ref)):
+        return "bundle"
     path = Path(ref)
     if path.suffix == ".pth" and (path.parent.parent / "plans.json").exists():
         raise MedsegError(f"{ref}: one fold of an nnU-Net model; pass the model folder "
@@ -77,8 +80,11 @@ def open_model(refs, options: EngineOptions | None = None, organs: list[str] | N
         return NNUNetPredictor(Path(given[0]), options, device)
     if kinds[0] == "bundle":
         from medseg.models.bundle import open_bundle
+        from medseg.models.zoo import is_zoo_name, zoo_folder
 
-        return open_bundle(Path(given[0]), options, device)
+        ref = str(given[0])
+        folder = zoo_folder(ref, options.offline) if is_zoo_name(ref) else Path(ref)
+        return open_bundle(folder, options, device)
     if kinds[0] == "crossval":
         from medseg.models.crossval_folder import open_crossval_folder
 
