@@ -23,12 +23,12 @@ import stat
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from medseg.data.files import output_error, write_json
-from medseg.errors import MedsegError, OutputError, first_line
+from medseg.errors import MedsegError, first_line
 
 log = logging.getLogger("medseg")
 
@@ -126,8 +126,6 @@ def _work_folder(home: Path) -> Iterator[Path]:
         with tempfile.TemporaryDirectory(prefix=".medseg-download-", dir=home) as work:
             yield Path(work)
     except OSError as exc:
-        if isinstance(exc, OutputError):
-            raise
         raise output_error(home, exc) from None
 
 
@@ -208,10 +206,9 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_unchanged(folder: Path, used: Callable[[Path], bool] = lambda p: True) -> None:
-    """A folder medseg installed must hold the files it installed, unchanged (those `used`
-    says the model reads); a folder without a record (installed by another tool) is taken
-    as it is."""
+def check_unchanged(folder: Path) -> None:
+    """A folder medseg installed must hold the files it installed, unchanged; a folder without
+    a record (installed by another tool) is taken as it is."""
     record_path = next((p / RECORD for p in (folder, *folder.parents[:2])
                         if (p / RECORD).is_file()), None)
     if record_path is None:
@@ -224,8 +221,6 @@ def check_unchanged(folder: Path, used: Callable[[Path], bool] = lambda p: True)
     root = record_path.parent
     for name, sha in recorded.items():
         path = root / name
-        if not used(path):
-            continue
         if not path.is_file() or file_sha256(path) != sha:
             raise MedsegError(f"{path}: {'missing' if not path.is_file() else 'changed'} since "
                               f"medseg downloaded it (the record is {record_path}); delete "

@@ -82,10 +82,10 @@ def zoo_folder(ref: str, offline: bool = False, progress: bool = True) -> Path:
         raise MedsegError(f"{ref}: not installed, and medseg is offline (--offline or "
                           f"MEDSEG_OFFLINE); fetch the bundle's archive (the newest {name}_v*.zip "
                           f"in {source_url(MODEL_INFO)}) and unpack it into {bundles_home()}")
-    return install(newest_release(name, progress), bundles_home(), ref, offline, progress)
+    return install(newest_release(name), bundles_home(), ref, offline, progress)
 
 
-def newest_release(name: str, progress: bool = False) -> Archive:
+def newest_release(name: str) -> Archive:
     """The newest release model_info.json lists for a bundle: its URL and SHA-1."""
     with tempfile.TemporaryDirectory(prefix=".medseg-zoo-") as work:
         listing = fetch(source_url(MODEL_INFO), MODEL_INFO, Path(work),
