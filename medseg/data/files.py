@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -249,6 +250,16 @@ def folder_lock(folder: Path) -> Iterator[None]:
         if made:
             with contextlib.suppress(OSError):  # not empty: it holds what the run wrote
                 folder.rmdir()
+
+
+def sha256_of(*paths: Path) -> str:
+    """The SHA-256 (hex) of the files' contents, one after the other, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def read_json(path: Path) -> dict:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from medseg.data.files import output_error, write_json
+from medseg.data.files import output_error, sha256_of, write_json
 from medseg.errors import MedsegError, first_line
 
 log = logging.getLogger("medseg")
@@ -192,18 +191,10 @@ def _checked_members(members: list[zipfile.ZipInfo], archive: Archive, url: str)
 
 def _record(folder: Path, url: str, zip_path: Path) -> dict:
     """What was installed from where: the archive's SHA-256 and every file's."""
-    return {"url": url, "archive_sha256": file_sha256(zip_path),
+    return {"url": url, "archive_sha256": sha256_of(zip_path),
             "archive_bytes": zip_path.stat().st_size,
-            "files": {str(p.relative_to(folder)): file_sha256(p)
+            "files": {str(p.relative_to(folder)): sha256_of(p)
                       for p in sorted(folder.rglob("*")) if p.is_file()}}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_unchanged(folder: Path) -> None:
@@ -221,7 +212,7 @@ def check_unchanged(folder: Path) -> None:
     root = record_path.parent
     for name, sha in recorded.items():
         path = root / name
-        if not path.is_file() or file_sha256(path) != sha:
+        if not path.is_file() or sha256_of(path) != sha:
             raise MedsegError(f"{path}: {'missing' if not path.is_file() else 'changed'} since "
                               f"medseg downloaded it (the record is {record_path}); delete "
                               f"{root} and run `medseg download` again")

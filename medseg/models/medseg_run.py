@@ -3,7 +3,6 @@ frame and spacing -> Gaussian-weighted sliding window -> back onto the scan's gr
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from monai.transforms import Compose
 
+from medseg.data.files import sha256_of
 from medseg.data.network_input import NetworkInput
 from medseg.errors import MedsegError, first_line
 from medseg.models.contract import CleanupRules
@@ -41,12 +41,7 @@ class _Member:
 
 def files_digest(paths: list[Path]) -> str:
     """The files' contents, digested: what a model id names."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
+    return sha256_of(*paths)[:16]
 
 
 class MedsegPredictor:

@@ -9,7 +9,6 @@ names come from an allowlist, and checkpoints load with torch's weights_only unp
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 from medseg.choices import MAX_PATCH
-from medseg.data.files import read_json
+from medseg.data.files import read_json, sha256_of
 from medseg.errors import MedsegError
 from medseg.nets.checkpoint import safe_torch_load
 from medseg.nets.nnunet import NETWORK_CLASSES, build_plan_network
@@ -65,11 +64,8 @@ class NNUNetModel:
 
     def model_id(self) -> str:
         """A digest of the weights, plans and labels: masks record it (reruns skip theirs)."""
-        digest = hashlib.sha256()
-        for path in [*self.checkpoints, self.folder / "plans.json",
-                     self.folder / "dataset.json"]:
-            digest.update(path.read_bytes())
-        return digest.hexdigest()[:16]
+        return sha256_of(*self.checkpoints, self.folder / "plans.json",
+                         self.folder / "dataset.json")[:16]
 
     def build_network(self) -> torch.nn.Module:
         """The plan's network (no deep supervision), built from the allowlisted classes."""
